@@ -1,0 +1,41 @@
+"""Small timing helpers shared by the benchmark scripts (figures are printed, never asserted)."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def peak_rss_mb(code: str) -> float:
+    """Peak resident memory (MB) of a fresh Python process running ``code``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-c", code], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(after, before) / 1024
+
+
+def row(label: str, ms: float, items: int) -> None:
+    print(f"  {label:<44} {ms:9.2f} ms   {items / ms * 1e3 / 1e6:7.2f} M gaussians/s")

@@ -1,0 +1,174 @@
+"""The SPZ codec against vectors made by pyspz itself, and against corrupt input."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+import zstandard
+
+from threegen_dagster.splats import GaussianCloud, ply, spz
+from threegen_dagster.splats.spz import SpzError
+
+from .conftest import CASES, VECTORS, random_cloud, vector
+
+
+def payload_of(frame: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(frame)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compress_payload_is_byte_identical_to_pyspz(case: str) -> None:
+    frame = spz.compress(vector(f"{case}.ply"), compression_level=1, workers=-1)
+    assert frame[:4] == b"\x28\xb5\x2f\xfd"
+    expected = vector(f"{case}.payload")
+    assert zstandard.get_frame_parameters(frame).content_size == len(expected)
+    assert payload_of(frame) == expected
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("normals", [False, True])
+def test_decompress_is_byte_identical_to_pyspz(case: str, normals: bool) -> None:
+    expected = vector(f"{case}.decoded_n.ply" if normals else f"{case}.decoded.ply")
+    assert spz.decompress(vector(f"{case}.spz"), include_normals=normals) == expected
+
+
+def test_our_frames_decode_with_what_pyspz_wrote_and_back() -> None:
+    ours = spz.compress(vector("inria_1000_sh3.ply"))
+    assert spz.decompress(ours) == vector("inria_1000_sh3.decoded.ply")
+
+
+@pytest.mark.parametrize("level,workers", [(1, 0), (3, -1), (9, 2), (0, 1)])
+def test_levels_and_workers_change_the_frame_not_the_payload(level: int, workers: int) -> None:
+    frame = spz.compress(vector("trellis_7000_sh0.ply"), compression_level=level, workers=workers)
+    assert zstandard.get_frame_parameters(frame).content_size == len(vector("trellis_7000_sh0.payload"))
+    assert payload_of(frame) == vector("trellis_7000_sh0.payload")
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_round_trip_error_is_within_pyspz_bounds(degree: int) -> None:
+    cloud = random_cloud(3000, sh_degree=degree, seed=degree)
+    back = spz.decode(spz.encode(cloud))
+    assert back.sh_degree == degree
+    assert np.abs(back.positions - cloud.positions).max() <= 1.3e-4
+    assert np.abs(back.sh_dc - cloud.sh_dc).max() <= 0.014
+    assert np.abs(back.log_scales - cloud.log_scales).max() <= 0.032
+    assert np.abs(back.opacities - cloud.opacities).max() <= 0.0021
+    if degree:
+        assert np.abs(back.sh_rest - cloud.sh_rest).max() <= 0.067
+    dots = np.abs(np.sum(back.unit_rotations * cloud.unit_rotations, axis=1))
+    assert dots.min() >= 0.994
+
+
+def test_frame_without_content_size_still_decodes() -> None:
+    streamed = zstandard.ZstdCompressor(write_content_size=False).compress(vector("inria_1000_sh1.payload"))
+    assert zstandard.get_frame_parameters(streamed).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert spz.decompress(streamed) == vector("inria_1000_sh1.decoded.ply")
+
+
+def test_version_1_payload_with_float16_positions_decodes() -> None:
+    v2 = vector("inria_1000_sh1.payload")
+    n = struct.unpack_from("<I", v2, 8)[0]
+    positions = ply.read_ply(vector("inria_1000_sh1.ply")).positions.astype("<f2")
+    v1 = struct.pack("<II", spz.MAGIC, 1) + v2[8:16] + positions.tobytes() + v2[16 + 9 * n:]
+    decoded = spz.decode(zstandard.ZstdCompressor().compress(v1))
+    np.testing.assert_array_equal(decoded.positions, positions.astype(np.float32))
+    reference = spz.decode(vector("inria_1000_sh1.spz"))
+    np.testing.assert_array_equal(decoded.sh_rest, reference.sh_rest)
+
+
+# --- inputs pyspz refuses --------------------------------------------------------------------------
+
+REFUSED = {
+    "ascii_format.ply": "binary data",
+    "double_property.ply": "truncated PLY body",
+    "missing_opacity.ply": "lacks required gaussian properties: opacity",
+    "truncated_body.ply": "truncated PLY body",
+    "zero_vertices.ply": "0 vertices",
+}
+
+
+@pytest.mark.parametrize("name,message", sorted(REFUSED.items()))
+def test_refused_ply_gets_a_specific_error(name: str, message: str) -> None:
+    with pytest.raises(ply.PlyError, match=message):
+        spz.compress((VECTORS / "rejected" / name).read_bytes())
+
+
+def _cleaned(data: bytes) -> bytes:
+    """The same file as pyspz would accept it: LF header, no comment lines."""
+    end = data.index(b"end_header") + len(b"end_header")
+    body = data[end:].removeprefix(b"\r\n").removeprefix(b"\n")
+    lines = [line for line in data[:end].replace(b"\r\n", b"\n").split(b"\n") if not line.startswith(b"comment")]
+    return b"\n".join(lines) + b"\n" + body
+
+
+@pytest.mark.parametrize("name", ["comment_line.ply", "crlf_header.ply"])
+def test_accepted_beyond_pyspz_gives_the_payload_of_the_clean_file(name: str) -> None:
+    data = (VECTORS / "rejected" / name).read_bytes()
+    clean = _cleaned(data)
+    assert clean != data and b"comment" not in clean and b"\r" not in clean[: clean.index(b"end_header")]
+    assert payload_of(spz.compress(data)) == payload_of(spz.compress(clean))
+    assert len(ply.read_ply(clean)) == 100
+
+
+CORRUPT = {
+    "empty.spz": "empty SPZ",
+    "not_zstd.spz": "gzip",
+    "truncated_frame.spz": "truncated|corrupt|shorter",
+}
+
+
+@pytest.mark.parametrize("name,message", sorted(CORRUPT.items()))
+def test_corrupt_spz_vectors_get_a_clear_error(name: str, message: str) -> None:
+    with pytest.raises(SpzError, match=message):
+        spz.decompress((VECTORS / "rejected" / name).read_bytes())
+
+
+def _frame(header: tuple[int, ...], body: bytes = b"") -> bytes:
+    return zstandard.ZstdCompressor().compress(struct.pack("<IIIBBBB", *header) + body)
+
+
+@pytest.mark.parametrize(
+    "frame,message",
+    [
+        (_frame((0x12345678, 2, 10, 0, 12, 0, 0)), "magic"),
+        (_frame((spz.MAGIC, 3, 10, 0, 12, 0, 0)), "version 3"),
+        (_frame((spz.MAGIC, 0, 10, 0, 12, 0, 0)), "version 0"),
+        (_frame((spz.MAGIC, 2, 10, 4, 12, 0, 0)), "SH degree 4"),
+        (_frame((spz.MAGIC, 2, 0, 0, 12, 0, 0)), "0 gaussians"),
+        (_frame((spz.MAGIC, 2, 4_000_000_000, 0, 12, 0, 0)), "more than"),
+        (_frame((spz.MAGIC, 2, 9_999_999, 3, 12, 0, 0), b"\0" * 1000), "truncated SPZ"),
+        (b"PK\x03\x04 zip", "zstd frame magic"),
+        (b"\x28\xb5\x2f\xfd\xff", "corrupt"),
+        (_frame((spz.MAGIC, 2, 1, 0, 12, 0, 0)) + b"", "truncated SPZ"),
+    ],
+)
+def test_corrupt_spz_is_refused_without_a_huge_allocation(frame: bytes, message: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpzError, match=message):
+            spz.decode(frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
+
+
+def test_cut_off_frames_are_refused_at_every_length() -> None:
+    frame = spz.compress(vector("inria_1000_sh1.ply"))
+    for cut in range(0, len(frame), 997):
+        with pytest.raises(SpzError):
+            spz.decode(frame[:cut])
+
+
+def test_encode_refuses_an_empty_cloud() -> None:
+    empty = GaussianCloud(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 4)), np.zeros(0), np.zeros((0, 3)))
+    with pytest.raises(SpzError, match="empty"):
+        spz.encode(empty)
+
+
+def test_antialiased_flag_is_written() -> None:
+    payload = payload_of(spz.encode(random_cloud(10), antialiased=True))
+    assert payload[14] == spz.FLAG_ANTIALIASED
