@@ -1,0 +1,179 @@
+"""The generation's assets, one partition per (prompt, seed). Each loads, calls a resource,
+and returns the value with metadata (timings, sizes, counts, a small preview)."""
+
+
+import base64
+import io
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import trimesh
+from PIL import Image
+
+from .catalog import build_catalog, markdown_table
+from .ledger import Generation
+from .resources import (
+    BackgroundRemovalResource,
+    ImageToMeshResource,
+    RefinerResource,
+    ScoringResource,
+    SplatResource,
+    StoreResource,
+    TextToImageResource,
+    open_image,
+    stopwatch,
+)
+from .splats import GaussianCloud, spz
+from .splats.ply import ply_header
+from .splats.render import preview_grid_png
+
+generations = dg.DynamicPartitionsDefinition(name="generations")
+GROUP = "generation"
+PREVIEW_PX = 160
+
+
+def preview(png_or_image: bytes | Image.Image) -> dg.MetadataValue:
+    """A small inline image for the asset page (a markdown data URI is what the UI renders)."""
+    image = png_or_image if isinstance(png_or_image, Image.Image) else Image.open(io.BytesIO(png_or_image))
+    thumb = image.copy()
+    thumb.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    if thumb.mode == "RGBA":  # show cut-outs on a checkerboard so transparency is visible
+        board = np.indices(thumb.size[::-1]).sum(axis=0) // 8 % 2 * 40 + 200
+        base = Image.fromarray(np.dstack([board] * 3).astype(np.uint8), "RGB").convert("RGBA")
+        thumb = Image.alpha_composite(base, thumb).convert("RGB")
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG", optimize=True)
+    return dg.MetadataValue.md(f"![preview](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+def describe(entry: Generation) -> dict[str, Any]:
+    return {"prompt": entry.label, "seed": entry.seed, "prompt_kind": entry.kind}
+
+
+def _entry(context: dg.AssetExecutionContext, store: StoreResource) -> Generation:
+    return store.ledger().get(context.partition_key)
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
+def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
+                    text_to_image: TextToImageResource) -> dg.Output[Image.Image]:
+    """The prompt as an image: text through the text-to-image backend, an image prompt as given."""
+    entry = _entry(context, store)
+    prompt = store.ledger().prompt(entry.key)
+    with stopwatch() as t:
+        image = open_image(prompt.image) if prompt.kind == "image" else text_to_image.generate(prompt.text, entry.seed)
+    backend = {"backend": "given image"} if prompt.kind == "image" else text_to_image.describe()
+    return dg.Output(image, metadata={**describe(entry), **backend, "seconds": t["seconds"],
+                                      "width": image.width, "height": image.height, "preview": preview(image)})
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
+def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: BackgroundRemovalResource,
+                     generated_image: Image.Image) -> dg.Output[Image.Image]:
+    """The object cut out of the generated image (RGBA, background transparent)."""
+    with stopwatch() as t:
+        cut = background.remove(generated_image)
+    coverage = float((np.asarray(cut)[..., 3] >= 128).mean())
+    return dg.Output(cut, metadata={**describe(_entry(context, store)), **background.describe(),
+                                    "seconds": t["seconds"], "foreground_fraction": round(coverage, 4),
+                                    "preview": preview(cut)})
+
+
+def _mesh_metadata(mesh: trimesh.Trimesh) -> dict[str, Any]:
+    return {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "watertight": bool(mesh.is_watertight),
+            "extent": [round(float(v), 4) for v in mesh.extents]}
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"glb"})
+def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_to_mesh: ImageToMeshResource,
+                 foreground_image: Image.Image) -> dg.Output[trimesh.Trimesh]:
+    """A coloured mesh from the cut-out (GLB, and the PLY form beside it)."""
+    entry = _entry(context, store)
+    with stopwatch() as t:
+        mesh = image_to_mesh.mesh(foreground_image, entry.seed)
+    return dg.Output(mesh, metadata={**describe(entry), **image_to_mesh.describe(), "seconds": t["seconds"],
+                                     **_mesh_metadata(mesh)})
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"glb"})
+def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refiner: RefinerResource,
+                 initial_mesh: trimesh.Trimesh) -> dg.Output[trimesh.Trimesh]:
+    """The mesh made lighter and smoother, colours kept."""
+    with stopwatch() as t:
+        mesh = refiner.refine(initial_mesh)
+    return dg.Output(mesh, metadata={**describe(_entry(context, store)), **refiner.describe(),
+                                     "seconds": t["seconds"], **_mesh_metadata(mesh)})
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, io_manager_key="artifacts", kinds={"ply"})
+def gaussian_splat(context: dg.AssetExecutionContext, store: StoreResource, splats: SplatResource,
+                   refined_mesh: trimesh.Trimesh) -> dg.Output[GaussianCloud]:
+    """The mesh as a 3DGS splat, centred and scaled as the validator expects (PLY pyspz reads)."""
+    entry = _entry(context, store)
+    with stopwatch() as t:
+        cloud = splats.splat(refined_mesh, entry.seed)
+    extent = cloud.positions.max(axis=0) - cloud.positions.min(axis=0)
+    return dg.Output(cloud, metadata={**describe(entry), "seconds": t["seconds"], "gaussians": len(cloud),
+                                      "sh_degree": cloud.sh_degree, "frame": splats.frame,
+                                      "extent": [round(float(v), 4) for v in extent],
+                                      "preview": preview(preview_grid_png(cloud, size=80, grid=2))})
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, io_manager_key="artifacts", kinds={"spz"})
+def compressed_splat(context: dg.AssetExecutionContext, store: StoreResource,
+                     gaussian_splat: GaussianCloud) -> dg.Output[bytes]:
+    """The splat as SN17 SPZ (what pyspz.compress makes and validators decode)."""
+    with stopwatch() as t:
+        data = spz.encode(gaussian_splat)
+    n, k = len(gaussian_splat), gaussian_splat.sh_rest.shape[1]
+    ply_bytes = len(ply_header(n, k, include_normals=False)) + n * (14 + 3 * k) * 4
+    return dg.Output(data, metadata={**describe(_entry(context, store)), "seconds": t["seconds"],
+                                     "gaussians": len(gaussian_splat), "spz_bytes": len(data),
+                                     "ply_bytes": ply_bytes, "ratio": round(ply_bytes / len(data), 2),
+                                     "base64_bytes": 4 * -(-len(data) // 3)})
+
+
+SCORE_CHECK = "score_meets_threshold"
+
+
+@dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"json"},
+          check_specs=[dg.AssetCheckSpec(SCORE_CHECK, asset="validation_score", blocking=True,
+                                         description="Zero-score checks pass and the score reaches the threshold")])
+def validation_score(context: dg.AssetExecutionContext, store: StoreResource, scoring: ScoringResource,
+                     compressed_splat: bytes, foreground_image: Image.Image):
+    """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
+    with stopwatch() as t:
+        cloud = spz.decode(compressed_splat)
+        result, ring_png = scoring.score(cloud, foreground_image)
+    result["seconds"] = t["seconds"]
+    parts = {k: result[k] for k in ("score", "silhouette_iou", "colour_similarity", "ring_consistency")}
+    failures = result["checks"]["failures"]
+    yield dg.Output(result, metadata={**describe(_entry(context, store)), **parts, "seconds": t["seconds"],
+                                      "kind": result["kind"], "threshold": result["threshold"],
+                                      "passed": result["passed"], "check_failures": len(failures),
+                                      "preview": preview(ring_png)})
+    yield dg.AssetCheckResult(
+        check_name=SCORE_CHECK,
+        passed=bool(result["passed"]) and not failures,
+        metadata={"score": result["score"], "threshold": result["threshold"], "kind": result["kind"],
+                  "failures": "; ".join(failures) or "none"},
+        description=None if result["passed"] and not failures else
+        f"score {result['score']} (threshold {result['threshold']}); {'; '.join(failures) or 'checks pass'}",
+    )
+
+
+@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
+def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
+    """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score."""
+    frame = build_catalog(store.store(), store.ledger())
+    return dg.Output(frame, metadata={
+        "generations": len(frame),
+        "complete": int((frame["status"] == "complete").sum()) if len(frame) else 0,
+        "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
+    })
+
+
+PIPELINE = [generated_image, foreground_image, initial_mesh, refined_mesh, gaussian_splat, compressed_splat,
+            validation_score]

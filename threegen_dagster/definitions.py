@@ -1,0 +1,55 @@
+"""``threegen_dagster.definitions:defs``: the one place that wires assets, checks, jobs,
+sensors, schedules and resources, picked from the environment (``Settings.from_env``)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets import PIPELINE, generation_catalog
+from .io_manager import ArtifactIOManager
+from .jobs import (
+    InboxResource,
+    catalog_after_generation,
+    catalog_job,
+    cleanup,
+    cleanup_schedule,
+    generate_job,
+    inbox_sensor,
+)
+from .resources import (
+    BackgroundRemovalResource,
+    ImageToMeshResource,
+    RefinerResource,
+    ScoringResource,
+    SplatResource,
+    StoreResource,
+    TextToImageResource,
+)
+from .settings import Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    store = StoreResource(root=str(settings.store_root))
+    return dg.Definitions(
+        assets=[*PIPELINE, generation_catalog],
+        jobs=[generate_job, catalog_job, cleanup],
+        sensors=[inbox_sensor, catalog_after_generation],
+        schedules=[cleanup_schedule(settings.retention_hours)],
+        # a generation is a chain of heavy steps: one process per run keeps imports and models warm;
+        # scale out across runs (queued runs, run workers), not across one chain's steps
+        executor=dg.in_process_executor,
+        resources={
+            "store": store,
+            "artifacts": ArtifactIOManager(store=store),
+            "inbox": InboxResource(path=str(settings.inbox)),
+            "text_to_image": TextToImageResource(),
+            "background": BackgroundRemovalResource(),
+            "image_to_mesh": ImageToMeshResource(),
+            "refiner": RefinerResource(),
+            "splats": SplatResource(gaussians=settings.gaussians, frame=settings.frame),
+            "scoring": ScoringResource(threshold=settings.score_threshold),
+        },
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,116 @@
+"""Generation keys: one short, deterministic, path-safe partition key per (prompt, seed).
+
+A key looks like ``a-wooden-chair-3f2a9c1b0d-s42``: a slug of the prompt for people, a
+hash of the full prompt (text, or the image's bytes) so different prompts never share a
+key, and the seed. Only ``[a-z0-9-]``: safe in the Dagster UI's "add partition" dialog,
+on the command line, in file paths and in S3 keys. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+MAX_PROMPT_CHARS = 10_000
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_SEED = 2**32 - 1
+SLUG_WORDS = 6
+SLUG_CHARS = 40
+HASH_CHARS = 10
+KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d}-s\d+$" % HASH_CHARS)
+
+
+class PromptError(ValueError):
+    """A prompt or seed that cannot make a generation; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What to generate: text, or an image (PNG/JPEG/WebP bytes) with an optional caption."""
+
+    kind: Literal["text", "image"]
+    text: str = ""
+    image: bytes = b""
+
+    @staticmethod
+    def from_text(text: str) -> Prompt:
+        if not isinstance(text, str):
+            raise PromptError(f"a text prompt must be a string, not {type(text).__name__}")
+        cleaned = " ".join(text.split())  # newlines, tabs and runs of spaces become one space
+        if not cleaned:
+            raise PromptError("the prompt is empty (or only whitespace): describe the object to generate")
+        if len(cleaned) > MAX_PROMPT_CHARS:
+            raise PromptError(f"the prompt has {len(cleaned):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+        return Prompt("text", text=cleaned)
+
+    @staticmethod
+    def from_image(image: bytes, caption: str = "") -> Prompt:
+        if not image:
+            raise PromptError("the image prompt is empty: give a PNG, JPEG or WebP file")
+        if len(image) > MAX_IMAGE_BYTES:
+            raise PromptError(f"the image is {len(image):,} bytes; the limit is {MAX_IMAGE_BYTES:,}")
+        if not _looks_like_image(image):
+            raise PromptError("the image prompt is not a PNG, JPEG or WebP file")
+        return Prompt("image", text=" ".join(caption.split())[:MAX_PROMPT_CHARS], image=image)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of what the prompt is: the normalised text, or the image bytes."""
+        payload = self.image if self.kind == "image" else self.text.encode("utf-8")
+        return hashlib.sha256(payload).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """A short human description, e.g. for the UI and the catalog."""
+        if self.kind == "text":
+            return self.text if len(self.text) <= 120 else self.text[:117] + "..."
+        return f"image {self.digest[:12]}" + (f" ({self.text[:80]})" if self.text else "")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def slug(text: str) -> str:
+    """Lower-case ASCII words joined by '-', at most SLUG_WORDS words and SLUG_CHARS characters."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    words = re.findall(r"[a-z0-9]+", ascii_text)[:SLUG_WORDS]
+    out = ""
+    for word in words:
+        candidate = f"{out}-{word}" if out else word
+        if len(candidate) > SLUG_CHARS:
+            break
+        out = candidate
+    return out
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PromptError(f"the seed must be an integer, not {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise PromptError(f"the seed must be between 0 and {MAX_SEED}, not {seed}")
+    return seed
+
+
+def generation_key(prompt: Prompt, seed: int) -> str:
+    """The partition key of (prompt, seed); the same inputs always give the same key."""
+    check_seed(seed)
+    words = slug(prompt.text) if prompt.text else ""
+    if prompt.kind == "image":
+        words = f"img-{words}" if words else "img"
+    stem = f"{words}-" if words else ""
+    return f"{stem}{prompt.digest[:HASH_CHARS]}-s{seed}"
+
+
+def is_generation_key(key: str) -> bool:
+    return bool(KEY_PATTERN.match(key))
+
+
+def seed_of(key: str) -> int:
+    """The seed a key carries (the prompt itself lives in the ledger)."""
+    if not is_generation_key(key):
+        raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
+    return int(key.rsplit("-s", 1)[1])

@@ -1,0 +1,100 @@
+"""The ledger: what each generation key means (prompt, seed, source, time), kept in the store.
+
+One JSON object per generation (``ledger/<key>.json``; an image prompt's bytes beside it as
+``ledger/<key>.image``), so any worker that reaches the store can decode a key, and two
+writers adding different generations never touch the same object. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+
+from .keys import Prompt, PromptError, generation_key, is_generation_key
+from .storage import LocalStore, StorageError
+
+LEDGER = "ledger"
+
+
+@dataclass(frozen=True)
+class Generation:
+    key: str
+    kind: str  # "text" | "image"
+    prompt: str  # the text, or the image's caption (may be empty)
+    seed: int
+    source: str  # "cli", "ui", "inbox", ...
+    created_at: float  # unix seconds
+    task_id: str = ""
+    image_sha256: str = ""
+    keep: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.prompt if self.kind == "text" else f"[image {self.image_sha256[:12]}] {self.prompt}".strip()
+
+
+class UnknownGeneration(KeyError):
+    def __str__(self) -> str:
+        return (f"no generation {self.args[0]!r} in the ledger: register it first "
+                f"(`threegen add PROMPT --seed N`), or check the key")
+
+
+class Ledger:
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def add(self, prompt: Prompt, seed: int, source: str, task_id: str = "",
+            now: float | None = None) -> tuple[Generation, bool]:
+        """Register (prompt, seed); returns the entry and whether it is new (adding twice is a no-op)."""
+        key = generation_key(prompt, seed)
+        existing = self.find(key)
+        if existing is not None:
+            return existing, False
+        entry = Generation(key=key, kind=prompt.kind, prompt=prompt.text, seed=seed, source=source,
+                           created_at=time.time() if now is None else now, task_id=task_id,
+                           image_sha256=prompt.digest if prompt.kind == "image" else "")
+        if prompt.kind == "image":
+            self.store.write(f"{LEDGER}/{key}.image", prompt.image)
+        self._write(entry)
+        return entry, True
+
+    def _write(self, entry: Generation) -> None:
+        self.store.write(f"{LEDGER}/{entry.key}.json", json.dumps(asdict(entry), indent=1).encode())
+
+    def find(self, key: str) -> Generation | None:
+        if not is_generation_key(key):
+            raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
+        try:
+            return Generation(**json.loads(self.store.read(f"{LEDGER}/{key}.json")))
+        except StorageError:
+            return None
+
+    def get(self, key: str) -> Generation:
+        entry = self.find(key)
+        if entry is None:
+            raise UnknownGeneration(key)
+        return entry
+
+    def prompt(self, key: str) -> Prompt:
+        """The full prompt behind a key (image bytes included)."""
+        entry = self.get(key)
+        if entry.kind == "image":
+            return Prompt("image", text=entry.prompt, image=self.store.read(f"{LEDGER}/{key}.image"))
+        return Prompt("text", text=entry.prompt)
+
+    def all(self) -> list[Generation]:
+        entries = []
+        for path in self.store.list(LEDGER):
+            if path.endswith(".json"):
+                entries.append(Generation(**json.loads(self.store.read(path))))
+        return sorted(entries, key=lambda e: (e.created_at, e.key))
+
+    def set_keep(self, key: str, keep: bool = True) -> Generation:
+        entry = replace(self.get(key), keep=keep)
+        self._write(entry)
+        return entry
+
+    def remove(self, key: str) -> int:
+        """Forget a generation; the bytes freed from the ledger."""
+        return self.store.delete(f"{LEDGER}/{key}.json") + self.store.delete(f"{LEDGER}/{key}.image")

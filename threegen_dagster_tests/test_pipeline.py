@@ -1,0 +1,217 @@
+"""The whole Dagster graph on a temporary instance: files, decoding, the blocking check, the
+inbox sensor, retention and the CLI."""
+
+import base64
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import trimesh
+from PIL import Image
+
+from threegen_dagster import cli
+from threegen_dagster.catalog import build_catalog
+from threegen_dagster.definitions import build_definitions, defs
+from threegen_dagster.io_manager import artifact_path
+from threegen_dagster.jobs import inbox_sensor
+from threegen_dagster.keys import Prompt
+from threegen_dagster.ledger import Ledger
+from threegen_dagster.settings import Settings
+from threegen_dagster.splats import read_ply, spz
+from threegen_dagster.storage import LocalStore
+
+QUIET = cli.QUIET_RUN
+
+
+def settings_for(root: Path, **overrides) -> Settings:
+    return Settings(store_root=root / "artifacts", inbox=root / "inbox", **overrides)
+
+
+def register(instance: dg.DagsterInstance, settings: Settings, text: str, seed: int, **kwargs) -> str:
+    entry, _ = cli.register(Prompt.from_text(text), seed, "test", settings, instance)
+    return entry.key
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, instance):
+    """Two generations materialized end to end."""
+    settings = settings_for(tmp_path_factory.mktemp("pipeline"))
+    definitions = build_definitions(settings)
+    keys = [register(instance, settings, "a wooden chair", 42), register(instance, settings, "blue ball", 7)]
+    results = {key: definitions.resolve_job_def("generate").execute_in_process(
+        instance=instance, partition_key=key, run_config=QUIET) for key in keys}
+    return settings, definitions, results
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"generate", "refresh_catalog", "cleanup"}
+
+
+def test_every_stage_writes_a_real_file_that_decodes(pipeline) -> None:
+    settings, _, results = pipeline
+    store = LocalStore(settings.store_root)
+    for key, result in results.items():
+        assert result.success
+        path = lambda asset: store.path(artifact_path(key, asset))  # noqa: E731
+        assert Image.open(path("generated_image")).mode == "RGB"
+        assert Image.open(path("foreground_image")).mode == "RGBA"
+        for mesh_asset in ("initial_mesh", "refined_mesh"):
+            mesh = trimesh.load(path(mesh_asset), force="mesh")
+            assert len(mesh.faces) > 100 and mesh.visual.vertex_colors is not None
+        assert trimesh.load(path("initial_mesh").with_suffix(".ply")).faces.shape[1] == 3
+        cloud = read_ply(path("gaussian_splat").read_bytes())
+        decoded = spz.decode(path("compressed_splat").read_bytes())
+        assert len(cloud) == len(decoded) == 50_000
+        assert abs(float((decoded.positions.max(0) - decoded.positions.min(0)).max()) - 1.5) < 1e-3
+        score = json.loads(path("validation_score").read_text())
+        assert score["kind"] == "proxy" and score["checks"]["failures"] == []
+        assert score["score"] >= 0.6 and score["passed"]
+        manifest = json.loads(store.read(f"generations/{key}/manifest/compressed_splat.json"))
+        assert manifest["bytes"] == path("compressed_splat").stat().st_size and manifest["run_id"] == result.run_id
+
+
+def test_materializations_carry_metadata_and_a_preview(pipeline, instance) -> None:
+    _, _, results = pipeline
+    key = next(iter(results))
+    materializations = [ev.event_specific_data.materialization
+                        for ev in results[key].get_asset_materialization_events()]
+    events = {m.asset_key.path[-1]: m for m in materializations}
+    for asset in ("generated_image", "gaussian_splat", "validation_score"):
+        md = events[asset].metadata
+        assert md["seconds"].value >= 0 and md["prompt"].value == "a wooden chair"
+        assert md["preview"].value.startswith("![preview](data:image/png;base64,")
+        assert md["sha256"].value and md["bytes"].value > 0
+    assert events["compressed_splat"].metadata["ratio"].value > 3
+    assert events["gaussian_splat"].metadata["gaussians"].value == 50_000
+    check = results[key].get_asset_check_evaluations()[0]
+    assert check.passed and check.check_name == "score_meets_threshold"
+
+
+def test_blocking_check_fails_the_run_below_threshold(tmp_path, instance) -> None:
+    settings = settings_for(tmp_path, score_threshold=0.999)
+    key = register(instance, settings, "red cube", 1)
+    result = build_definitions(settings).resolve_job_def("generate").execute_in_process(
+        instance=instance, partition_key=key, run_config=QUIET, raise_on_error=False)
+    assert not result.success
+    evaluation = result.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and evaluation.metadata["threshold"].value == 0.999
+
+
+def test_catalog_lists_generations_from_the_store(pipeline, instance) -> None:
+    settings, definitions, results = pipeline
+    result = definitions.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET)
+    frame = result.output_for_node("generation_catalog")
+    assert set(frame["key"]) == set(results)
+    assert (frame["status"] == "complete").all() and (frame["gaussians"] == 50_000).all()
+    assert (frame["total_seconds"] > 0).all() and frame["score"].between(0.6, 1).all()
+    store = LocalStore(settings.store_root)
+    key = next(iter(results))
+    store.delete(artifact_path(key, "compressed_splat"))  # the store is the truth, not Dagster's status
+    row = build_catalog(store, Ledger(store)).set_index("key").loc[key]
+    assert row["status"].startswith("partial")
+
+
+def _task(folder: Path, name: str, body) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+    return path
+
+
+def test_inbox_sensor_new_duplicate_and_malformed(tmp_path, instance) -> None:
+    settings = settings_for(tmp_path)
+    definitions = build_definitions(settings)
+    resources = {k: definitions.resources[k] for k in ("store", "inbox")}
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(png, format="PNG")
+    _task(settings.inbox, "a.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
+    _task(settings.inbox, "b.json", {"id": "task-b", "image_b64": base64.b64encode(png.getvalue()).decode()})
+    _task(settings.inbox, "bad.json", b"{oops")
+    _task(settings.inbox, "empty.json", {"id": "task-c", "prompt": " "})
+
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = inbox_sensor(context)
+    assert sorted(r.run_key for r in result.run_requests) == ["task:task-a", "task:task-b"]
+    keys = {r.partition_key for r in result.run_requests}
+    assert set(result.dynamic_partitions_requests[0].partition_keys) == keys
+    assert sorted(p.name for p in (settings.inbox / "accepted").iterdir()) == ["a.json", "b.json"]
+    rejected = settings.inbox / "rejected"
+    assert "not JSON" in (rejected / "bad.json.error.txt").read_text()
+    assert "empty" in (rejected / "empty.json.error.txt").read_text()
+    ledger = Ledger(LocalStore(settings.store_root))
+    assert {ledger.get(k).task_id for k in keys} == {"task-a", "task-b"}
+
+    _task(settings.inbox, "a-again.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        again = inbox_sensor(context)
+    assert [r.run_key for r in again.run_requests] == ["task:task-a"]  # same run key: Dagster runs it once
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        assert inbox_sensor(context).run_requests == []  # nothing left in the inbox
+
+
+def test_retention_removes_old_keeps_marked_and_dry_run_changes_nothing(tmp_path, instance) -> None:
+    settings = settings_for(tmp_path)
+    store = LocalStore(settings.store_root)
+    ledger = Ledger(store)
+    now = time.time()
+    old, _ = ledger.add(Prompt.from_text("old thing"), 0, "test", now=now - 10 * 86400)
+    kept, _ = ledger.add(Prompt.from_text("kept thing"), 0, "test", now=now - 10 * 86400)
+    young, _ = ledger.add(Prompt.from_text("young thing"), 0, "test", now=now)
+    ledger.set_keep(kept.key)
+    for entry in (old, kept, young):
+        store.write(f"generations/{entry.key}/generated_image.png", b"x" * 1000)
+    instance.add_dynamic_partitions("generations", [old.key, kept.key, young.key])
+    job = build_definitions(settings).resolve_job_def("cleanup")
+
+    def run(dry_run: bool) -> dict:
+        config = {"ops": {"apply_retention": {"config": {"max_age_hours": 24, "dry_run": dry_run}}}, **QUIET}
+        return job.execute_in_process(instance=instance, run_config=config).output_for_node("apply_retention")
+
+    dry = run(True)
+    assert dry["removed"] == 1 and dry["freed_bytes"] >= 1000 and dry["keys"] == [old.key]
+    assert ledger.find(old.key) and store.exists(f"generations/{old.key}/generated_image.png")
+    assert instance.has_dynamic_partition("generations", old.key)
+
+    real = run(False)
+    assert real["removed"] == 1 and real["kept_marked"] == 1 and real["younger"] >= 1
+    assert ledger.find(old.key) is None and not store.exists(f"generations/{old.key}/generated_image.png")
+    assert not instance.has_dynamic_partition("generations", old.key)
+    assert ledger.find(kept.key) and ledger.find(young.key)
+    assert instance.has_dynamic_partition("generations", kept.key)
+
+
+def test_cli_generate_add_and_errors(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("THREEGEN_GAUSSIANS", "20000")
+    assert cli.main(["add", "a tall lamp", "--seed", "4", "--json"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["new"] and added["key"].startswith("a-tall-lamp-")
+    assert (tmp_path / ".dagster" / "dagster.yaml").exists()
+
+    assert cli.main(["generate", "a tall lamp", "--seed", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["success"] and out["key"] == added["key"] and out["score"]["score"] >= 0.6
+    assert set(out["stages"]) >= {"generated_image", "compressed_splat", "validation_score"}
+    assert Path(out["stages"]["compressed_splat"]["file"]).is_file()
+    assert Path(os.environ["DAGSTER_HOME"]) == tmp_path / ".dagster"
+    with dg.DagsterInstance.get() as inst:
+        runs = inst.get_runs()
+        assert {r.job_name for r in runs} >= {"generate", "refresh_catalog"}
+        assert inst.has_dynamic_partition("generations", out["key"])
+
+    assert cli.main(["generate", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert cli.main(["generate", "x", "--image", str(tmp_path / "missing.png")]) == 2
+    assert cli.main(["keep", "no-such-key-0123456789-s1"]) == 2

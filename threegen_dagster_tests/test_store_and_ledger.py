@@ -1,0 +1,78 @@
+import errno
+import os
+
+import pytest
+
+from threegen_dagster.keys import Prompt, PromptError
+from threegen_dagster.ledger import Ledger, UnknownGeneration
+from threegen_dagster.retention import plan_retention, remove_generation
+from threegen_dagster.storage import LocalStore, StorageError
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("a/b/c.bin", b"one")
+    store.write("a/b/c.bin", b"two")
+    assert store.read("a/b/c.bin") == b"two"
+    assert [p.name for p in (tmp_path / "a/b").iterdir()] == ["c.bin"]
+    assert list(store.list("a")) == ["a/b/c.bin"]
+
+
+def test_a_failed_write_changes_nothing(tmp_path, monkeypatch) -> None:
+    store = LocalStore(tmp_path)
+    store.write("x.bin", b"old")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # the disk fills while the new bytes are flushed
+    with pytest.raises(StorageError, match="disk is full"):
+        store.write("x.bin", b"new")
+    assert store.read("x.bin") == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+@pytest.mark.parametrize("path", ["../escape", "/abs", "a/../../b", "", "a\\b"])
+def test_paths_outside_the_store_are_refused(tmp_path, path: str) -> None:
+    with pytest.raises(StorageError, match="not a store path"):
+        LocalStore(tmp_path).write(path, b"x")
+
+
+def test_missing_file_error_names_it(tmp_path) -> None:
+    with pytest.raises(StorageError, match="missing from the store: .*nope.png"):
+        LocalStore(tmp_path).read("generations/k/nope.png")
+
+
+def test_ledger_maps_keys_back_to_prompts(tmp_path) -> None:
+    ledger = Ledger(LocalStore(tmp_path))
+    text, new = ledger.add(Prompt.from_text("a | weird, \"prompt\"\nwith lines 🤖"), 5, source="cli")
+    again, new_again = ledger.add(Prompt.from_text("a | weird, \"prompt\" with lines 🤖"), 5, source="inbox")
+    assert new and not new_again and again == text
+    image, _ = ledger.add(Prompt.from_image(PNG, caption="mug"), 1, source="inbox", task_id="t9")
+    assert ledger.prompt(text.key).text == "a | weird, \"prompt\" with lines 🤖"
+    assert ledger.prompt(image.key).image == PNG
+    assert ledger.get(image.key).task_id == "t9"
+    assert {e.key for e in Ledger(LocalStore(tmp_path)).all()} == {text.key, image.key}
+    with pytest.raises(UnknownGeneration, match="threegen add"):
+        ledger.get("unknown-0123456789-s1")
+    with pytest.raises(PromptError):
+        ledger.get("../../etc")
+
+
+def test_retention_plans_by_age_and_keep_mark(tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    ledger = Ledger(store)
+    old, _ = ledger.add(Prompt.from_text("old"), 0, "cli", now=1000.0)
+    kept, _ = ledger.add(Prompt.from_text("kept"), 0, "cli", now=1000.0)
+    ledger.set_keep(kept.key)
+    young, _ = ledger.add(Prompt.from_text("young"), 0, "cli", now=1000.0 + 3600 * 47)
+    plan = plan_retention(ledger.all(), now=1000.0 + 3600 * 48, max_age_hours=24)
+    assert [e.key for e in plan.expired] == [old.key]
+    assert [e.key for e in plan.kept] == [kept.key] and plan.young == 1
+    store.write(f"generations/{old.key}/generated_image.png", b"x" * 100)
+    freed = remove_generation(store, ledger, old.key)
+    assert freed > 100
+    assert ledger.find(old.key) is None and not (tmp_path / "generations" / old.key).exists()
+    assert ledger.find(young.key) is not None
