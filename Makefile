@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo ui test bench clean
+
+# The Dagster instance (runs, event log) lives in .dagster/, artifacts in artifacts/.
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
 
 setup: $(STAMP)
 
@@ -15,7 +18,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(VENV)/bin/threegen generate "a wooden chair" --seed 42
+
+ui: $(STAMP)
+	$(PY) -m threegen_dagster.instance >/dev/null
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -24,4 +31,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .dagster artifacts inbox .pytest_cache
