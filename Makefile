@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/threegen generate "a wooden chair" --seed 42
+	@echo "See the run and its assets in the UI: make ui, then open http://127.0.0.1:3000"
 
 ui: $(STAMP)
 	$(PY) -m threegen_dagster.instance >/dev/null

@@ -208,9 +208,15 @@ def write_ply(cloud: GaussianCloud, include_normals: bool = False) -> bytes:
     """The cloud as the binary little-endian float32 PLY that pyspz and 3DGS viewers read."""
     n, k = len(cloud), cloud.sh_rest.shape[1]
     width = 3 + (3 if include_normals else 0) + 3 + 3 * k + 8
-    body = np.zeros((n, width), dtype="<f4")
+    header = ply_header(n, k, include_normals)
+    out = bytearray(len(header) + n * width * 4)  # filled in place: one copy of the body, not three
+    out[: len(header)] = header
+    body = np.frombuffer(out, dtype="<f4", offset=len(header)).reshape(n, width)
     body[:, 0:3] = cloud.positions
-    c = 6 if include_normals else 3
+    c = 3
+    if include_normals:
+        body[:, 3:6] = 0.0
+        c = 6
     body[:, c:c + 3] = cloud.sh_dc
     c += 3
     if k:
@@ -219,4 +225,4 @@ def write_ply(cloud: GaussianCloud, include_normals: bool = False) -> bytes:
     body[:, c] = cloud.opacity_logits
     body[:, c + 1:c + 4] = cloud.log_scales
     body[:, c + 4:c + 8] = cloud.rotations
-    return ply_header(n, k, include_normals) + body.tobytes()
+    return bytes(out)

@@ -129,6 +129,10 @@ def _quantize_sh(x: np.ndarray, bucket: int) -> np.ndarray:
 
 def pack(cloud: GaussianCloud, antialiased: bool = False) -> bytes:
     """The uncompressed SPZ payload (header + packed arrays) exactly as pyspz builds it."""
+    return _pack(cloud, antialiased).tobytes()
+
+
+def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
     n, k = len(cloud), cloud.sh_rest.shape[1]
     if n == 0:
         raise SpzError("cannot encode an empty cloud: SPZ needs at least one gaussian")
@@ -154,7 +158,7 @@ def pack(cloud: GaussianCloud, antialiased: bool = False) -> bytes:
     put(_pack_rotations(cloud.rotations))
     if k:
         put(_pack_sh(cloud.sh_rest.reshape(n, 3 * k)))
-    return out.tobytes()
+    return out
 
 
 _SH_ROWS = 16384  # rows per block: keeps the quantiser's passes in cache; blocks run on two threads
@@ -199,7 +203,7 @@ def encode(cloud: GaussianCloud, compression_level: int = 1, workers: int = -1,
     """A cloud as SN17 SPZ bytes. ``workers <= 0`` is single-threaded, as in pyspz."""
     compressor = zstandard.ZstdCompressor(level=max(int(compression_level), 1),
                                           threads=max(int(workers), 0), write_content_size=True)
-    return compressor.compress(pack(cloud, antialiased))
+    return compressor.compress(_pack(cloud, antialiased))  # zstd reads the array's buffer: no copy
 
 
 _LUT = _decode_tables()
