@@ -47,7 +47,8 @@ def pipeline(tmp_path_factory, instance):
     """Two generations materialized end to end."""
     settings = settings_for(tmp_path_factory.mktemp("pipeline"))
     definitions = build_definitions(settings)
-    keys = [register(instance, settings, "a wooden chair", 42), register(instance, settings, "blue ball", 7)]
+    nasty = 'a "blue" ball | with, commas\nand an emoji 🤖'  # works end to end, not just as a key
+    keys = [register(instance, settings, "a wooden chair", 42), register(instance, settings, nasty, 7)]
     results = {key: definitions.resolve_job_def("generate").execute_in_process(
         instance=instance, partition_key=key, run_config=QUIET) for key in keys}
     return settings, definitions, results
