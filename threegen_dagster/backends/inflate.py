@@ -55,15 +55,17 @@ def inflate(rgba: Image.Image, resolution: int = 128, depth_ratio: float = 0.6,
     span = max(mask.shape) - 4
     positions = np.stack([(col - mask.shape[1] / 2) / span, (mask.shape[0] / 2 - row) / span,
                           (k - depth) / span], axis=1)
-    colours = _rim_safe_colours(rgb, mask, row, col)
+    # an upscaled cut-out spreads its anti-aliased edge over ~scale pixels: step in that far
+    colours = _rim_safe_colours(rgb, mask, row, col, margin=max(1, int(np.ceil(scale))))
     # marching cubes winds faces for (row, col, z); flipping the row axis to +Y mirrors them
     mesh = trimesh.Trimesh(positions, faces[:, ::-1], vertex_colors=colours, process=True)
     return mesh
 
 
-def _rim_safe_colours(rgb: np.ndarray, mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """Each vertex's colour from the nearest pixel at least a pixel inside the silhouette."""
-    inner = ndimage.binary_erosion(mask, iterations=1)
+def _rim_safe_colours(rgb: np.ndarray, mask: np.ndarray, row: np.ndarray, col: np.ndarray,
+                      margin: int = 1) -> np.ndarray:
+    """Each vertex's colour from the nearest pixel at least ``margin`` pixels inside the silhouette."""
+    inner = ndimage.binary_erosion(mask, iterations=margin)
     if not inner.any():
         inner = mask
     _, (near_r, near_c) = ndimage.distance_transform_edt(~inner, return_indices=True)

@@ -89,7 +89,7 @@ SHAPES: dict[str, Callable[[float], Sdf]] = {
     "table": lambda s: _table(0.65 * s),
 }
 SHAPE_WORDS = {
-    "sphere": "sphere ball orb globe planet apple orange marble bubble head egg",
+    "sphere": "sphere ball orb globe planet apple marble bubble head egg",  # "orange" is a colour
     "cube": "cube box crate block dice die brick chest cabinet house",
     "cylinder": "cylinder can cup mug vase bottle jar barrel pillar tower candle drum",
     "cone": "cone hat tree pyramid spike horn funnel lamp",

@@ -5,8 +5,8 @@ This proxy asks simpler questions of the splat the validator would receive:
 
 - **silhouette IoU**: does the front render (azimuth 0, elevation 0) cover the same shape as
   the foreground cut-out? Both silhouettes are cropped to their bounding boxes and
-  resampled to one size first, so the comparison ignores scale and position (the
-  validator re-normalises anyway).
+  centred in a square and resampled to one size first, so the comparison ignores scale and
+  position (the validator re-normalises anyway) but not the aspect ratio.
 - **colour similarity**: 1 - mean absolute RGB error inside the shared silhouette.
 - **ring consistency**: mean SSIM between neighbouring views of the validator's 16-view
   ring, the same quantity the validator's consistency term uses.
@@ -80,9 +80,17 @@ def _crop_to(silhouette: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.nd
         return np.zeros((COMPARE_SIZE, COMPARE_SIZE), bool), np.ones((COMPARE_SIZE, COMPARE_SIZE, 3), np.float32)
     rows, cols = np.nonzero(silhouette.any(axis=1))[0], np.nonzero(silhouette.any(axis=0))[0]
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    # centre the box in a square before resampling, so the shape keeps its aspect ratio
+    h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    side = max(h, w)
+    inset = (slice((side - h) // 2, (side - h) // 2 + h), slice((side - w) // 2, (side - w) // 2 + w))
+    square_sil = np.zeros((side, side), bool)
+    square_sil[inset] = silhouette[box]
+    square_rgb = np.ones((side, side, 3), np.float32)
+    square_rgb[inset] = rgb[box]
     size = (COMPARE_SIZE, COMPARE_SIZE)
-    mask = np.asarray(Image.fromarray(silhouette[box].astype(np.uint8) * 255).resize(size, Image.BILINEAR)) >= 128
-    colour = np.asarray(Image.fromarray((rgb[box] * 255).astype(np.uint8)).resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(square_sil.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) >= 128
+    colour = np.asarray(Image.fromarray((square_rgb * 255).astype(np.uint8)).resize(size, Image.BILINEAR))
     return mask, colour.astype(np.float32) / 255
 
 
