@@ -4,6 +4,7 @@ and returns the value with metadata (timings, sizes, counts, a small preview).""
 
 import base64
 import io
+import warnings
 from typing import Any
 
 import dagster as dg
@@ -34,11 +35,11 @@ GROUP = "generation"
 PREVIEW_PX = 160
 
 
-def preview(png_or_image: bytes | Image.Image) -> dg.MetadataValue:
-    """A small inline image for the asset page (a markdown data URI is what the UI renders)."""
+def preview(png_or_image: bytes | Image.Image, size: int = PREVIEW_PX) -> dg.MetadataValue:
+    """A small image for the asset page (a markdown data URI; the UI opens it with "Show Markdown")."""
     image = png_or_image if isinstance(png_or_image, Image.Image) else Image.open(io.BytesIO(png_or_image))
     thumb = image.copy()
-    thumb.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    thumb.thumbnail((size, size))
     if thumb.mode == "RGBA":  # show cut-outs on a checkerboard so transparency is visible
         board = np.indices(thumb.size[::-1]).sum(axis=0) // 8 % 2 * 40 + 200
         base = Image.fromarray(np.dstack([board] * 3).astype(np.uint8), "RGB").convert("RGBA")
@@ -118,7 +119,7 @@ def gaussian_splat(context: dg.AssetExecutionContext, store: StoreResource, spla
     return dg.Output(cloud, metadata={**describe(entry), "seconds": t["seconds"], "gaussians": len(cloud),
                                       "sh_degree": cloud.sh_degree, "frame": splats.frame,
                                       "extent": [round(float(v), 4) for v in extent],
-                                      "preview": preview(preview_grid_png(cloud, size=80, grid=2))})
+                                      "preview": preview(preview_grid_png(cloud, size=128, grid=2), size=256)})
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, io_manager_key="artifacts", kinds={"spz"})
@@ -138,9 +139,15 @@ def compressed_splat(context: dg.AssetExecutionContext, store: StoreResource,
 SCORE_CHECK = "score_meets_threshold"
 
 
+with warnings.catch_warnings():  # partitioned checks are a Dagster "preview" feature; we pin the version
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    SCORE_CHECK_SPEC = dg.AssetCheckSpec(SCORE_CHECK, asset="validation_score", blocking=True,
+                                         partitions_def=generations,  # one verdict per generation
+                                         description="Zero-score checks pass and the score reaches the threshold")
+
+
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"json"},
-          check_specs=[dg.AssetCheckSpec(SCORE_CHECK, asset="validation_score", blocking=True,
-                                         description="Zero-score checks pass and the score reaches the threshold")])
+          check_specs=[SCORE_CHECK_SPEC])
 def validation_score(context: dg.AssetExecutionContext, store: StoreResource, scoring: ScoringResource,
                      compressed_splat: bytes, foreground_image: Image.Image):
     """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
@@ -153,7 +160,7 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
     yield dg.Output(result, metadata={**describe(_entry(context, store)), **parts, "seconds": t["seconds"],
                                       "kind": result["kind"], "threshold": result["threshold"],
                                       "passed": result["passed"], "check_failures": len(failures),
-                                      "preview": preview(ring_png)})
+                                      "preview": preview(ring_png, size=384)})
     yield dg.AssetCheckResult(
         check_name=SCORE_CHECK,
         passed=bool(result["passed"]) and not failures,

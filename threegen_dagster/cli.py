@@ -79,7 +79,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         tags={"threegen/source": "cli"})
     wall = time.perf_counter() - started
     if result.success:
-        defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET_RUN)
+        defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET_RUN,
+                                                                   tags={"threegen/source": "cli"})
     report = _report(LocalStore(settings.store_root), entry.key)
     failures = [ev.message for ev in result.all_events if ev.is_step_failure]
     summary = {"key": entry.key, "run_id": result.run_id, "success": result.success, "seconds": round(wall, 2),

@@ -36,6 +36,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
     folder.mkdir(parents=True, exist_ok=True)
     ledger = store.ledger()
     requests, keys, rejected = [], [], 0
+    seen: dict[str, str] = {}
     for path in sorted(folder.glob("*.json"))[: inbox.max_per_tick]:
         try:
             task = parse_task(path.read_bytes())
@@ -44,6 +45,12 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
             context.log.warning(f"rejected {path.name}: {exc}")
             rejected += 1
             continue
+        earlier = seen.get(task.id) or _run_for_task(context.instance, task.id)
+        if earlier:
+            _move(path, folder / "duplicate", reason=f"task {task.id!r} was already taken ({earlier}); not run again")
+            context.log.warning(f"duplicate {path.name}: task {task.id!r} already taken ({earlier})")
+            continue
+        seen[task.id] = f"file {path.name}"
         entry, _ = ledger.add(task.prompt, task.seed, source="inbox", task_id=task.id)
         keys.append(entry.key)
         requests.append(dg.RunRequest(run_key=f"task:{task.id}", partition_key=entry.key,
@@ -55,6 +62,12 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
         run_requests=requests,
         dynamic_partitions_requests=[generations.build_add_request(sorted(set(keys)))] if keys else [],
     )
+
+
+def _run_for_task(instance: dg.DagsterInstance, task_id: str) -> str:
+    """'run <id>' if a run for this task id exists already, else ''."""
+    runs = instance.get_run_records(dg.RunsFilter(tags={"threegen/task_id": task_id}), limit=1)
+    return f"run {runs[0].dagster_run.run_id}" if runs else ""
 
 
 def _move(path: Path, into: Path, reason: str = "") -> None:

@@ -96,7 +96,7 @@ def test_materializations_carry_metadata_and_a_preview(pipeline, instance) -> No
     assert events["compressed_splat"].metadata["ratio"].value > 3
     assert events["gaussian_splat"].metadata["gaussians"].value == 50_000
     check = results[key].get_asset_check_evaluations()[0]
-    assert check.passed and check.check_name == "score_meets_threshold"
+    assert check.passed and check.check_name == "score_meets_threshold" and check.partition == key
 
 
 def test_blocking_check_fails_the_run_below_threshold(tmp_path, instance) -> None:
@@ -156,7 +156,22 @@ def test_inbox_sensor_new_duplicate_and_malformed(tmp_path, instance) -> None:
     _task(settings.inbox, "a-again.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         again = inbox_sensor(context)
-    assert [r.run_key for r in again.run_requests] == ["task:task-a"]  # same run key: Dagster runs it once
+    assert [r.run_key for r in again.run_requests] == ["task:task-a"]  # not run yet: same run key, Dagster dedupes
+
+    @dg.op
+    def noop() -> None: ...
+
+    ran = dg.GraphDefinition("stand_in", node_defs=[noop]).to_job().execute_in_process(
+        instance=instance, tags={"threegen/task_id": "task-a"})  # as if the daemon had launched it
+    _task(settings.inbox, "a-third.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
+    _task(settings.inbox, "d1.json", {"id": "task-d", "prompt": "a cup"})
+    _task(settings.inbox, "d2.json", {"id": "task-d", "prompt": "a cup"})
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        third = inbox_sensor(context)
+    assert [r.run_key for r in third.run_requests] == ["task:task-d"]
+    duplicates = settings.inbox / "duplicate"
+    assert ran.run_id in (duplicates / "a-third.json.error.txt").read_text()
+    assert "file d1.json" in (duplicates / "d2.json.error.txt").read_text()
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         assert inbox_sensor(context).run_requests == []  # nothing left in the inbox
 
