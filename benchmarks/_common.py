@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,11 +29,13 @@ def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> fl
 
 
 def peak_rss_mb(code: str) -> float:
-    """Peak resident memory (MB) of a fresh Python process running ``code``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-c", code], check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024
+    """Peak resident memory (MB) of a fresh Python process running ``code``.
+
+    Read from the child's own /proc/self/status VmHWM: ``ru_maxrss`` would carry over the
+    parent's peak across exec on Linux."""
+    report = "\nprint('PEAK', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    out = subprocess.run([sys.executable, "-c", code + report], check=True, capture_output=True, text=True).stdout
+    return int(out.rsplit("PEAK", 1)[1]) / 1024
 
 
 def row(label: str, ms: float, items: int) -> None:

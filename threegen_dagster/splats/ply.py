@@ -208,10 +208,7 @@ def write_ply(cloud: GaussianCloud, include_normals: bool = False) -> bytes:
     """The cloud as the binary little-endian float32 PLY that pyspz and 3DGS viewers read."""
     n, k = len(cloud), cloud.sh_rest.shape[1]
     width = 3 + (3 if include_normals else 0) + 3 + 3 * k + 8
-    header = ply_header(n, k, include_normals)
-    out = bytearray(len(header) + n * width * 4)  # filled in place: one copy of the body, not three
-    out[: len(header)] = header
-    body = np.frombuffer(out, dtype="<f4", offset=len(header)).reshape(n, width)
+    body = np.empty((n, width), dtype="<f4")
     body[:, 0:3] = cloud.positions
     c = 3
     if include_normals:
@@ -220,9 +217,9 @@ def write_ply(cloud: GaussianCloud, include_normals: bool = False) -> bytes:
     body[:, c:c + 3] = cloud.sh_dc
     c += 3
     if k:
-        body[:, c:c + 3 * k] = cloud.sh_rest.transpose(0, 2, 1).reshape(n, 3 * k)  # channel-major
+        body[:, c:c + 3 * k].reshape(n, 3, k)[...] = cloud.sh_rest.transpose(0, 2, 1)  # channel-major, no temp
         c += 3 * k
     body[:, c] = cloud.opacity_logits
     body[:, c + 1:c + 4] = cloud.log_scales
     body[:, c + 4:c + 8] = cloud.rotations
-    return bytes(out)
+    return b"".join((ply_header(n, k, include_normals), body.data))  # one copy of the body

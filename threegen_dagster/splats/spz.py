@@ -288,6 +288,8 @@ def decode(spz: bytes) -> GaussianCloud:
     scales = take(n * 3).reshape(n, 3).astype(_F)
     rot = _LUT["rotation"][take(n * 3).reshape(n, 3)]
     sh = take(n * 3 * k).reshape(n, k, 3).astype(_F)
+    sh -= _F(128)
+    sh *= _F(1 / 128)  # exact: a power-of-two scale
     x, y, z = rot[:, 0], rot[:, 1], rot[:, 2]
     # w = sqrtf(max(0, 1 - |xyz|^2)) with the sum contracted as pyspz's build does: z*z + (x*x + y*y)
     w = np.sqrt(np.maximum(_F(0), _F(1) - _fma(z, z, _fma(x, x, y * y))))
@@ -297,7 +299,7 @@ def decode(spz: bytes) -> GaussianCloud:
         rotations=np.concatenate([w[:, None], rot], axis=1),
         opacity_logits=_LUT["alpha"][alphas],
         sh_dc=((colors / _F(255)) - _F(0.5)) / _COLOR_SCALE,
-        sh_rest=(sh - _F(128)) * _F(1 / 128),  # exact: a power-of-two scale
+        sh_rest=sh,
     )
 
 
