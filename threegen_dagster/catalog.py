@@ -17,9 +17,15 @@ COLUMNS = ["key", "prompt", "seed", "kind", "source", "created", "status", "scor
            "spz_bytes", "total_seconds", *[f"{stage}_seconds" for stage in STAGES], "keep"]
 
 
-def _manifest(store: LocalStore, key: str, stage: str) -> dict | None:
+def manifest_path(key: str, asset: str) -> str:
+    """Where the I/O manager records an artifact's size, sha256, run and metadata."""
+    return f"generations/{key}/manifest/{asset}.json"
+
+
+def read_manifest(store: LocalStore, key: str, stage: str) -> dict | None:
+    """A stage's manifest, or None when the stage has not been written."""
     try:
-        return json.loads(store.read(f"generations/{key}/manifest/{stage}.json"))
+        return json.loads(store.read(manifest_path(key, stage)))
     except (StorageError, ValueError):
         return None
 
@@ -33,7 +39,7 @@ def _status(present: list[bool], passed: bool | None) -> str:
 
 
 def catalog_row(store: LocalStore, entry) -> dict:
-    manifests = {stage: _manifest(store, entry.key, stage) for stage in STAGES}
+    manifests = {stage: read_manifest(store, entry.key, stage) for stage in STAGES}
     present = [m is not None and store.exists(m["file"]) for m in manifests.values()]
     seconds = {f"{s}_seconds": (m or {}).get("metadata", {}).get("seconds") for s, m in manifests.items()}
     score_meta = (manifests["validation_score"] or {}).get("metadata", {})

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .catalog import STAGES
+from .catalog import STAGES, read_manifest
 from .io_manager import artifact_path
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import Generation, Ledger, UnknownGeneration
@@ -41,12 +41,10 @@ def register(prompt: Prompt, seed: int, source: str, settings: Settings, instanc
 def _report(store: LocalStore, key: str) -> dict:
     stages = {}
     for stage in STAGES:
-        try:
-            manifest = json.loads(store.read(f"generations/{key}/manifest/{stage}.json"))
-        except (StorageError, ValueError):
-            continue
-        stages[stage] = {"file": store.uri(manifest["file"]), "bytes": manifest["bytes"],
-                         "seconds": manifest["metadata"].get("seconds")}
+        manifest = read_manifest(store, key, stage)
+        if manifest is not None:
+            stages[stage] = {"file": store.uri(manifest["file"]), "bytes": manifest["bytes"],
+                             "seconds": manifest["metadata"].get("seconds")}
     score = None
     if store.exists(artifact_path(key, "validation_score")):
         score = json.loads(store.read(artifact_path(key, "validation_score")))

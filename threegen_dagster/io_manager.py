@@ -19,6 +19,7 @@ import pandas as pd
 import trimesh
 from PIL import Image
 
+from .catalog import manifest_path
 from .resources import StoreResource, open_image
 from .splats import read_ply, write_ply
 
@@ -72,10 +73,6 @@ FORMATS: dict[str, Format] = {
 def artifact_path(key: str | None, asset: str) -> str:
     fmt = FORMATS[asset]
     return f"generations/{key}/{asset}.{fmt.ext}" if key else f"catalog/{asset}.{fmt.ext}"
-
-
-def manifest_path(key: str, asset: str) -> str:
-    return f"generations/{key}/manifest/{asset}.json"
 
 
 def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
