@@ -13,7 +13,7 @@ import pandas as pd
 import trimesh
 from PIL import Image
 
-from .catalog import build_catalog, markdown_table
+from .catalog import build_catalog, markdown_table, statuses
 from .ledger import Generation
 from .resources import (
     BackgroundRemovalResource,
@@ -174,10 +174,15 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
 @dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
 def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
     """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score."""
-    frame = build_catalog(store.store(), store.ledger())
+    artifacts = store.artifacts()
+    frame = build_catalog(artifacts, store.ledger())
+    totals = artifacts.stats(statuses(frame))
     return dg.Output(frame, metadata={
         "generations": len(frame),
         "complete": int((frame["status"] == "complete").sum()) if len(frame) else 0,
+        "store": totals["store"], "versions": totals["versions"], "blobs": totals["blobs"],
+        "stored_bytes": totals["stored_bytes"], "logical_bytes": totals["logical_bytes"],
+        "dedup_ratio": totals["dedup_ratio"] or 0.0,
         "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
     })
 

@@ -3,34 +3,30 @@ not Dagster's materialization status). No Dagster imports."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import pandas as pd
 
-from .ledger import Ledger
-from .storage import LocalStore, StorageError
+from .artifacts import ArtifactStore, Manifest
+from .ledger import Generation, Ledger
 
 STAGES = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat",
           "compressed_splat", "validation_score")
 COLUMNS = ["key", "prompt", "seed", "kind", "source", "created", "status", "score", "passed", "gaussians",
-           "spz_bytes", "total_seconds", *[f"{stage}_seconds" for stage in STAGES], "keep"]
+           "spz_bytes", "total_seconds", *[f"{stage}_seconds" for stage in STAGES], "versions", "slim", "keep"]
 
 
-def manifest_path(key: str, asset: str) -> str:
-    """Where the I/O manager records an artifact's size, sha256, run and metadata."""
-    return f"generations/{key}/manifest/{asset}.json"
+def latest_manifests(artifacts: ArtifactStore) -> dict[tuple[str | None, str], tuple[Manifest, int]]:
+    """(key, asset) -> (its newest version, how many versions), from one scan of the store."""
+    out: dict[tuple[str | None, str], tuple[Manifest, int]] = {}
+    for m in artifacts.all_manifests():
+        previous = out.get((m.key, m.asset))
+        count = previous[1] + 1 if previous else 1
+        out[(m.key, m.asset)] = (m if not previous or m.version > previous[0].version else previous[0], count)
+    return out
 
 
-def read_manifest(store: LocalStore, key: str, stage: str) -> dict | None:
-    """A stage's manifest, or None when the stage has not been written."""
-    try:
-        return json.loads(store.read(manifest_path(key, stage)))
-    except (StorageError, ValueError):
-        return None
-
-
-def _status(present: list[bool], passed: bool | None) -> str:
+def generation_status(present: list[bool], passed: bool | None) -> str:
     if all(present):
         return "complete" if passed else "below threshold"
     if not any(present):
@@ -38,25 +34,34 @@ def _status(present: list[bool], passed: bool | None) -> str:
     return f"partial ({sum(present)}/{len(present)})"
 
 
-def catalog_row(store: LocalStore, entry) -> dict:
-    manifests = {stage: read_manifest(store, entry.key, stage) for stage in STAGES}
-    present = [m is not None and store.exists(m["file"]) for m in manifests.values()]
-    seconds = {f"{s}_seconds": (m or {}).get("metadata", {}).get("seconds") for s, m in manifests.items()}
-    score_meta = (manifests["validation_score"] or {}).get("metadata", {})
-    passed = score_meta.get("passed")
+def catalog_row(entry: Generation, latest: dict, blobs: set[str]) -> dict:
+    manifests = {stage: latest.get((entry.key, stage), (None, 0))[0] for stage in STAGES}
+    # a pruned intermediate still counts: retention dropped it on purpose and kept its record
+    present = [m is not None and (m.pruned_at is not None or m.sha256 in blobs) for m in manifests.values()]
+    meta = {stage: (m.metadata if m else {}) for stage, m in manifests.items()}
+    seconds = {f"{stage}_seconds": meta[stage].get("seconds") for stage in STAGES}
+    passed = meta["validation_score"].get("passed")
+    spz = manifests["compressed_splat"]
     return {
         "key": entry.key, "prompt": entry.label, "seed": entry.seed, "kind": entry.kind, "source": entry.source,
         "created": datetime.fromtimestamp(entry.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "status": _status(present, passed), "score": score_meta.get("score"), "passed": passed,
-        "gaussians": (manifests["gaussian_splat"] or {}).get("metadata", {}).get("gaussians"),
-        "spz_bytes": (manifests["compressed_splat"] or {}).get("bytes"),
-        "total_seconds": round(sum(v for v in seconds.values() if v is not None), 3),
-        **seconds, "keep": entry.keep,
+        "status": generation_status(present, passed), "score": meta["validation_score"].get("score"),
+        "passed": passed, "gaussians": meta["gaussian_splat"].get("gaussians"),
+        "spz_bytes": spz.bytes if spz else None,
+        "total_seconds": round(sum(v for v in seconds.values() if v is not None), 3), **seconds,
+        "versions": sum(latest.get((entry.key, stage), (None, 0))[1] for stage in STAGES),
+        "slim": any(m is not None and m.pruned_at is not None for m in manifests.values()), "keep": entry.keep,
     }
 
 
-def build_catalog(store: LocalStore, ledger: Ledger) -> pd.DataFrame:
-    return pd.DataFrame([catalog_row(store, entry) for entry in ledger.all()], columns=COLUMNS)
+def build_catalog(artifacts: ArtifactStore, ledger: Ledger) -> pd.DataFrame:
+    latest, blobs = latest_manifests(artifacts), set(artifacts.blob_files())
+    return pd.DataFrame([catalog_row(entry, latest, blobs) for entry in ledger.all()], columns=COLUMNS)
+
+
+def statuses(frame: pd.DataFrame) -> dict[str, str]:
+    """Generation key -> status, for the store statistics."""
+    return {row.key: row.status.split(" (")[0] for row in frame.itertuples()}
 
 
 def markdown_table(frame: pd.DataFrame, columns: tuple[str, ...] = ("key", "prompt", "seed", "status", "score",

@@ -9,12 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-from .catalog import STAGES, read_manifest
-from .io_manager import artifact_path
+from .artifacts import ArtifactStore
+from .catalog import STAGES
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import Generation, Ledger, UnknownGeneration
 from .settings import Settings, SettingsError
-from .storage import LocalStore, StorageError
+from .storage import StorageError
+
+
+def _store(settings: Settings):
+    from .resources import StoreResource  # the same resource the pipeline uses: one way to open a store
+
+    return StoreResource.from_settings(settings)
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -32,23 +38,35 @@ def _prompt(args: argparse.Namespace) -> Prompt:
 
 def register(prompt: Prompt, seed: int, source: str, settings: Settings, instance) -> tuple[Generation, bool]:
     """Add (prompt, seed) to the ledger and the instance's `generations` partitions."""
-    entry, new = Ledger(LocalStore(settings.store_root)).add(prompt, seed, source=source)
+    entry, new = _store(settings).ledger().add(prompt, seed, source=source)
     if not instance.has_dynamic_partition("generations", entry.key):
         instance.add_dynamic_partitions("generations", [entry.key])
     return entry, new
 
 
-def _report(store: LocalStore, key: str) -> dict:
+def _report(artifacts: ArtifactStore, key: str) -> dict:
     stages = {}
     for stage in STAGES:
-        manifest = read_manifest(store, key, stage)
+        manifest = artifacts.latest(key, stage)
         if manifest is not None:
-            stages[stage] = {"file": store.uri(manifest["file"]), "bytes": manifest["bytes"],
-                             "seconds": manifest["metadata"].get("seconds")}
+            stages[stage] = {"file": artifacts.store.uri(manifest.blob), "bytes": manifest.bytes,
+                             "version": manifest.version, "seconds": manifest.metadata.get("seconds")}
     score = None
-    if store.exists(artifact_path(key, "validation_score")):
-        score = json.loads(store.read(artifact_path(key, "validation_score")))
+    if "validation_score" in stages:
+        score = json.loads(artifacts.load(key, "validation_score")[1])
     return {"stages": stages, "score": score}
+
+
+def _export(artifacts: ArtifactStore, key: str, folder: Path) -> list[Path]:
+    """The latest version of each stage as a named file (``<asset>.<ext>``) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stage in STAGES:
+        if artifacts.latest(key, stage) is not None:
+            manifest, data = artifacts.load(key, stage)
+            written.append(folder / f"{stage}.{manifest.format}")
+            written[-1].write_bytes(data)
+    return written
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,10 +97,12 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     if result.success:
         defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET_RUN,
                                                                    tags={"threegen/source": "cli"})
-    report = _report(LocalStore(settings.store_root), entry.key)
+    artifacts = _store(settings).artifacts()
+    report = _report(artifacts, entry.key)
+    exported = [str(p) for p in _export(artifacts, entry.key, Path(args.out))] if args.out else []
     failures = [ev.message for ev in result.all_events if ev.is_step_failure]
     summary = {"key": entry.key, "run_id": result.run_id, "success": result.success, "seconds": round(wall, 2),
-               "store": str(settings.store_root), **report, "errors": failures}
+               "store": settings.store, **report, "exported": exported, "errors": failures}
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     else:
@@ -101,13 +121,15 @@ def _print_human(summary: dict) -> None:
               f"ring consistency {score['ring_consistency']:.3f}")
         for failure in score["checks"]["failures"]:
             print(f"  check failed: {failure}")
+    if summary["exported"]:
+        print(f"  exported {len(summary['exported'])} files to {Path(summary['exported'][0]).parent}")
     for error in summary["errors"]:
         print(f"  error: {error}", file=sys.stderr)
     print(f"{'done' if summary['success'] else 'FAILED'} in {summary['seconds']:.2f} s (run {summary['run_id']})")
 
 
 def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
-    entry = Ledger(LocalStore(settings.store_root)).set_keep(args.key, not args.off)
+    entry = _store(settings).ledger().set_keep(args.key, not args.off)
     print(f"{entry.key}: {'kept' if entry.keep else 'no longer kept'} by retention")
     return 0
 
@@ -115,9 +137,82 @@ def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     from .catalog import build_catalog, markdown_table
 
-    store = LocalStore(settings.store_root)
-    frame = build_catalog(store, Ledger(store))
+    store = _store(settings)
+    frame = build_catalog(store.artifacts(), store.ledger())
     print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
+    return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    store.ledger().get(args.key)
+    artifacts = store.artifacts()
+    rows = [m for asset in ([args.asset] if args.asset else STAGES) for m in artifacts.versions(args.key, asset)]
+    if args.json:
+        print(json.dumps([{**m.__dict__, "blob": artifacts.store.uri(m.blob)} for m in rows], indent=1, default=str))
+        return 0
+    if not rows:
+        print(f"{args.key}: nothing materialized yet")
+        return 0
+    print(f"{'asset':<18} {'ver':>4}  {'written':<19} {'bytes':>11}  {'sha256':<12}  {'run':<8}  note")
+    for m in rows:
+        note = "pruned by retention" if m.pruned_at else ("deduplicated" if m.deduplicated else "")
+        print(f"{m.asset:<18} {m.version:>4}  {_when(m.written_at):<19} {m.bytes:>11,}  {m.sha256[:12]}  "
+              f"{m.run_id[:8]:<8}  {note}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    store.ledger().get(args.key)
+    artifacts = store.artifacts()
+    if args.asset is None:
+        if args.version is not None:
+            raise PromptError("--version needs an ASSET")
+        written = _export(artifacts, args.key, Path(args.output or args.key))
+        for path in written:
+            print(path)
+        return 0 if written else 1
+    if args.asset not in STAGES:
+        raise PromptError(f"unknown asset {args.asset!r}: one of {', '.join(STAGES)}")
+    manifest, data = artifacts.load(args.key, args.asset, args.version)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    target = Path(args.output or manifest.filename)
+    if target.is_dir():
+        target = target / manifest.filename
+    target.write_bytes(data)
+    print(f"{target}  ({manifest.bytes:,} bytes, {args.asset} v{manifest.version}, sha256 {manifest.sha256[:12]}… verified)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from .catalog import build_catalog, statuses
+
+    store = _store(settings)
+    artifacts = store.artifacts()
+    totals = artifacts.stats(statuses(build_catalog(artifacts, store.ledger())))
+    if args.json:
+        print(json.dumps(totals, indent=1))
+        return 0
+    ratio = f"{totals['dedup_ratio']:.2f}x" if totals["dedup_ratio"] else "n/a"
+    print(f"store {totals['store']}: {totals['generations']} generations, {totals['versions']} versions, "
+          f"{totals['blobs']} blobs")
+    print(f"  {totals['logical_bytes']:,} bytes referenced, {totals['stored_bytes']:,} stored; de-duplication {ratio}; "
+          f"{totals['unreferenced_blobs']} unreferenced blobs ({totals['unreferenced_bytes']:,} bytes)"
+          + (f"; {totals['missing_blobs']} MISSING blobs" if totals["missing_blobs"] else ""))
+    print(f"  {'asset':<20} {'versions':>8} {'blobs':>6} {'referenced':>14} {'stored':>14}")
+    for name, row in totals["by_asset"].items():
+        print(f"  {name:<20} {row['versions']:>8} {row['unique_blobs']:>6} {row['logical_bytes']:>14,} "
+              f"{row['stored_bytes']:>14,}")
+    print(f"  {'status':<20} {'gens':>8} {'versions':>6} {'referenced':>14}")
+    for name, row in totals["by_status"].items():
+        print(f"  {name:<20} {row['generations']:>8} {row['versions']:>6} {row['logical_bytes']:>14,}")
     return 0
 
 
@@ -133,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="register (prompt, seed) and materialize every stage")
     prompt_args(gen)
+    gen.add_argument("--out", metavar="DIR", help="also export each stage's latest file into DIR")
     gen.set_defaults(run=cmd_generate)
     add = sub.add_parser("add", help="only register (prompt, seed) as a partition")
     prompt_args(add)
@@ -144,6 +240,20 @@ def parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="list generations with status and score")
     cat.add_argument("--json", action="store_true")
     cat.set_defaults(run=cmd_catalog)
+    ver = sub.add_parser("versions", help="list the stored versions of a generation's assets")
+    ver.add_argument("key")
+    ver.add_argument("asset", nargs="?", choices=STAGES)
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(run=cmd_versions)
+    get = sub.add_parser("get", help="fetch an asset's bytes (verified), or every stage's with no ASSET")
+    get.add_argument("key")
+    get.add_argument("asset", nargs="?")
+    get.add_argument("--version", type=int, help="a stored version (default: the latest)")
+    get.add_argument("-o", "--output", metavar="FILE", help="file, folder, or - for stdout")
+    get.set_defaults(run=cmd_get)
+    stats = sub.add_parser("stats", help="counts, bytes and de-duplication, by asset and status")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=cmd_stats)
     return p
 
 

@@ -29,12 +29,12 @@ from .settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    store = StoreResource(root=str(settings.store_root))
+    store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*PIPELINE, generation_catalog],
         jobs=[generate_job, catalog_job, cleanup],
         sensors=[inbox_sensor, catalog_after_generation],
-        schedules=[cleanup_schedule(settings.retention_hours)],
+        schedules=[cleanup_schedule(settings.retention)],
         # a generation is a chain of heavy steps: one process per run keeps imports and models warm;
         # scale out across runs (queued runs, run workers), not across one chain's steps
         executor=dg.in_process_executor,

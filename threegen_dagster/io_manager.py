@@ -1,16 +1,13 @@
-"""The typed I/O manager: every asset is a real file a person can open (PNG, GLB, PLY, SPZ, JSON).
-
-Partitioned assets land at ``generations/<key>/<asset>.<ext>``; beside each, a manifest
-(``generations/<key>/manifest/<asset>.json``) records the file's size, sha256, the run that
-wrote it and the materialization's metadata, so the catalog and other workers can read
-what happened from the store alone. Unpartitioned assets land in ``catalog/``.
+"""The typed I/O manager: each asset serialised to a file format a person can open (PNG, GLB,
+PLY, SPZ, JSON, CSV) and stored through ``ArtifactStore``: one content-addressed blob, one new
+version record naming it, the run and the materialization's metadata, so the catalog and
+other workers read what happened from the store alone (local folder or S3 bucket alike).
+The UI gets the blob's URI and, on S3, a time-limited download link.
 """
 
 
-import hashlib
 import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,7 +16,6 @@ import pandas as pd
 import trimesh
 from PIL import Image
 
-from .catalog import manifest_path
 from .resources import StoreResource, open_image
 from .splats import read_ply, write_ply
 
@@ -70,11 +66,6 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def artifact_path(key: str | None, asset: str) -> str:
-    fmt = FORMATS[asset]
-    return f"generations/{key}/{asset}.{fmt.ext}" if key else f"catalog/{asset}.{fmt.ext}"
-
-
 def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready metadata values; markdown previews and tables stay in Dagster only."""
     out = {}
@@ -90,6 +81,8 @@ def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Every output becomes a new version of (generation, asset) in the content-addressed store."""
+
     store: dg.ResourceDependency[StoreResource]
 
     def _target(self, context: dg.OutputContext | dg.InputContext) -> tuple[str | None, str]:
@@ -101,22 +94,21 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         key, asset = self._target(context)
-        fmt, store = FORMATS[asset], self.store.store()
+        fmt, artifacts = FORMATS[asset], self.store.artifacts()
         data = fmt.dump(obj)
-        path = artifact_path(key, asset)
-        store.write(path, data)
-        for ext, dump in fmt.extras:
-            store.write(path.rsplit(".", 1)[0] + f".{ext}", dump(obj))
-        sha = hashlib.sha256(data).hexdigest()
-        facts = {"path": store.uri(path), "bytes": len(data), "sha256": sha}
-        context.add_output_metadata({"path": dg.MetadataValue.path(facts["path"]), "bytes": len(data), "sha256": sha})
-        if key:
-            manifest = {"asset": asset, "key": key, "file": path, "format": fmt.ext, "bytes": len(data),
-                        "sha256": sha, "run_id": context.run_id, "written_at": time.time(),
-                        "metadata": _plain(dict(context.output_metadata))}
-            store.write(manifest_path(key, asset), _json(manifest))
+        manifest = artifacts.record(key, asset, data, fmt.ext, run_id=context.run_id,
+                                    metadata=_plain(dict(context.output_metadata)),
+                                    extras={ext: dump(obj) for ext, dump in fmt.extras})
+        uri = artifacts.store.uri(manifest.blob)
+        meta: dict[str, Any] = {"version": manifest.version, "bytes": manifest.bytes, "sha256": manifest.sha256,
+                                "deduplicated": manifest.deduplicated,
+                                "uri": dg.MetadataValue.path(uri) if uri.startswith("/") else uri}
+        link = artifacts.url(manifest, self.store.presign_seconds)
+        if link:
+            meta["download"] = dg.MetadataValue.url(link)
+        context.add_output_metadata(meta)
 
     def load_input(self, context: dg.InputContext) -> Any:
         key, asset = self._target(context)
-        data = self.store.store().read(artifact_path(key, asset))
+        _, data = self.store.artifacts().load(key, asset)
         return FORMATS[asset].load(data)

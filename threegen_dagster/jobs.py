@@ -3,13 +3,16 @@
 
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from .assets import PIPELINE, generation_catalog, generations
 from .resources import StoreResource
-from .retention import generation_bytes, plan_retention, remove_generation
+from .retention import RetentionPolicy
+from .retention import apply_retention as apply_retention_to
 from .tasks import TaskError, parse_task
 
 generate_job = dg.define_asset_job(
@@ -88,39 +91,49 @@ def catalog_after_generation(context: dg.RunStatusSensorContext):
 
 
 class RetentionConfig(dg.Config):
-    max_age_hours: float = 168.0
+    max_age_hours: float = Field(168.0, ge=0, description="Remove generations older than this")
+    keep_passed_hours: float = Field(720.0, ge=0, description="... or this, when their score passed")
+    slim_after_hours: float = Field(48.0, ge=0, description="Then drop heavy intermediates, keep SPZ + score (0: never)")
+    keep_versions: int = Field(3, ge=1, description="Newest versions kept per (generation, asset)")
+    gc_grace_hours: float = Field(1.0, ge=0, description="Unreferenced blobs younger than this are left alone")
     dry_run: bool = False
 
+    @classmethod
+    def from_policy(cls, policy: RetentionPolicy, dry_run: bool = False) -> "RetentionConfig":
+        return cls(**asdict(policy), dry_run=dry_run)
 
-@dg.op(description="Removes generations older than max_age_hours (files, ledger entries, partitions)")
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(**self.model_dump(exclude={"dry_run"}))
+
+
+@dg.op(description="Applies the retention policy (never to kept or held generations), then garbage-collects "
+                   "blobs no version refers to")
 def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig, store: StoreResource) -> dg.Output[dict]:
-    files, ledger = store.store(), store.ledger()
-    plan = plan_retention(ledger.all(), time.time(), config.max_age_hours)
-    freed = 0
-    for entry in plan.expired:
-        if config.dry_run:
-            freed += generation_bytes(files, entry.key)
-            continue
-        freed += remove_generation(files, ledger, entry.key)
-        if context.instance.has_dynamic_partition(generations.name, entry.key):
-            context.instance.delete_dynamic_partition(generations.name, entry.key)
-    summary = {"dry_run": config.dry_run, "removed": len(plan.expired), "kept_marked": len(plan.kept),
-               "younger": plan.young, "freed_bytes": freed, "keys": [e.key for e in plan.expired]}
-    verb = "would remove" if config.dry_run else "removed"
-    context.log.info(f"retention: {verb} {len(plan.expired)} generation(s), {freed:,} bytes; "
-                     f"{len(plan.kept)} kept by mark, {plan.young} younger than {config.max_age_hours} h")
-    return dg.Output(summary, metadata={k: v for k, v in summary.items() if k != "keys"}
-                     | {"keys": ", ".join(summary["keys"][:50]) or "none"})
+    report = apply_retention_to(store.artifacts(), store.ledger(), config.policy(), dry_run=config.dry_run)
+    if not config.dry_run:
+        for key in report.removed:
+            if context.instance.has_dynamic_partition(generations.name, key):
+                context.instance.delete_dynamic_partition(generations.name, key)
+    summary = report.summary()
+    verb = "would free" if config.dry_run else "freed"
+    context.log.info(f"retention: {verb} {report.freed_bytes:,} bytes: {len(report.removed)} generation(s) "
+                     f"removed, {len(report.slimmed)} slimmed, {report.versions_dropped} old version(s), "
+                     f"{report.blobs_deleted} blob(s); {len(report.protected)} protected by keep/hold")
+    return dg.Output(summary | {"removed": report.removed, "slimmed": report.slimmed},
+                     metadata=summary | {"removed": ", ".join(report.removed[:50]) or "none",
+                                         "protected": ", ".join(report.protected[:50]) or "none"})
 
 
-@dg.job(description="Retention cleanup", executor_def=dg.in_process_executor)
+@dg.job(description="Retention cleanup and blob garbage collection", executor_def=dg.in_process_executor)
 def cleanup():
     apply_retention()
 
 
-def cleanup_schedule(max_age_hours: float) -> dg.ScheduleDefinition:
+def cleanup_schedule(policy: RetentionPolicy) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="daily_cleanup", job=cleanup, cron_schedule="0 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING,
-        run_config=dg.RunConfig(ops={"apply_retention": RetentionConfig(max_age_hours=max_age_hours)}),
-        description=f"Every day at 03:00: remove generations older than {max_age_hours:g} h (unless kept)",
+        run_config=dg.RunConfig(ops={"apply_retention": RetentionConfig.from_policy(policy)}),
+        description=f"Every day at 03:00: remove generations older than {policy.max_age_hours:g} h "
+                    f"({policy.keep_passed_hours:g} h if passed), slim after {policy.slim_after_hours:g} h, "
+                    f"keep {policy.keep_versions} versions, then collect unreferenced blobs",
     )

@@ -1,20 +1,25 @@
 """The ledger: what each generation key means (prompt, seed, source, time), kept in the store.
 
 One JSON object per generation (``ledger/<key>.json``; an image prompt's bytes beside it as
-``ledger/<key>.image``), so any worker that reaches the store can decode a key, and two
-writers adding different generations never touch the same object. No Dagster imports.
+``ledger/<key>.image``), so any worker that reaches the store (local or S3) can decode a key,
+and two writers adding different generations never touch the same object. Adding is
+create-only and changes are compare-and-swap, so concurrent writers never lose an update.
+Holds (``ledger/holds/<key>/<name>.json``) protect a generation from retention while
+something, such as a pending submission, still needs it. No Dagster imports.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 
 from .keys import Prompt, PromptError, generation_key, is_generation_key
-from .storage import LocalStore, StorageError
+from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
+HOLDS = f"{LEDGER}/holds"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class UnknownGeneration(KeyError):
 
 
 class Ledger:
-    def __init__(self, store: LocalStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def add(self, prompt: Prompt, seed: int, source: str, task_id: str = "",
@@ -54,13 +59,14 @@ class Ledger:
         entry = Generation(key=key, kind=prompt.kind, prompt=prompt.text, seed=seed, source=source,
                            created_at=time.time() if now is None else now, task_id=task_id,
                            image_sha256=prompt.digest if prompt.kind == "image" else "")
-        if prompt.kind == "image":
+        if prompt.kind == "image":  # same key, same bytes: a concurrent writer writes the same thing
             self.store.write(f"{LEDGER}/{key}.image", prompt.image)
-        self._write(entry)
+        try:
+            self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(), if_absent=True,
+                             content_type="application/json")
+        except Conflict:  # another worker registered it between our look and our write
+            return self.get(key), False
         return entry, True
-
-    def _write(self, entry: Generation) -> None:
-        self.store.write(f"{LEDGER}/{entry.key}.json", json.dumps(asdict(entry), indent=1).encode())
 
     def find(self, key: str) -> Generation | None:
         if not is_generation_key(key):
@@ -85,15 +91,42 @@ class Ledger:
 
     def all(self) -> list[Generation]:
         entries = []
-        for path in self.store.list(LEDGER):
-            if path.endswith(".json"):
-                entries.append(Generation(**json.loads(self.store.read(path))))
+        for info in self.store.list(LEDGER):
+            if info.path.endswith(".json") and info.path.count("/") == 1:
+                entries.append(Generation(**json.loads(self.store.read(info.path))))
         return sorted(entries, key=lambda e: (e.created_at, e.key))
 
     def set_keep(self, key: str, keep: bool = True) -> Generation:
-        entry = replace(self.get(key), keep=keep)
-        self._write(entry)
-        return entry
+        self.get(key)
+
+        def change(current: dict | None) -> dict:
+            if current is None:
+                raise UnknownGeneration(key)
+            return asdict(replace(Generation(**current), keep=keep))
+
+        return Generation(**self.store.update_json(f"{LEDGER}/{key}.json", change))
+
+    def hold(self, key: str, name: str, note: str = "") -> None:
+        """Protect ``key`` from retention until ``release(key, name)`` (e.g. a pending submission)."""
+        if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", name) or name.startswith("."):
+            raise ValueError(f"hold name {name!r}: use letters, digits and . _ : - (at most 100)")
+        self.get(key)
+        self.store.write(f"{HOLDS}/{key}/{name}.json", json.dumps({"note": note, "since": time.time()}).encode())
+
+    def release(self, key: str, name: str) -> None:
+        self.store.delete(f"{HOLDS}/{key}/{name}.json")
+
+    def holds(self) -> dict[str, list[str]]:
+        """Generation key -> the names of its holds."""
+        held: dict[str, list[str]] = {}
+        for info in self.store.list(HOLDS):
+            key, name = info.path[len(HOLDS) + 1:].split("/", 1)
+            held.setdefault(key, []).append(name.removesuffix(".json"))
+        return held
+
+    def entry_bytes(self, key: str) -> int:
+        return sum(info.size for path in (f"{LEDGER}/{key}.json", f"{LEDGER}/{key}.image")
+                   if (info := self.store.stat(path)) is not None)
 
     def remove(self, key: str) -> int:
         """Forget a generation; the bytes freed from the ledger."""

@@ -13,24 +13,52 @@ from typing import Iterator, Literal
 import dagster as dg
 import trimesh
 from PIL import Image
-from pydantic import Field
+from dagster_aws.s3 import S3Resource
+from pydantic import Field, PrivateAttr
 
+from .artifacts import ArtifactStore
 from .backends import decimate, inflate, matting, procedural
 from .backends.proxy_score import score_splat
 from .ledger import Ledger
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
 from .splats.validate import normalize_for_validator
-from .storage import LocalStore
+from .storage import LocalStore, S3Store, Store, parse_s3_uri
 
 
 class StoreResource(dg.ConfigurableResource):
-    """Artifacts, manifests and the ledger under one root directory."""
+    """Blobs, versions, the ledger and the catalog under one root: a directory or an S3 bucket.
 
-    root: str = Field(description="Directory holding generations/, ledger/ and catalog/")
+    On S3 the client comes from dagster-aws ``S3Resource``: credentials from the standard AWS
+    chain (environment, profile, instance role), never from this config, so they are never
+    shown in the UI or written to the run's config.
+    """
 
-    def store(self) -> LocalStore:
-        return LocalStore(self.root)
+    uri: str = Field(description="A directory, or s3://BUCKET[/PREFIX]")
+    s3: S3Resource = Field(default_factory=lambda: S3Resource(max_attempts=3),
+                           description="Endpoint, region and retries for s3:// stores")
+    presign_seconds: int = Field(86_400, ge=60, le=604_800, description="Lifetime of the download links in metadata")
+    multipart_threshold_mb: int = Field(64, ge=5, description="Objects larger than this go up as multipart uploads")
+
+    _opened: Store | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings) -> "StoreResource":
+        return cls(uri=settings.store, presign_seconds=settings.presign_seconds,
+                   s3=S3Resource(endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, max_attempts=3))
+
+    def store(self) -> Store:
+        if self._opened is None:
+            if self.uri.startswith("s3://"):
+                bucket, prefix = parse_s3_uri(self.uri)
+                self._opened = S3Store(self.s3.get_client(), bucket, prefix,
+                                       multipart_threshold=self.multipart_threshold_mb * 2**20)
+            else:
+                self._opened = LocalStore(self.uri)
+        return self._opened
+
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.store())
 
     def ledger(self) -> Ledger:
         return Ledger(self.store())

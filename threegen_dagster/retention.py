@@ -1,38 +1,156 @@
-"""Retention: which generations are old enough to go, and removing them from the store.
-No Dagster imports (the cleanup job also drops their dynamic partitions)."""
+"""Retention: which generations, versions and blobs can go, and removing them. No Dagster imports.
+
+The policy, per generation (age from its ledger entry):
+- older than ``max_age_hours`` (``keep_passed_hours`` if its latest score passed): removed whole,
+  its versions and its ledger entry;
+- older than ``slim_after_hours``: the heavy intermediates (images, meshes, the PLY splat) are
+  pruned, while the compressed splat, the score and every version's record stay;
+- only the newest ``keep_versions`` versions of each asset are kept.
+A generation marked keep, or held (a pending submission), is never touched. Then blobs that no
+remaining version refers to are garbage-collected, once older than ``gc_grace_hours`` so that a
+writer that has stored a blob but not yet its manifest is not robbed.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 
+from .artifacts import ArtifactStore, Manifest
 from .ledger import Generation, Ledger
-from .storage import LocalStore
+
+HEAVY = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    max_age_hours: float = 168.0
+    keep_passed_hours: float = 720.0
+    slim_after_hours: float = 48.0  # 0: never slim
+    keep_versions: int = 3
+    gc_grace_hours: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_age_hours, self.keep_passed_hours, self.slim_after_hours, self.gc_grace_hours) < 0:
+            raise ValueError("retention hours must be >= 0")
+        if self.keep_versions < 1:
+            raise ValueError("keep_versions must be at least 1 (the current version)")
 
 
 @dataclass
 class RetentionPlan:
-    expired: list[Generation] = field(default_factory=list)
-    kept: list[Generation] = field(default_factory=list)  # old enough, but marked keep
-    young: int = 0
+    remove: list[str] = field(default_factory=list)  # generation keys to remove whole
+    slim: list[Manifest] = field(default_factory=list)  # versions whose blob is dropped, record kept
+    drop: list[Manifest] = field(default_factory=list)  # superseded versions to delete
+    protected: list[str] = field(default_factory=list)  # due to go, but kept by mark or hold
+    untouched: int = 0
+
+    @property
+    def slimmed_keys(self) -> list[str]:
+        return sorted({m.key for m in self.slim if m.key})
 
 
-def plan_retention(entries: list[Generation], now: float, max_age_hours: float) -> RetentionPlan:
+def _passed(manifests: list[Manifest]) -> bool:
+    scores = [m for m in manifests if m.asset == "validation_score"]
+    return bool(scores) and bool(max(scores, key=lambda m: m.version).metadata.get("passed"))
+
+
+def plan_retention(entries: list[Generation], manifests: list[Manifest], holds: dict[str, list[str]],
+                   now: float, policy: RetentionPolicy) -> RetentionPlan:
     plan = RetentionPlan()
-    cutoff = now - max_age_hours * 3600
-    for entry in entries:
-        if entry.created_at >= cutoff:
-            plan.young += 1
-        elif entry.keep:
-            plan.kept.append(entry)
+    by_key: dict[str | None, list[Manifest]] = defaultdict(list)
+    for m in manifests:
+        by_key[m.key].append(m)
+    created = {e.key: e.created_at for e in entries}
+    for key, versions in by_key.items():  # versions whose generation left the ledger: age by last write
+        if key is not None and key not in created:
+            created[key] = max(m.written_at for m in versions)
+    kept = {e.key for e in entries if e.keep} | set(holds)
+    going: set[str] = set()
+    for key, born in sorted(created.items()):
+        age_h = (now - born) / 3600
+        limit = policy.keep_passed_hours if _passed(by_key[key]) else policy.max_age_hours
+        due_slim = policy.slim_after_hours > 0 and age_h > policy.slim_after_hours
+        if age_h > limit or due_slim:
+            if key in kept:
+                plan.protected.append(key)
+                continue
+        if age_h > limit:
+            plan.remove.append(key)
+            going.add(key)
+        elif due_slim:
+            plan.slim += [m for m in by_key[key] if m.asset in HEAVY and m.pruned_at is None]
         else:
-            plan.expired.append(entry)
+            plan.untouched += 1
+    groups: dict[tuple, list[Manifest]] = defaultdict(list)
+    for m in manifests:
+        if m.key not in going and m.key not in kept:
+            groups[(m.key, m.asset)].append(m)
+    for versions in groups.values():
+        plan.drop += sorted(versions, key=lambda m: m.version)[:-policy.keep_versions]
+    dropped = {m.path for m in plan.drop}
+    plan.slim = [m for m in plan.slim if m.path not in dropped]
     return plan
 
 
-def generation_bytes(store: LocalStore, key: str) -> int:
-    return sum(store.size(path) for path in store.list(f"generations/{key}"))
+@dataclass
+class RetentionReport:
+    dry_run: bool
+    removed: list[str]
+    slimmed: list[str]
+    versions_dropped: int
+    protected: list[str]
+    untouched: int
+    blobs_deleted: int
+    blob_bytes_freed: int
+    record_bytes_freed: int
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.blob_bytes_freed + self.record_bytes_freed
+
+    def summary(self) -> dict:
+        return {"dry_run": self.dry_run, "generations_removed": len(self.removed),
+                "generations_slimmed": len(self.slimmed), "versions_dropped": self.versions_dropped,
+                "protected": len(self.protected), "untouched": self.untouched, "blobs_deleted": self.blobs_deleted,
+                "freed_bytes": self.freed_bytes, "blob_bytes_freed": self.blob_bytes_freed}
 
 
-def remove_generation(store: LocalStore, ledger: Ledger, key: str) -> int:
-    """Delete a generation's files, then its ledger entry; the bytes freed."""
-    return store.delete(f"generations/{key}") + ledger.remove(key)
+def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionPolicy, now: float | None = None,
+                    dry_run: bool = False) -> RetentionReport:
+    now = time.time() if now is None else now
+    started = time.time()
+    manifests = artifacts.all_manifests()
+    plan = plan_retention(ledger.all(), manifests, ledger.holds(), now, policy)
+    store = artifacts.store
+    record_bytes = 0
+    gone = set(plan.remove) | {m.path for m in plan.drop}
+    slim_paths = {m.path for m in plan.slim}
+    survivors = [m for m in manifests if m.key not in gone and m.path not in gone]
+    live = {sha for m in survivors if m.path not in slim_paths for sha in m.blobs()}
+    if not dry_run:
+        for key in plan.remove:
+            record_bytes += store.delete_prefix(f"generations/{key}") + ledger.remove(key)
+        for m in plan.drop:
+            record_bytes += store.delete(m.path)
+        for m in plan.slim:
+            store.write(m.path, replace(m, pruned_at=now).to_json(), content_type="application/json")
+    else:
+        for key in plan.remove:
+            record_bytes += sum(i.size for i in store.list(f"generations/{key}")) + ledger.entry_bytes(key)
+        record_bytes += sum(store.stat(m.path).size for m in plan.drop if store.stat(m.path))
+    cutoff = now - policy.gc_grace_hours * 3600
+    doomed = {sha: info for sha, info in artifacts.blob_files().items() if sha not in live and info.modified < cutoff}
+    if not dry_run and doomed:
+        # a version written while we planned may have re-used a doomed blob (de-duplication): spare it
+        for info in artifacts.manifest_files():
+            if info.modified >= started - 5:
+                for sha in Manifest.from_json(store.read(info.path)).blobs():
+                    doomed.pop(sha, None)
+        for info in doomed.values():
+            store.delete(info.path)
+    return RetentionReport(dry_run=dry_run, removed=plan.remove, slimmed=plan.slimmed_keys,
+                           versions_dropped=len(plan.drop), protected=plan.protected, untouched=plan.untouched,
+                           blobs_deleted=len(doomed), blob_bytes_freed=sum(i.size for i in doomed.values()),
+                           record_bytes_freed=record_bytes)

@@ -16,19 +16,22 @@ from PIL import Image
 from threegen_dagster import cli
 from threegen_dagster.catalog import build_catalog
 from threegen_dagster.definitions import build_definitions, defs
-from threegen_dagster.io_manager import artifact_path
 from threegen_dagster.jobs import inbox_sensor
 from threegen_dagster.keys import Prompt
 from threegen_dagster.ledger import Ledger
 from threegen_dagster.settings import Settings
 from threegen_dagster.splats import read_ply, spz
-from threegen_dagster.storage import LocalStore
+from threegen_dagster.resources import StoreResource
 
 QUIET = cli.QUIET_RUN
 
 
 def settings_for(root: Path, **overrides) -> Settings:
-    return Settings(store_root=root / "artifacts", inbox=root / "inbox", **overrides)
+    return Settings(store=str(root / "artifacts"), inbox=root / "inbox", **overrides)
+
+
+def opened(settings: Settings) -> StoreResource:
+    return StoreResource.from_settings(settings)
 
 
 def register(instance: dg.DagsterInstance, settings: Settings, text: str, seed: int, **kwargs) -> str:
@@ -61,25 +64,28 @@ def test_definitions_load() -> None:
 
 def test_every_stage_writes_a_real_file_that_decodes(pipeline) -> None:
     settings, _, results = pipeline
-    store = LocalStore(settings.store_root)
+    artifacts = opened(settings).artifacts()
     for key, result in results.items():
         assert result.success
-        path = lambda asset: store.path(artifact_path(key, asset))  # noqa: E731
-        assert Image.open(path("generated_image")).mode == "RGB"
-        assert Image.open(path("foreground_image")).mode == "RGBA"
+        data = lambda asset: io.BytesIO(artifacts.load(key, asset)[1])  # noqa: E731
+        assert Image.open(data("generated_image")).mode == "RGB"
+        assert Image.open(data("foreground_image")).mode == "RGBA"
         for mesh_asset in ("initial_mesh", "refined_mesh"):
-            mesh = trimesh.load(path(mesh_asset), force="mesh")
+            mesh = trimesh.load(data(mesh_asset), file_type="glb", force="mesh")
             assert len(mesh.faces) > 100 and mesh.visual.vertex_colors is not None
-        assert trimesh.load(path("initial_mesh").with_suffix(".ply")).faces.shape[1] == 3
-        cloud = read_ply(path("gaussian_splat").read_bytes())
-        decoded = spz.decode(path("compressed_splat").read_bytes())
+        mesh_ply = artifacts.load_extra(artifacts.latest(key, "initial_mesh"), "ply")
+        assert trimesh.load(io.BytesIO(mesh_ply), file_type="ply").faces.shape[1] == 3
+        cloud = read_ply(data("gaussian_splat").getvalue())
+        decoded = spz.decode(data("compressed_splat").getvalue())
         assert len(cloud) == len(decoded) == 50_000
         assert abs(float((decoded.positions.max(0) - decoded.positions.min(0)).max()) - 1.5) < 1e-3
-        score = json.loads(path("validation_score").read_text())
+        score = json.loads(data("validation_score").getvalue())
         assert score["kind"] == "proxy" and score["checks"]["failures"] == []
         assert score["score"] >= 0.6 and score["passed"]
-        manifest = json.loads(store.read(f"generations/{key}/manifest/compressed_splat.json"))
-        assert manifest["bytes"] == path("compressed_splat").stat().st_size and manifest["run_id"] == result.run_id
+        manifest = artifacts.latest(key, "compressed_splat")
+        assert manifest.bytes == len(data("compressed_splat").getvalue()) and manifest.run_id == result.run_id
+        assert manifest.version == 1 and manifest.metadata["gaussians"] == 50_000
+        assert artifacts.store.path(manifest.blob).is_file()  # locally, a blob is a plain file
 
 
 def test_materializations_carry_metadata_and_a_preview(pipeline, instance) -> None:
@@ -92,7 +98,8 @@ def test_materializations_carry_metadata_and_a_preview(pipeline, instance) -> No
         md = events[asset].metadata
         assert md["seconds"].value >= 0 and md["prompt"].value == "a wooden chair"
         assert md["preview"].value.startswith("![preview](data:image/png;base64,")
-        assert md["sha256"].value and md["bytes"].value > 0
+        assert md["sha256"].value and md["bytes"].value > 0 and md["version"].value == 1
+        assert md["uri"].value.endswith(md["sha256"].value) and "download" not in md  # links are for S3
     assert events["compressed_splat"].metadata["ratio"].value > 3
     assert events["gaussian_splat"].metadata["gaussians"].value == 50_000
     check = results[key].get_asset_check_evaluations()[0]
@@ -116,11 +123,12 @@ def test_catalog_lists_generations_from_the_store(pipeline, instance) -> None:
     assert set(frame["key"]) == set(results)
     assert (frame["status"] == "complete").all() and (frame["gaussians"] == 50_000).all()
     assert (frame["total_seconds"] > 0).all() and frame["score"].between(0.6, 1).all()
-    store = LocalStore(settings.store_root)
+    assert result.get_asset_materialization_events()[0].materialization.metadata["dedup_ratio"].value >= 1
+    store = opened(settings)
     key = next(iter(results))
-    store.delete(artifact_path(key, "compressed_splat"))  # the store is the truth, not Dagster's status
-    row = build_catalog(store, Ledger(store)).set_index("key").loc[key]
-    assert row["status"].startswith("partial")
+    store.store().delete(store.artifacts().latest(key, "compressed_splat").blob)  # the store is the truth
+    row = build_catalog(store.artifacts(), store.ledger()).set_index("key").loc[key]
+    assert row["status"] == "partial (6/7)"
 
 
 def _task(folder: Path, name: str, body) -> Path:
@@ -150,7 +158,7 @@ def test_inbox_sensor_new_duplicate_and_malformed(tmp_path, instance) -> None:
     rejected = settings.inbox / "rejected"
     assert "not JSON" in (rejected / "bad.json.error.txt").read_text()
     assert "empty" in (rejected / "empty.json.error.txt").read_text()
-    ledger = Ledger(LocalStore(settings.store_root))
+    ledger = opened(settings).ledger()
     assert {ledger.get(k).task_id for k in keys} == {"task-a", "task-b"}
 
     _task(settings.inbox, "a-again.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
@@ -176,32 +184,36 @@ def test_inbox_sensor_new_duplicate_and_malformed(tmp_path, instance) -> None:
         assert inbox_sensor(context).run_requests == []  # nothing left in the inbox
 
 
-def test_retention_removes_old_keeps_marked_and_dry_run_changes_nothing(tmp_path, instance) -> None:
+def test_cleanup_job_applies_the_policy_and_dry_run_changes_nothing(tmp_path, instance) -> None:
     settings = settings_for(tmp_path)
-    store = LocalStore(settings.store_root)
-    ledger = Ledger(store)
+    store = opened(settings)
+    ledger, artifacts = store.ledger(), store.artifacts()
     now = time.time()
     old, _ = ledger.add(Prompt.from_text("old thing"), 0, "test", now=now - 10 * 86400)
     kept, _ = ledger.add(Prompt.from_text("kept thing"), 0, "test", now=now - 10 * 86400)
     young, _ = ledger.add(Prompt.from_text("young thing"), 0, "test", now=now)
     ledger.set_keep(kept.key)
-    for entry in (old, kept, young):
-        store.write(f"generations/{entry.key}/generated_image.png", b"x" * 1000)
+    for n, entry in enumerate((old, kept, young)):
+        artifacts.record(entry.key, "compressed_splat", bytes([n]) * 1000, "spz", "r", now=now - 10 * 86400)
     instance.add_dynamic_partitions("generations", [old.key, kept.key, young.key])
     job = build_definitions(settings).resolve_job_def("cleanup")
 
     def run(dry_run: bool) -> dict:
-        config = {"ops": {"apply_retention": {"config": {"max_age_hours": 24, "dry_run": dry_run}}}, **QUIET}
+        config = {"ops": {"apply_retention": {"config": {"max_age_hours": 24, "gc_grace_hours": 0,
+                                                          "dry_run": dry_run}}}, **QUIET}
         return job.execute_in_process(instance=instance, run_config=config).output_for_node("apply_retention")
 
+    blob = artifacts.latest(old.key, "compressed_splat").blob
     dry = run(True)
-    assert dry["removed"] == 1 and dry["freed_bytes"] >= 1000 and dry["keys"] == [old.key]
-    assert ledger.find(old.key) and store.exists(f"generations/{old.key}/generated_image.png")
+    assert dry["generations_removed"] == 1 and dry["blob_bytes_freed"] == 1000 and dry["removed"] == [old.key]
+    assert ledger.find(old.key) and store.store().exists(blob)
     assert instance.has_dynamic_partition("generations", old.key)
 
     real = run(False)
-    assert real["removed"] == 1 and real["kept_marked"] == 1 and real["younger"] >= 1
-    assert ledger.find(old.key) is None and not store.exists(f"generations/{old.key}/generated_image.png")
+    assert {k: real[k] for k in dry if k != "dry_run"} == {k: dry[k] for k in dry if k != "dry_run"}
+    assert real["protected"] == 1 and real["untouched"] >= 1
+    assert ledger.find(old.key) is None and not store.store().exists(blob)
+    assert artifacts.latest(old.key, "compressed_splat") is None
     assert not instance.has_dynamic_partition("generations", old.key)
     assert ledger.find(kept.key) and ledger.find(young.key)
     assert instance.has_dynamic_partition("generations", kept.key)
@@ -226,6 +238,23 @@ def test_cli_generate_add_and_errors(tmp_path, monkeypatch, capsys) -> None:
         runs = inst.get_runs()
         assert {r.job_name for r in runs} >= {"generate", "refresh_catalog"}
         assert inst.has_dynamic_partition("generations", out["key"])
+
+    assert cli.main(["generate", "a tall lamp", "--seed", "4", "--out", "exported"]) == 0
+    assert "exported 7 files" in capsys.readouterr().out
+    spz_file = tmp_path / "exported" / "compressed_splat.spz"
+    assert spz.decode(spz_file.read_bytes()).positions.shape == (20_000, 3)
+
+    assert cli.main(["versions", out["key"], "compressed_splat"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.splitlines()[1].split()[:2] == ["compressed_splat", "1"] and "deduplicated" in listing.splitlines()[2]
+    assert cli.main(["get", out["key"], "compressed_splat", "--version", "1", "-o", "v1.spz"]) == 0
+    assert "verified" in capsys.readouterr().out and (tmp_path / "v1.spz").read_bytes() == spz_file.read_bytes()
+    assert cli.main(["get", out["key"], "compressed_splat", "--version", "9"]) == 2
+    assert "no version 9" in capsys.readouterr().err
+    assert cli.main(["stats", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["generations"] == 1 and stats["dedup_ratio"] > 1.8  # twice the same bytes, stored once
+    assert stats["by_status"]["complete"]["generations"] == 1
 
     assert cli.main(["generate", "   "]) == 2
     assert "empty" in capsys.readouterr().err

@@ -1,0 +1,236 @@
+"""Content-addressed, versioned artifacts over any ``Store`` (local folder or S3 bucket).
+
+Bytes live once, named by their SHA-256 (``blobs/sha256/ab/cd/<sha>``); identical bytes from
+any generation, asset or run share one blob. Every materialization of (generation, asset) is a
+new numbered version, a small JSON manifest naming its blob, format, size, hash, run and
+metadata (``generations/<key>/<asset>/v000003.json``; unpartitioned assets under
+``catalog/<asset>/``). The blob is written before its manifest, so a manifest never points at
+bytes that are not there; reads re-hash and refuse bytes that do not match. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from .storage import Conflict, ObjectInfo, Store, StorageError
+
+BLOBS = "blobs/sha256"
+CONTENT_TYPES = {"png": "image/png", "glb": "model/gltf-binary", "json": "application/json", "csv": "text/csv",
+                 "ply": "application/octet-stream", "spz": "application/octet-stream"}
+_VERSION = re.compile(r"v(\d{6,})\.json$")
+
+
+class IntegrityError(StorageError):
+    """Stored bytes that are missing or do not hash to what their manifest says."""
+
+
+def blob_path(sha: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise StorageError(errno.EINVAL, f"not a sha256: {sha!r}")
+    return f"{BLOBS}/{sha[:2]}/{sha[2:4]}/{sha}"
+
+
+def scope(key: str | None) -> str:
+    return f"generations/{key}" if key else "catalog"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    asset: str
+    key: str | None  # the generation, None for unpartitioned assets
+    version: int
+    sha256: str
+    bytes: int
+    format: str  # file extension: png, glb, ply, spz, json, csv
+    run_id: str
+    written_at: float
+    metadata: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # ext -> {"sha256", "bytes"}: companion files (mesh PLY)
+    deduplicated: bool = False  # the blob was already stored when this version was written
+    pruned_at: float | None = None  # retention dropped the blob, kept this record
+
+    @property
+    def path(self) -> str:
+        return f"{scope(self.key)}/{self.asset}/v{self.version:06d}.json"
+
+    @property
+    def blob(self) -> str:
+        return blob_path(self.sha256)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.key or 'catalog'}-{self.asset}.{self.format}"
+
+    def blobs(self) -> list[str]:
+        """The shas this version keeps alive (none once pruned)."""
+        if self.pruned_at is not None:
+            return []
+        return [self.sha256, *(extra["sha256"] for extra in self.extras.values())]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True, default=str).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class BlobWrite:
+    sha256: str
+    bytes: int
+    new: bool  # False: the same bytes were stored already (de-duplicated)
+
+
+class ArtifactStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- blobs -------------------------------------------------------------------------------
+    def put_blob(self, data: bytes, fmt: str = "") -> BlobWrite:
+        sha = hashlib.sha256(data).hexdigest()
+        path = blob_path(sha)
+        if self.store.exists(path):
+            return BlobWrite(sha, len(data), new=False)
+        try:
+            self.store.write(path, data, if_absent=True, sha256=sha, content_type=CONTENT_TYPES.get(fmt))
+        except Conflict:  # another writer stored the same bytes first
+            return BlobWrite(sha, len(data), new=False)
+        return BlobWrite(sha, len(data), new=True)
+
+    def get_blob(self, sha: str, what: str = "") -> bytes:
+        path = blob_path(sha)
+        label = f"{what}: " if what else ""
+        try:
+            data = self.store.read(path)
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                raise IntegrityError(errno.ENOENT, f"{label}blob {sha[:16]}… is missing from "
+                                     f"{self.store.uri(path)}; re-materialize it") from None
+            raise
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            self.store.delete(path)  # so that re-materializing stores the right bytes again
+            raise IntegrityError(errno.EIO, f"{label}blob {self.store.uri(path)} is corrupt: its {len(data):,} "
+                                 f"bytes hash to {actual[:16]}…, not {sha[:16]}…; the bad copy was removed, "
+                                 f"re-materialize the asset")
+        return data
+
+    # -- versions ----------------------------------------------------------------------------
+    def versions(self, key: str | None, asset: str) -> list[Manifest]:
+        """Every stored version of (key, asset), oldest first."""
+        return [Manifest.from_json(self.store.read(info.path))
+                for info in self._version_files(key, asset)]
+
+    def _version_files(self, key: str | None, asset: str) -> list[ObjectInfo]:
+        infos = [i for i in self.store.list(f"{scope(key)}/{asset}") if _VERSION.search(i.path)]
+        return sorted(infos, key=lambda i: int(_VERSION.search(i.path).group(1)))
+
+    def latest(self, key: str | None, asset: str) -> Manifest | None:
+        files = self._version_files(key, asset)
+        return Manifest.from_json(self.store.read(files[-1].path)) if files else None
+
+    def manifest(self, key: str | None, asset: str, version: int | None = None) -> Manifest:
+        if version is None:
+            found = self.latest(key, asset)
+        else:
+            try:
+                found = Manifest.from_json(self.store.read(f"{scope(key)}/{asset}/v{version:06d}.json"))
+            except StorageError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                found = None
+        if found is None:
+            which = f"version {version} of " if version is not None else ""
+            raise IntegrityError(errno.ENOENT, f"no {which}{asset!r} for {key or 'the catalog'} in "
+                                 f"{self.store.uri(scope(key))} (see `threegen versions {key or ''}`)")
+        return found
+
+    def record(self, key: str | None, asset: str, data: bytes, fmt: str, run_id: str, metadata: dict | None = None,
+               extras: dict[str, bytes] | None = None, now: float | None = None) -> Manifest:
+        """Store ``data`` (and companion files) and add a version pointing at it."""
+        blob = self.put_blob(data, fmt)
+        extra_refs = {}
+        for ext, payload in (extras or {}).items():
+            written = self.put_blob(payload, ext)
+            extra_refs[ext] = {"sha256": written.sha256, "bytes": written.bytes}
+        files = self._version_files(key, asset)
+        version = int(_VERSION.search(files[-1].path).group(1)) + 1 if files else 1
+        for _ in range(100):
+            manifest = Manifest(asset=asset, key=key, version=version, sha256=blob.sha256, bytes=blob.bytes,
+                                format=fmt, run_id=run_id, written_at=time.time() if now is None else now,
+                                metadata=metadata or {}, extras=extra_refs, deduplicated=not blob.new)
+            try:
+                self.store.write(manifest.path, manifest.to_json(), if_absent=True, content_type="application/json")
+                return manifest
+            except Conflict:  # a concurrent materialization took this number
+                version += 1
+        raise Conflict(errno.EAGAIN, f"could not allocate a version for {asset} of {key}")
+
+    def load(self, key: str | None, asset: str, version: int | None = None) -> tuple[Manifest, bytes]:
+        manifest = self.manifest(key, asset, version)
+        what = f"{asset} v{manifest.version} of {key or 'the catalog'}"
+        if manifest.pruned_at is not None:
+            raise IntegrityError(errno.ENOENT, f"{what} was pruned by retention; only its record remains")
+        return manifest, self.get_blob(manifest.sha256, what)
+
+    def load_extra(self, manifest: Manifest, ext: str) -> bytes:
+        ref = manifest.extras[ext]
+        return self.get_blob(ref["sha256"], f"{manifest.asset}.{ext} v{manifest.version} of {manifest.key}")
+
+    def url(self, manifest: Manifest, expires_s: int) -> str | None:
+        return self.store.url(manifest.blob, expires_s, filename=manifest.filename)
+
+    # -- whole-store views -------------------------------------------------------------------
+    def all_manifests(self) -> list[Manifest]:
+        return [Manifest.from_json(self.store.read(info.path)) for info in self.manifest_files()]
+
+    def manifest_files(self) -> list[ObjectInfo]:
+        return [i for root in ("generations", "catalog") for i in self.store.list(root) if _VERSION.search(i.path)]
+
+    def blob_files(self) -> dict[str, ObjectInfo]:
+        return {info.path.rsplit("/", 1)[-1]: info for info in self.store.list(BLOBS)}
+
+    def stats(self, status_of: dict[str, str] | None = None) -> dict:
+        """Counts and bytes: logical (what the versions refer to) against stored (unique blobs).
+        ``status_of`` maps generation key -> status for the by-status table."""
+        manifests, blobs = self.all_manifests(), self.blob_files()
+        live: set[str] = set()
+        by_asset: dict[str, dict] = defaultdict(lambda: {"versions": 0, "logical_bytes": 0, "blobs": set()})
+        by_status: dict[str, dict] = defaultdict(lambda: {"generations": set(), "versions": 0, "logical_bytes": 0})
+        for m in manifests:
+            refs = m.blobs()
+            live.update(refs)
+            row = by_asset[m.asset]
+            row["versions"] += 1
+            row["logical_bytes"] += m.bytes if refs else 0
+            row["blobs"].update(refs[:1])
+            status = (status_of or {}).get(m.key or "", "catalog" if m.key is None else "unknown")
+            srow = by_status[status]
+            srow["generations"].add(m.key or "catalog")
+            srow["versions"] += 1
+            srow["logical_bytes"] += m.bytes if refs else 0
+        logical = sum(row["logical_bytes"] for row in by_asset.values()) + sum(
+            e["bytes"] for m in manifests if m.pruned_at is None for e in m.extras.values())
+        stored = sum(info.size for info in blobs.values())
+        referenced = sum(blobs[s].size for s in live if s in blobs)
+        assets = {name: {"versions": row["versions"], "logical_bytes": row["logical_bytes"],
+                         "stored_bytes": sum(blobs[s].size for s in row["blobs"] if s in blobs),
+                         "unique_blobs": len(row["blobs"])} for name, row in sorted(by_asset.items())}
+        statuses = {name: {"generations": len(row["generations"]), "versions": row["versions"],
+                           "logical_bytes": row["logical_bytes"]} for name, row in sorted(by_status.items())}
+        return {
+            "store": self.store.location,
+            "generations": len({m.key for m in manifests if m.key}), "versions": len(manifests),
+            "blobs": len(blobs), "logical_bytes": logical, "stored_bytes": stored,
+            "unreferenced_blobs": len(set(blobs) - live), "unreferenced_bytes": stored - referenced,
+            "dedup_ratio": round(logical / referenced, 3) if referenced else None,
+            "missing_blobs": len(live - set(blobs)), "by_asset": assets, "by_status": statuses,
+        }
