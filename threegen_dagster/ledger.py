@@ -10,6 +10,7 @@ something, such as a pending submission, still needs it. No Dagster imports.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import time
@@ -73,8 +74,10 @@ class Ledger:
             raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
         try:
             return Generation(**json.loads(self.store.read(f"{LEDGER}/{key}.json")))
-        except StorageError:
-            return None
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise  # unreachable, refused, ...: not the same as "unknown"
 
     def get(self, key: str) -> Generation:
         entry = self.find(key)

@@ -250,6 +250,8 @@ class S3Store(Store):
         self.multipart_threshold = multipart_threshold
         self.endpoint = getattr(getattr(client, "meta", None), "endpoint_url", "") or "AWS S3"
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        if hasattr(client, "meta"):  # presign with SigV4, as AWS requires everywhere (botocore may pick SigV2)
+            client.meta.events.register("choose-signer.s3.*", _sigv4, unique_id="threegen-sigv4")
 
     def __repr__(self) -> str:
         return f"S3Store({self.location!r})"
@@ -326,7 +328,8 @@ class S3Store(Store):
             raise StorageError(errno.EINVAL, "compare-and-swap is for small objects (manifests, ledger)")
         if "IfNoneMatch" in args and self.stat(args["Key"][len(self.prefix) + 1 if self.prefix else 0:]):
             raise Conflict(errno.EEXIST, f"s3://{args['Bucket']}/{args['Key']} exists already")
-        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=16 * 2**20)
+        chunk = max(5 * 2**20, min(16 * 2**20, self.multipart_threshold))  # S3's smallest part is 5 MiB
+        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=chunk)
         self.client.upload_fileobj(io.BytesIO(data), args["Bucket"], args["Key"], Config=config,
                                    ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra})
         return self.client.head_object(Bucket=args["Bucket"], Key=args["Key"])["ETag"]
@@ -385,6 +388,12 @@ class S3Store(Store):
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+
+
+def _sigv4(signature_version=None, **_):
+    from botocore import UNSIGNED
+
+    return signature_version if signature_version is UNSIGNED else "s3v4"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -79,7 +79,7 @@ class S3Server:
                 f"-master.port={p}", f"-volume.port={p + 1}", f"-filer.port={p + 2}", f"-s3.port={p + 3}",
                 f"-admin.port={p + 4}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", "-master.telemetry=false", f"-s3.config={config}", f"-bucket={BUCKET}",
-                "-master.volumeSizeLimitMB=64"]
+                "-master.volumeSizeLimitMB=64", "-s3.autoCreateBucket=false"]
         self.log = open(self.data_dir / "weed.log", "ab")
         self.process = subprocess.Popen(args, cwd=self.data_dir, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -100,7 +100,7 @@ class S3Server:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(3)  # it waits for idle keep-alive connections; do not wait long
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
