@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from .storage import Conflict, ObjectInfo, Store, StorageError
@@ -23,6 +24,7 @@ from .storage import Conflict, ObjectInfo, Store, StorageError
 BLOBS = "blobs/sha256"
 CONTENT_TYPES = {"png": "image/png", "glb": "model/gltf-binary", "json": "application/json", "csv": "text/csv",
                  "ply": "application/octet-stream", "spz": "application/octet-stream"}
+LOOK_FIRST_BYTES = 8 * 2**20  # above this, a HEAD costs far less than re-uploading duplicate bytes
 _VERSION = re.compile(r"v(\d{6,})\.json$")
 
 
@@ -90,14 +92,20 @@ class BlobWrite:
 
 
 class ArtifactStore:
+    """Blobs and versions over ``store``. It remembers the versions it wrote, so a run that
+    materializes a chain reads back exactly what it wrote, without listing again."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._known: dict[tuple[str | None, str], Manifest] = {}
 
     # -- blobs -------------------------------------------------------------------------------
     def put_blob(self, data: bytes, fmt: str = "") -> BlobWrite:
         sha = hashlib.sha256(data).hexdigest()
         path = blob_path(sha)
-        if self.store.exists(path):
+        # look before uploading where a look is cheap next to the upload (local disk, big objects);
+        # otherwise the create-only PUT itself says "already there"
+        if (self.store.cheap_stat or len(data) >= LOOK_FIRST_BYTES) and self.store.exists(path):
             return BlobWrite(sha, len(data), new=False)
         try:
             self.store.write(path, data, if_absent=True, sha256=sha, content_type=CONTENT_TYPES.get(fmt))
@@ -109,13 +117,12 @@ class ArtifactStore:
         path = blob_path(sha)
         label = f"{what}: " if what else ""
         try:
-            data = self.store.read(path)
+            data, actual = self.store.read_hashed(path)
         except StorageError as exc:
             if exc.errno == errno.ENOENT:
                 raise IntegrityError(errno.ENOENT, f"{label}blob {sha[:16]}… is missing from "
                                      f"{self.store.uri(path)}; re-materialize it") from None
             raise
-        actual = hashlib.sha256(data).hexdigest()
         if actual != sha:
             self.store.delete(path)  # so that re-materializing stores the right bytes again
             raise IntegrityError(errno.EIO, f"{label}blob {self.store.uri(path)} is corrupt: its {len(data):,} "
@@ -133,13 +140,19 @@ class ArtifactStore:
         infos = [i for i in self.store.list(f"{scope(key)}/{asset}") if _VERSION.search(i.path)]
         return sorted(infos, key=lambda i: int(_VERSION.search(i.path).group(1)))
 
-    def latest(self, key: str | None, asset: str) -> Manifest | None:
+    def latest(self, key: str | None, asset: str, run_id: str | None = None) -> Manifest | None:
+        """The newest version; with ``run_id``, the version that run wrote through this instance
+        if it wrote one (no listing: a chain reads back exactly what it wrote)."""
+        known = self._known.get((key, asset))
+        if run_id is not None and known is not None and known.run_id == run_id:
+            return known
         files = self._version_files(key, asset)
         return Manifest.from_json(self.store.read(files[-1].path)) if files else None
 
-    def manifest(self, key: str | None, asset: str, version: int | None = None) -> Manifest:
+    def manifest(self, key: str | None, asset: str, version: int | None = None,
+                 run_id: str | None = None) -> Manifest:
         if version is None:
-            found = self.latest(key, asset)
+            found = self.latest(key, asset, run_id=run_id)
         else:
             try:
                 found = Manifest.from_json(self.store.read(f"{scope(key)}/{asset}/v{version:06d}.json"))
@@ -156,12 +169,14 @@ class ArtifactStore:
     def record(self, key: str | None, asset: str, data: bytes, fmt: str, run_id: str, metadata: dict | None = None,
                extras: dict[str, bytes] | None = None, now: float | None = None) -> Manifest:
         """Store ``data`` (and companion files) and add a version pointing at it."""
-        blob = self.put_blob(data, fmt)
-        extra_refs = {}
-        for ext, payload in (extras or {}).items():
-            written = self.put_blob(payload, ext)
-            extra_refs[ext] = {"sha256": written.sha256, "bytes": written.bytes}
-        files = self._version_files(key, asset)
+        with ThreadPoolExecutor(1) as pool:  # find the next version number while the bytes go up
+            listing = pool.submit(self._version_files, key, asset)
+            blob = self.put_blob(data, fmt)
+            extra_refs = {}
+            for ext, payload in (extras or {}).items():
+                written = self.put_blob(payload, ext)
+                extra_refs[ext] = {"sha256": written.sha256, "bytes": written.bytes}
+            files = listing.result()
         version = int(_VERSION.search(files[-1].path).group(1)) + 1 if files else 1
         for _ in range(100):
             manifest = Manifest(asset=asset, key=key, version=version, sha256=blob.sha256, bytes=blob.bytes,
@@ -169,13 +184,15 @@ class ArtifactStore:
                                 metadata=metadata or {}, extras=extra_refs, deduplicated=not blob.new)
             try:
                 self.store.write(manifest.path, manifest.to_json(), if_absent=True, content_type="application/json")
+                self._known[(key, asset)] = manifest
                 return manifest
             except Conflict:  # a concurrent materialization took this number
                 version += 1
         raise Conflict(errno.EAGAIN, f"could not allocate a version for {asset} of {key}")
 
-    def load(self, key: str | None, asset: str, version: int | None = None) -> tuple[Manifest, bytes]:
-        manifest = self.manifest(key, asset, version)
+    def load(self, key: str | None, asset: str, version: int | None = None,
+             run_id: str | None = None) -> tuple[Manifest, bytes]:
+        manifest = self.manifest(key, asset, version, run_id=run_id)
         what = f"{asset} v{manifest.version} of {key or 'the catalog'}"
         if manifest.pruned_at is not None:
             raise IntegrityError(errno.ENOENT, f"{what} was pruned by retention; only its record remains")

@@ -80,6 +80,13 @@ def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _run_id(context: dg.InputContext) -> str | None:
+    try:
+        return context.step_context.run_id
+    except dg.DagsterInvariantViolationError:  # a context built outside a run (tests, benchmarks)
+        return None
+
+
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Every output becomes a new version of (generation, asset) in the content-addressed store."""
 
@@ -110,5 +117,6 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         key, asset = self._target(context)
-        _, data = self.store.artifacts().load(key, asset)
+        # the version this run wrote, if it wrote one; else the latest in the store
+        _, data = self.store.artifacts().load(key, asset, run_id=_run_id(context))
         return FORMATS[asset].load(data)

@@ -41,6 +41,7 @@ class StoreResource(dg.ConfigurableResource):
     multipart_threshold_mb: int = Field(64, ge=5, description="Objects larger than this go up as multipart uploads")
 
     _opened: Store | None = PrivateAttr(default=None)
+    _artifacts: ArtifactStore | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings) -> "StoreResource":
@@ -58,7 +59,9 @@ class StoreResource(dg.ConfigurableResource):
         return self._opened
 
     def artifacts(self) -> ArtifactStore:
-        return ArtifactStore(self.store())
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(self.store())
+        return self._artifacts
 
     def ledger(self) -> Ledger:
         return Ledger(self.store())

@@ -25,6 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 
+HASH_CHUNK = 1 << 20
+
+
 class StorageError(OSError):
     """A store operation that failed; the message names the object and what to do."""
 
@@ -66,6 +69,11 @@ class Store:
     def read(self, relative: str) -> bytes:
         return self.read_tagged(relative)[0]
 
+    def read_hashed(self, relative: str) -> tuple[bytes, str]:
+        """The bytes and their SHA-256 (hex)."""
+        data = self.read(relative)
+        return data, hashlib.sha256(data).hexdigest()
+
     def stat(self, relative: str) -> ObjectInfo | None:
         raise NotImplementedError
 
@@ -84,6 +92,7 @@ class Store:
         return sum(self.delete(info.path) for info in list(self.list(prefix)))
 
     location = ""  # the root as a person would write it: a directory, or s3://bucket/prefix
+    cheap_stat = True  # False where asking "is it there?" costs a network round trip
 
     def uri(self, relative: str) -> str:
         raise NotImplementedError
@@ -245,6 +254,8 @@ class S3Store(Store):
     the conditional headers (If-None-Match, If-Match) compare against.
     """
 
+    cheap_stat = False
+
     def __init__(self, client: Any, bucket: str, prefix: str = "", multipart_threshold: int = 64 * 2**20) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.multipart_threshold = multipart_threshold
@@ -340,6 +351,22 @@ class S3Store(Store):
             return response["Body"].read(), response["ETag"]
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "read", relative) from exc
+
+    def read_hashed(self, relative: str) -> tuple[bytes, str]:
+        """Download and hash chunk by chunk, as the bytes arrive."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(relative))
+            digest, parts = hashlib.sha256(), []
+            for chunk in response["Body"].iter_chunks(HASH_CHUNK):
+                digest.update(chunk)
+                parts.append(chunk)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "read", relative) from exc
+        data = b"".join(parts)
+        if len(data) != response["ContentLength"]:
+            raise StorageError(errno.EIO, f"cannot read {self.uri(relative)}: got {len(data):,} of "
+                               f"{response['ContentLength']:,} bytes")
+        return data, digest.hexdigest()
 
     def stat(self, relative: str) -> ObjectInfo | None:
         try:
