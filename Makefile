@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/threegen generate "a wooden chair" --seed 42
+	$(VENV)/bin/threegen generate "a wooden chair" --seed 42 --out demo
 	@echo "See the run and its assets in the UI: make ui, then open http://127.0.0.1:3000"
 
 ui: $(STAMP)
@@ -32,4 +32,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .dagster artifacts inbox .pytest_cache
+	rm -rf $(VENV) .dagster artifacts inbox demo .pytest_cache

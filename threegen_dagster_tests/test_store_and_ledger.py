@@ -60,3 +60,49 @@ def test_ledger_maps_keys_back_to_prompts(tmp_path) -> None:
         ledger.get("../../etc")
 
 
+
+
+def test_concurrent_registrations_of_one_prompt_make_one_entry(store) -> None:
+    import threading
+
+    ledger, results = Ledger(store), []
+
+    def add(source: str) -> None:
+        results.append(ledger.add(Prompt.from_text("a shared prompt"), 9, source=source))
+
+    threads = [threading.Thread(target=add, args=(f"worker-{n}",)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(new for _, new in results) == 1
+    assert len({entry for entry, _ in results}) == 1 and len(ledger.all()) == 1
+
+
+def test_keep_marks_and_holds(store) -> None:
+    ledger = Ledger(store)
+    entry, _ = ledger.add(Prompt.from_text("a lamp"), 1, source="cli")
+    assert ledger.set_keep(entry.key).keep and ledger.get(entry.key).keep
+    assert not ledger.set_keep(entry.key, False).keep
+    ledger.hold(entry.key, "submission-task-1", "pending")
+    ledger.hold(entry.key, "submission-task-2")
+    assert ledger.holds() == {entry.key: ["submission-task-1", "submission-task-2"]}
+    ledger.release(entry.key, "submission-task-1")
+    assert ledger.holds() == {entry.key: ["submission-task-2"]}
+    assert [e.key for e in ledger.all()] == [entry.key]  # holds are not entries
+    with pytest.raises(ValueError, match="hold name"):
+        ledger.hold(entry.key, "../escape")
+    with pytest.raises(UnknownGeneration):
+        ledger.hold("unknown-0123456789-s1", "x")
+
+
+def test_an_unreachable_store_is_not_an_unknown_generation(tmp_path) -> None:
+    import boto3
+    from botocore.config import Config
+
+    from threegen_dagster.storage import S3Store
+
+    down = boto3.client("s3", endpoint_url="http://127.0.0.1:9", aws_access_key_id="k", aws_secret_access_key="s",
+                        region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    with pytest.raises(StorageError, match="unreachable"):
+        Ledger(S3Store(down, "bucket")).find("a-lamp-0123456789-s1")
