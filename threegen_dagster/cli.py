@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .artifacts import ArtifactStore
+from .backends.gpu import BackendError
 from .catalog import STAGES
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import Generation, Ledger, UnknownGeneration
@@ -216,6 +217,33 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .worker import StageRunner, WorkerClient, make_server
+
+    if args.status:
+        print(json.dumps(WorkerClient(args.status).status(), indent=1))
+        return 0
+    runner = StageRunner(settings.models, free_between_stages=settings.free_gpu_between_stages)
+    for stage, (backend, options) in runner.models.items():
+        print(f"  {stage:<14} {backend:<11} {json.dumps(options) if options else ''}")
+    try:
+        seconds = runner.load_all()
+    except BackendError as exc:
+        print(f"threegen worker: {exc}", file=sys.stderr)
+        return 2
+    print("  loaded in " + ", ".join(f"{stage} {s:.1f} s" for stage, s in seconds.items()))
+    server = make_server(runner, args.host, args.port)
+    print(f"threegen worker serving on http://{args.host}:{server.server_port} "
+          f"(GET /health, GET /status, POST /v1/<stage>); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threegen", description="SN17 text/image-to-3D generations on Dagster")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +279,11 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("--version", type=int, help="a stored version (default: the latest)")
     get.add_argument("-o", "--output", metavar="FILE", help="file, folder, or - for stdout")
     get.set_defaults(run=cmd_get)
+    work = sub.add_parser("worker", help="the warm GPU worker: load the configured models once, serve the stages")
+    work.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    work.add_argument("--port", type=int, default=8765)
+    work.add_argument("--status", metavar="URL", help="print a running worker's status instead")
+    work.set_defaults(run=cmd_worker)
     stats = sub.add_parser("stats", help="counts, bytes and de-duplication, by asset and status")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=cmd_stats)
@@ -261,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args, Settings.from_env())
-    except (PromptError, SettingsError, StorageError, UnknownGeneration) as exc:
+    except (PromptError, SettingsError, StorageError, UnknownGeneration, BackendError) as exc:
         print(f"threegen: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ backend (no weights, no GPU). The real model backends plug in behind the same me
 import io
 import time
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import dagster as dg
 import trimesh
@@ -17,12 +17,15 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from .artifacts import ArtifactStore
-from .backends import decimate, inflate, matting, procedural
+from .backends import registry
+from .backends.gpu import free_gpu_memory, peak_gpu_memory
+from .backends.registry import STAGE_BACKENDS
 from .backends.proxy_score import score_splat
 from .ledger import Ledger
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
 from .splats.validate import normalize_for_validator
+from .worker import WorkerClient
 from .storage import LocalStore, S3Store, Store, parse_s3_uri
 
 
@@ -67,51 +70,127 @@ class StoreResource(dg.ConfigurableResource):
         return Ledger(self.store())
 
 
-class TextToImageResource(dg.ConfigurableResource):
-    backend: Literal["procedural"] = Field("procedural", description="'procedural': embedded CPU renderer (not a learned model)")
-    size: int = Field(512, ge=64, le=2048, description="Square output size in pixels")
+class _StageResource(dg.ConfigurableResource):
+    """A model stage: run in this process on the configured backend (loaded once per process),
+    or sent to a warm GPU worker (`threegen worker`) when ``worker_url`` is set."""
 
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.backend, "model": "procedural SDF renderer (not a learned model)"}
+    worker_url: str = Field("", description="URL of a running `threegen worker`; empty: run in this process")
+    worker_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the worker's answer")
+    free_gpu_between_stages: bool = Field(False, description="Return cached GPU memory after the stage")
+
+    _last: dict = PrivateAttr(default_factory=dict)
+    stage: ClassVar[str] = ""
+
+    def options(self) -> dict[str, Any]:
+        """The backend's options from this resource's fields."""
+        return {}
+
+    @classmethod
+    def from_settings(cls, settings, **overrides: Any) -> "_StageResource":
+        backend, options = settings.models.get(cls.stage, (STAGE_BACKENDS[cls.stage][0], {}))
+        fields = {f"{backend}_{k}" if f"{backend}_{k}" in cls.model_fields else k: v for k, v in options.items()}
+        return cls(backend=backend, worker_url=settings.worker_url, worker_timeout_s=settings.worker_timeout_s,
+                   free_gpu_between_stages=settings.free_gpu_between_stages,
+                   **{k: v for k, v in fields.items() if k in cls.model_fields}, **overrides)
+
+    def engine(self):
+        return registry.engine(self.stage, self.backend, self.options())
+
+    def _run(self, method: str, *args: Any) -> Any:
+        if self.worker_url:
+            result, self._last = getattr(WorkerClient(self.worker_url, self.worker_timeout_s), self.stage)(*args)
+            return result
+        eng = self.engine()
+        with peak_gpu_memory() as memory:
+            result = getattr(eng, method)(*args)
+        if self.free_gpu_between_stages:
+            free_gpu_memory()
+        self._last = {**eng.describe(), "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "in-process"}
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the last call (backend, model, revision, device, peak GPU MB, where), for metadata."""
+        if self._last:
+            return {k: v for k, v in self._last.items() if isinstance(v, (str, int, float, bool)) and k != "seconds"}
+        return {"backend": self.backend}
+
+
+class TextToImageResource(_StageResource):
+    stage: ClassVar[str] = "text_to_image"
+    backend: Literal["procedural", "flux"] = Field("procedural", description="'procedural' (embedded CPU) or 'flux'")
+    size: int = Field(512, ge=64, le=2048, description="Square output size in pixels (FLUX: rounded to 16)")
+    flux_model: str = Field("black-forest-labs/FLUX.1-schnell", description="FLUX diffusers folder or hub id")
+    flux_revision: str | None = None
+    flux_variant: Literal["schnell", "dev"] = "schnell"
+    flux_steps: int | None = Field(None, description="None: 4 for schnell, 28 for dev")
+    flux_dtype: str = "bfloat16"
+    flux_cpu_offload: bool = False
+    prompt_template: str = Field("{prompt}, 3D render, single object, centred, plain white background")
+    device: str = "auto"
+
+    def options(self) -> dict[str, Any]:
+        if self.backend == "procedural":
+            return {"size": self.size}
+        return {"model": self.flux_model, "revision": self.flux_revision, "variant": self.flux_variant,
+                "steps": self.flux_steps, "size": self.size, "dtype": self.flux_dtype,
+                "cpu_offload": self.flux_cpu_offload, "prompt_template": self.prompt_template, "device": self.device}
 
     def generate(self, prompt: str, seed: int) -> Image.Image:
-        return procedural.render_prompt(prompt, seed, self.size)
+        return self._run("generate", prompt, seed)
 
 
-class BackgroundRemovalResource(dg.ConfigurableResource):
-    backend: Literal["flood_fill"] = "flood_fill"
-    tolerance: float = Field(28.0, gt=0, description="RGB distance from the border colour counted as background")
-    min_fraction: float = Field(0.02, ge=0, le=1, description="Keep components at least this fraction of the largest")
+class BackgroundRemovalResource(_StageResource):
+    stage: ClassVar[str] = "background"
+    backend: Literal["flood_fill", "rembg"] = "flood_fill"
+    tolerance: float = Field(28.0, gt=0, description="flood_fill: RGB distance from the border colour")
+    min_fraction: float = Field(0.02, ge=0, le=1, description="flood_fill: keep parts at least this of the largest")
+    rembg_model: str = Field("u2netp", description="rembg session: u2net, u2netp, birefnet-general, ...")
+    rembg_model_home: str | None = Field(None, description="Folder with <model>.onnx (rembg's U2NET_HOME)")
 
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.backend, "model": "border flood fill"}
+    def options(self) -> dict[str, Any]:
+        if self.backend == "flood_fill":
+            return {"tolerance": self.tolerance, "min_fraction": self.min_fraction}
+        return {"model": self.rembg_model, "model_home": self.rembg_model_home}
 
     def remove(self, image: Image.Image) -> Image.Image:
-        return matting.remove_background(image, self.tolerance, self.min_fraction)
+        return self._run("remove", image)
 
 
-class ImageToMeshResource(dg.ConfigurableResource):
-    backend: Literal["inflate"] = "inflate"
-    resolution: int = Field(128, ge=16, le=512, description="Grid cells along the longer image side")
-    depth_ratio: float = Field(0.6, gt=0, description="Inflation depth relative to the silhouette's thickness")
+class ImageToMeshResource(_StageResource):
+    stage: ClassVar[str] = "image_to_mesh"
+    backend: Literal["inflate", "hunyuan"] = "inflate"
+    resolution: int = Field(128, ge=16, le=512, description="inflate: grid cells along the longer image side")
+    depth_ratio: float = Field(0.6, gt=0, description="inflate: depth relative to the silhouette's thickness")
+    hunyuan_model: str = Field("tencent/Hunyuan3D-2", description="Hunyuan3D-2 folder or hub id")
+    hunyuan_subfolder: str = "hunyuan3d-dit-v2-0"
+    hunyuan_steps: int | None = None
+    hunyuan_octree_resolution: int | None = None
+    hunyuan_dtype: str = "float16"
+    device: str = "auto"
 
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.backend, "model": "silhouette inflation + marching cubes"}
+    def options(self) -> dict[str, Any]:
+        if self.backend == "inflate":
+            return {"resolution": self.resolution, "depth_ratio": self.depth_ratio}
+        return {"model": self.hunyuan_model, "subfolder": self.hunyuan_subfolder, "steps": self.hunyuan_steps,
+                "octree_resolution": self.hunyuan_octree_resolution, "dtype": self.hunyuan_dtype,
+                "device": self.device}
 
     def mesh(self, foreground: Image.Image, seed: int) -> trimesh.Trimesh:
-        return inflate.inflate(foreground, self.resolution, self.depth_ratio)
+        return self._run("mesh", foreground, seed)
 
 
-class RefinerResource(dg.ConfigurableResource):
-    backend: Literal["decimate"] = "decimate"
+class RefinerResource(_StageResource):
+    stage: ClassVar[str] = "refine"
+    backend: Literal["decimate", "bpt"] = "decimate"
     target_faces: int = Field(20_000, ge=4)
     smoothing_iterations: int = Field(5, ge=0)
 
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.backend, "model": "quadric decimation + Taubin smoothing"}
+    def options(self) -> dict[str, Any]:
+        return {"target_faces": self.target_faces, "smoothing_iterations": self.smoothing_iterations} \
+            if self.backend == "decimate" else {}
 
     def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-        return decimate.refine(mesh, self.target_faces, self.smoothing_iterations)
+        return self._run("refine", mesh)
 
 
 class SplatResource(dg.ConfigurableResource):

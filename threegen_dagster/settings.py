@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .retention import RetentionPolicy
@@ -36,6 +36,14 @@ class Settings:
     """THREEGEN_SCORE_THRESHOLD: the blocking score check's threshold."""
     frame: str = "y_up"
     """THREEGEN_FRAME: 'y_up' or 'y_down', the frame the splat is written in."""
+    models: dict = field(default_factory=dict)
+    """Per stage, the backend and its options: see ``models_from_env``."""
+    worker_url: str = ""
+    """THREEGEN_WORKER_URL: a running `threegen worker` to send the model stages to; empty: in-process."""
+    worker_timeout_s: float = 600.0
+    """THREEGEN_WORKER_TIMEOUT: seconds to wait for one stage call."""
+    free_gpu_between_stages: bool = False
+    """THREEGEN_FREE_GPU: return cached GPU memory to the driver after every stage."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -80,4 +88,52 @@ class Settings:
             gaussians=int(number("THREEGEN_GAUSSIANS", 50_000, int)),
             score_threshold=number("THREEGEN_SCORE_THRESHOLD", 0.6, float),
             frame=frame,
+            models=models_from_env(env),
+            worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
+            worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
+            free_gpu_between_stages=env.get("THREEGEN_FREE_GPU", "") in ("1", "true", "yes"),
         )
+
+
+# stage -> (backend variable, default backend, {backend: {option: (variable, type)}})
+MODEL_ENV: dict[str, tuple[str, str, dict[str, dict[str, tuple[str, type]]]]] = {
+    "text_to_image": ("THREEGEN_TEXT_TO_IMAGE", "procedural", {
+        "flux": {"model": ("THREEGEN_FLUX_MODEL", str), "revision": ("THREEGEN_FLUX_REVISION", str),
+                 "variant": ("THREEGEN_FLUX_VARIANT", str), "steps": ("THREEGEN_FLUX_STEPS", int),
+                 "size": ("THREEGEN_FLUX_SIZE", int), "dtype": ("THREEGEN_FLUX_DTYPE", str),
+                 "cpu_offload": ("THREEGEN_FLUX_OFFLOAD", bool), "prompt_template": ("THREEGEN_PROMPT_TEMPLATE", str),
+                 "device": ("THREEGEN_DEVICE", str)}}),
+    "background": ("THREEGEN_BACKGROUND", "flood_fill", {
+        "rembg": {"model": ("THREEGEN_REMBG_MODEL", str), "model_home": ("THREEGEN_REMBG_HOME", str)}}),
+    "image_to_mesh": ("THREEGEN_IMAGE_TO_MESH", "inflate", {
+        "hunyuan": {"model": ("THREEGEN_HUNYUAN_MODEL", str), "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
+                    "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
+                    "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}}),
+    "refine": ("THREEGEN_REFINER", "decimate", {}),
+}
+
+
+def models_from_env(env: Mapping[str, str]) -> dict[str, tuple[str, dict]]:
+    """stage -> (backend, options) from THREEGEN_TEXT_TO_IMAGE, THREEGEN_FLUX_MODEL, ... (unset
+    options keep the backend's own defaults)."""
+    from .backends.registry import STAGE_BACKENDS
+
+    models = {}
+    for stage, (variable, default, per_backend) in MODEL_ENV.items():
+        backend = env.get(variable, "") or default
+        if backend not in STAGE_BACKENDS[stage]:
+            raise SettingsError(f"{variable}={backend!r}: one of {', '.join(STAGE_BACKENDS[stage])}")
+        options = {}
+        for option, (name, kind) in per_backend.get(backend, {}).items():
+            raw = env.get(name, "")
+            if not raw:
+                continue
+            if kind is bool:
+                options[option] = raw.lower() in ("1", "true", "yes")
+            else:
+                try:
+                    options[option] = kind(raw)
+                except ValueError:
+                    raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
+        models[stage] = (backend, options)
+    return models

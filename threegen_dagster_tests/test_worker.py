@@ -1,0 +1,140 @@
+"""The warm worker, started for real on loopback (a `threegen worker` subprocess), and the
+pipeline running its model stages through it; errors when it is down, slow or refuses."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from threegen_dagster import cli
+from threegen_dagster.backends.gpu import BackendError
+from threegen_dagster.definitions import build_definitions
+from threegen_dagster.keys import Prompt
+from threegen_dagster.settings import Settings
+from threegen_dagster.worker import WorkerClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """`threegen worker` in a subprocess with the given environment."""
+
+    def __init__(self, env: dict[str, str], tmp_path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / f"worker-{self.port}.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "threegen_dagster.cli", "worker", "--port", str(self.port)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, stdout=self.log, stderr=subprocess.STDOUT)
+        client = WorkerClient(self.url)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited: {self.output()}")
+            try:
+                if client.health(timeout_s=1):
+                    return
+            except BackendError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the worker did not come up: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def embedded_worker(tmp_path_factory):
+    worker = Worker({}, tmp_path_factory.mktemp("worker"))
+    yield worker
+    worker.stop()
+
+
+def test_the_pipeline_runs_its_model_stages_through_the_worker(embedded_worker, tmp_path) -> None:
+    settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox", worker_url=embedded_worker.url)
+    with dg.instance_for_test() as instance:
+        entry, _ = cli.register(Prompt.from_text("a wooden chair"), 42, "test", settings, instance)
+        result = build_definitions(settings).resolve_job_def("generate").execute_in_process(
+            instance=instance, partition_key=entry.key, run_config=cli.QUIET_RUN)
+    assert result.success
+    events = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    for asset, backend in (("generated_image", "procedural"), ("foreground_image", "flood_fill"),
+                           ("initial_mesh", "inflate"), ("refined_mesh", "decimate")):
+        assert events[asset]["where"].value == "worker" and events[asset]["backend"].value == backend
+        assert events[asset]["gpu_peak_mb"].value == 0.0  # no GPU here; the figure is still reported
+    status = WorkerClient(embedded_worker.url).status()
+    assert status["served"]["text_to_image"] >= 1 and status["queue"] == 0 and not status["busy"]
+    assert status["device"] == "cpu" and status["models"]["image_to_mesh"]["loaded"]
+    assert "text_to_image" in embedded_worker.output()  # one log line per call
+
+
+def test_worker_answers_match_in_process_results(embedded_worker) -> None:
+    from threegen_dagster.backends.registry import engine
+
+    client = WorkerClient(embedded_worker.url)
+    remote, meta = client.text_to_image("a red mug", 3)
+    local = engine("text_to_image", "procedural", {"size": 512}).generate("a red mug", 3)
+    assert remote.tobytes() == local.tobytes() and meta["backend"] == "procedural" and meta["seconds"] > 0
+    cut, _ = client.background(remote)
+    assert cut.mode == "RGBA" and cut.size == remote.size
+
+
+def test_worker_refusals_are_clear(embedded_worker) -> None:
+    client = WorkerClient(embedded_worker.url)
+    blank = Image.new("RGB", (64, 64), "white")
+    with pytest.raises(BackendError, match=r"refused /v1/background \(HTTP 422\): no object found"):
+        client.background(blank)
+    with pytest.raises(BackendError, match=r"HTTP 400\): background: cannot decode"):
+        client._call("POST", "/v1/background", {"png_b64": "not base64!"})
+    with pytest.raises(BackendError, match=r"HTTP 400\): text_to_image needs the field 'seed'"):
+        client._call("POST", "/v1/text_to_image", {"prompt": "x"})
+    with pytest.raises(BackendError, match=r"HTTP 404"):
+        client._call("POST", "/v1/paint", {})
+    with pytest.raises(BackendError, match=r"did not answer /v1/text_to_image within 0.001 s"):
+        WorkerClient(embedded_worker.url, timeout_s=0.001).text_to_image("a slow chair", 1)
+
+
+def test_a_worker_that_is_down_fails_the_step_clearly(tmp_path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox", worker_url=url)
+    with dg.instance_for_test() as instance:
+        entry, _ = cli.register(Prompt.from_text("a lamp"), 1, "test", settings, instance)
+        result = build_definitions(settings).resolve_job_def("generate").execute_in_process(
+            instance=instance, partition_key=entry.key, run_config=cli.QUIET_RUN, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "generated_image"
+    assert f"GPU worker at {url} is down" in str(failure.event_specific_data.error)
+
+
+def test_worker_status_from_the_cli(embedded_worker, capsys) -> None:
+    assert cli.main(["worker", "--status", embedded_worker.url]) == 0
+    assert '"device": "cpu"' in capsys.readouterr().out
+    assert cli.main(["worker", "--status", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert "is down" in capsys.readouterr().err
+
+
+def test_a_worker_configured_with_a_missing_model_refuses_to_start(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="the worker exited") as info:
+        Worker({"THREEGEN_TEXT_TO_IMAGE": "flux", "THREEGEN_FLUX_MODEL": str(tmp_path / "no-such-flux")}, tmp_path)
+    assert "threegen worker: " in str(info.value) and "no-such-flux" in str(info.value)
+
+
+def test_bpt_is_reported_absent_not_faked(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="BPT refinement is not available"):
+        Worker({"THREEGEN_REFINER": "bpt"}, tmp_path)
