@@ -138,3 +138,52 @@ def test_a_worker_configured_with_a_missing_model_refuses_to_start(tmp_path) -> 
 def test_bpt_is_reported_absent_not_faked(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="BPT refinement is not available"):
         Worker({"THREEGEN_REFINER": "bpt"}, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def model_worker(tmp_path_factory):
+    """A worker serving the real model backends on tiny random models the test builds."""
+    from .tiny_flux import build_tiny_flux
+    from .tiny_hunyuan import build_tiny_hunyuan
+    from .tiny_segmenter import build_tiny_segmenter
+
+    root = tmp_path_factory.mktemp("models")
+    flux = build_tiny_flux(root / "flux")
+    build_tiny_segmenter(root / "u2net" / "u2netp.onnx")
+    hunyuan = build_tiny_hunyuan(root / "hunyuan")
+    worker = Worker({"THREEGEN_TEXT_TO_IMAGE": "flux", "THREEGEN_FLUX_MODEL": str(flux),
+                     "THREEGEN_FLUX_DTYPE": "float32", "THREEGEN_FLUX_SIZE": "64", "THREEGEN_DEVICE": "cpu",
+                     "THREEGEN_BACKGROUND": "rembg", "THREEGEN_REMBG_HOME": str(root / "u2net"),
+                     "THREEGEN_IMAGE_TO_MESH": "hunyuan", "THREEGEN_HUNYUAN_MODEL": str(hunyuan),
+                     "THREEGEN_HUNYUAN_STEPS": "2", "THREEGEN_HUNYUAN_OCTREE": "32",
+                     "THREEGEN_HUNYUAN_DTYPE": "float32", "THREEGEN_FREE_GPU": "1"}, root)
+    yield worker, flux
+    worker.stop()
+
+
+def test_a_warm_worker_serves_tiny_flux_and_rembg(model_worker) -> None:
+    worker, flux = model_worker
+    client = WorkerClient(worker.url)
+    status = client.status()
+    assert status["models"]["text_to_image"]["backend"] == "flux" and status["models"]["text_to_image"]["loaded"]
+    assert status["models"]["text_to_image"]["model"] == str(flux)
+    assert status["models"]["background"]["backend"] == "rembg" and status["models"]["background"]["loaded"]
+    first, meta = client.text_to_image("a wooden chair", 7)
+    again, _ = client.text_to_image("a wooden chair", 7)
+    other, _ = client.text_to_image("a wooden chair", 8)
+    assert first.size == (64, 64) and first.mode == "RGB"
+    assert first.tobytes() == again.tobytes() != other.tobytes()  # deterministic per seed
+    assert meta["backend"] == "flux" and meta["revision"] == "local" and meta["where"] == "worker"
+    assert "gpu_peak_mb" in meta and meta["seconds"] > 0
+    photo = Image.new("RGB", (96, 80), (235, 235, 235))
+    photo.paste((150, 30, 40), (30, 20, 66, 60))  # a dark red object on a light background
+    cut, cut_meta = client.background(photo)
+    alpha = cut.getchannel("A")
+    assert cut.mode == "RGBA" and cut.size == (96, 80) and cut_meta["backend"] == "rembg"
+    assert alpha.getpixel((48, 40)) > alpha.getpixel((2, 2))  # the object is more opaque than the corner
+    mesh, mesh_meta = client.image_to_mesh(cut, 3)
+    again_mesh, _ = client.image_to_mesh(cut, 3)
+    assert len(mesh.faces) > 0 and mesh_meta["backend"] == "hunyuan3d-2" and mesh_meta["steps"] == 2
+    assert (mesh.vertices == again_mesh.vertices).all()
+    served = client.status()["served"]
+    assert served["text_to_image"] == 3 and served["background"] == 1 and served["image_to_mesh"] == 2
