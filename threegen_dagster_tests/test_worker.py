@@ -187,3 +187,16 @@ def test_a_warm_worker_serves_tiny_flux_and_rembg(model_worker) -> None:
     assert (mesh.vertices == again_mesh.vertices).all()
     served = client.status()["served"]
     assert served["text_to_image"] == 3 and served["background"] == 1 and served["image_to_mesh"] == 2
+
+
+def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None:
+    from threegen_dagster.resources import TextToImageResource
+
+    _, flux = model_worker
+    resource = TextToImageResource(backend="flux", flux_model=str(flux), flux_dtype="float32", size=70, device="cpu")
+    image = resource.generate("a wooden chair", 7)
+    remote, _ = WorkerClient(model_worker[0].url).text_to_image("a wooden chair", 7)
+    assert image.size == (64, 64) and image.tobytes() == remote.tobytes()  # same model, same seed, same pixels
+    meta = resource.describe()
+    assert meta["where"] == "in-process" and meta["backend"] == "flux" and meta["revision"] == "local"
+    assert meta["model"] == str(flux) and "gpu_peak_mb" in meta
