@@ -13,7 +13,7 @@ from .artifacts import ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
 from .keys import MAX_SEED, Prompt, PromptError
-from .ledger import Generation, Ledger, UnknownGeneration
+from .ledger import Generation, UnknownGeneration
 from .settings import Settings, SettingsError
 from .storage import StorageError
 

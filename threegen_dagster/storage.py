@@ -141,7 +141,8 @@ class LocalStore(Store):
     def write(self, relative: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None,
               sha256: str | None = None, content_type: str | None = None) -> str:
         target = self.path(relative)
-        if sha256 is not None and _tag(data) != sha256:
+        tag = _tag(data)
+        if sha256 is not None and tag != sha256:
             raise StorageError(errno.EIO, f"refusing to write {target}: the bytes do not hash to {sha256}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +173,7 @@ class LocalStore(Store):
                 raise
             hint = " (the disk is full: free space or point THREEGEN_STORE elsewhere)" if exc.errno == errno.ENOSPC else ""
             raise StorageError(exc.errno, f"cannot write {target}: {exc.strerror}{hint}") from exc
-        return _tag(data)
+        return tag
 
     def _lock(self, target: Path):
         """An exclusive advisory lock beside ``target`` (compare-and-swap for local writers)."""

@@ -18,7 +18,6 @@ from threegen_dagster.catalog import build_catalog
 from threegen_dagster.definitions import build_definitions, defs
 from threegen_dagster.jobs import inbox_sensor
 from threegen_dagster.keys import Prompt
-from threegen_dagster.ledger import Ledger
 from threegen_dagster.settings import Settings
 from threegen_dagster.splats import read_ply, spz
 from threegen_dagster.resources import StoreResource

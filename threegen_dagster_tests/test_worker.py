@@ -1,7 +1,6 @@
 """The warm worker, started for real on loopback (a `threegen worker` subprocess), and the
 pipeline running its model stages through it; errors when it is down, slow or refuses."""
 
-import io
 import os
 import socket
 import subprocess
