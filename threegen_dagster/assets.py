@@ -153,9 +153,10 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
     """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
     with stopwatch() as t:
         cloud = spz.decode(compressed_splat)
-        result, ring_png = scoring.score(cloud, foreground_image)
+        result, ring_png = scoring.score(cloud, foreground_image, compressed_splat,
+                                         store.ledger().prompt(context.partition_key))
     result["seconds"] = t["seconds"]
-    parts = {k: result[k] for k in ("score", "silhouette_iou", "colour_similarity", "ring_consistency")}
+    parts = {"score": result["score"], **result["parts"]}
     failures = result["checks"]["failures"]
     yield dg.Output(result, metadata={**describe(_entry(context, store)), **parts, "seconds": t["seconds"],
                                       "kind": result["kind"], "threshold": result["threshold"],

@@ -117,9 +117,8 @@ def _print_human(summary: dict) -> None:
     score = summary["score"]
     if score:
         verdict = "PASS" if score["passed"] and not score["checks"]["failures"] else "BELOW THRESHOLD"
-        print(f"  score {score['score']:.3f} ({score['kind']}; threshold {score['threshold']}) {verdict}: "
-              f"silhouette IoU {score['silhouette_iou']:.3f}, colour {score['colour_similarity']:.3f}, "
-              f"ring consistency {score['ring_consistency']:.3f}")
+        parts = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in score["parts"].items())
+        print(f"  score {score['score']:.3f} ({score['kind']}; threshold {score['threshold']}) {verdict}: {parts}")
         for failure in score["checks"]["failures"]:
             print(f"  check failed: {failure}")
     if summary["exported"]:

@@ -21,10 +21,13 @@ from .backends import registry
 from .backends.gpu import free_gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS
 from .backends.proxy_score import score_splat
+from .backends.validation_server import ValidationServerClient
+from .keys import Prompt
 from .ledger import Ledger
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
-from .splats.validate import normalize_for_validator
+from .splats.render import preview_grid_png
+from .splats.validate import check_for_validator, normalize_for_validator
 from .worker import WorkerClient
 from .storage import LocalStore, S3Store, Store, parse_s3_uri
 
@@ -208,13 +211,29 @@ class SplatResource(dg.ConfigurableResource):
 
 
 class ScoringResource(dg.ConfigurableResource):
-    backend: Literal["proxy"] = Field("proxy", description="'proxy': checks + geometric proxy, no models")
+    backend: Literal["proxy", "validation_server"] = Field(
+        "proxy", description="'proxy': checks + geometric proxy, no models; 'validation_server': SN17's own server")
     threshold: float = Field(0.6, ge=0, le=1, description="Scores below this fail the blocking check")
+    validation_url: str = Field("http://127.0.0.1:8094", description="SN17 validation server (validation_server)")
+    timeout_s: float = Field(120.0, gt=0)
 
-    def score(self, cloud: GaussianCloud, foreground: Image.Image) -> tuple[dict, bytes]:
-        """The score as JSON-ready parts, and a PNG of the 16-view ring it rendered."""
-        result = score_splat(cloud, foreground)
-        return {**result.to_dict(), "threshold": self.threshold, "passed": result.score >= self.threshold}, result.ring_png
+    def score(self, cloud: GaussianCloud, foreground: Image.Image, spz: bytes = b"",
+              prompt: Prompt | None = None) -> tuple[dict, bytes]:
+        """The score as JSON-ready parts (``parts``: what it is made of), and a PNG of the 16-view ring."""
+        if self.backend == "proxy":
+            result = score_splat(cloud, foreground)
+            out, ring = result.to_dict(), result.ring_png
+            out["parts"] = {k: out[k] for k in ("silhouette_iou", "colour_similarity", "ring_consistency")}
+        else:
+            verdict = check_for_validator(cloud)
+            server = ValidationServerClient(self.validation_url, self.timeout_s).validate(
+                spz, text=prompt.text if prompt and prompt.kind == "text" else "",
+                image=prompt.image if prompt and prompt.kind == "image" else None)
+            out = {"kind": "validation_server", "server": self.validation_url, "score": server["score"],
+                   "parts": {k: v for k, v in server.items() if k != "score"},
+                   "checks": verdict.to_dict()}
+            ring = preview_grid_png(cloud, size=128, grid=4)
+        return {**out, "threshold": self.threshold, "passed": out["score"] >= self.threshold}, ring
 
 
 def open_image(data: bytes) -> Image.Image:

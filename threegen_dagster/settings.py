@@ -38,6 +38,10 @@ class Settings:
     """THREEGEN_FRAME: 'y_up' or 'y_down', the frame the splat is written in."""
     models: dict = field(default_factory=dict)
     """Per stage, the backend and its options: see ``models_from_env``."""
+    scorer: str = "proxy"
+    """THREEGEN_SCORER: 'proxy' (embedded) or 'validation_server' (SN17's server at THREEGEN_VALIDATION_URL)."""
+    validation_url: str = "http://127.0.0.1:8094"
+    """THREEGEN_VALIDATION_URL: a running SN17 validation server."""
     worker_url: str = ""
     """THREEGEN_WORKER_URL: a running `threegen worker` to send the model stages to; empty: in-process."""
     worker_timeout_s: float = 600.0
@@ -62,6 +66,9 @@ class Settings:
         frame = env.get("THREEGEN_FRAME", "y_up")
         if frame not in ("y_up", "y_down"):
             raise SettingsError(f"THREEGEN_FRAME={frame!r}: use 'y_up' or 'y_down'")
+        scorer = env.get("THREEGEN_SCORER", "") or "proxy"
+        if scorer not in ("proxy", "validation_server"):
+            raise SettingsError(f"THREEGEN_SCORER={scorer!r}: use 'proxy' or 'validation_server'")
         store = env.get("THREEGEN_STORE", "") or "artifacts"
         if store.startswith("s3://"):
             try:
@@ -89,6 +96,8 @@ class Settings:
             score_threshold=number("THREEGEN_SCORE_THRESHOLD", 0.6, float),
             frame=frame,
             models=models_from_env(env),
+            scorer=scorer,
+            validation_url=env.get("THREEGEN_VALIDATION_URL", "") or "http://127.0.0.1:8094",
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
             free_gpu_between_stages=env.get("THREEGEN_FREE_GPU", "") in ("1", "true", "yes"),
