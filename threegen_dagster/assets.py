@@ -4,6 +4,7 @@ and returns the value with metadata (timings, sizes, counts, a small preview).""
 
 import base64
 import io
+import time
 import warnings
 from typing import Any
 
@@ -23,9 +24,11 @@ from .resources import (
     SplatResource,
     StoreResource,
     TextToImageResource,
+    ValidatorPolicyResource,
     open_image,
     stopwatch,
 )
+from .sn17.validators import ValidatorBook, records_table
 from .splats import GaussianCloud, spz
 from .splats.ply import ply_header
 from .splats.render import preview_grid_png
@@ -185,6 +188,20 @@ def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
         "stored_bytes": totals["stored_bytes"], "logical_bytes": totals["logical_bytes"],
         "dedup_ratio": totals["dedup_ratio"] or 0.0,
         "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
+    })
+
+
+@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
+def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output[pd.DataFrame]:
+    """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
+    times, cooldowns and blacklist state (manual or automatic, with the reason)."""
+    rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
+    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
+    return dg.Output(frame, metadata={
+        "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
+        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
+            "uid", "pulls", "tasks", "submissions", "accepted", "empty", "success_rate", "mean_response_s",
+            "mean_score", "cooldown_s", "blacklisted")) if rows else "(no validator records yet)"),
     })
 
 

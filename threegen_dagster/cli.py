@@ -243,6 +243,31 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_validators(args: argparse.Namespace, settings: Settings) -> int:
+    from .sn17.validators import ValidatorBook, records_table
+
+    book = ValidatorBook(_store(settings).store())
+    if args.blacklist is not None or args.unblacklist is not None:
+        uid, on = (args.blacklist, True) if args.blacklist is not None else (args.unblacklist, False)
+        book.set_blacklisted(uid, on)
+        if not args.json:
+            print(f"validator {uid} {'blacklisted' if on else 'no longer blacklisted'}")
+    rows = records_table(book, settings.validators, time.time())
+    if args.json:
+        print(json.dumps({"blacklist": sorted(book.blacklist(settings.validators)), "validators": rows}, indent=1))
+        return 0
+    print(f"manual blacklist: {', '.join(map(str, sorted(book.blacklist(settings.validators)))) or 'none'}")
+    if not rows:
+        print("no validator records yet")
+    for r in rows:
+        print(f"  uid {r['uid']:>4}  {r['hotkey'][:12]:<12}  pulls {r['pulls']:>4}  tasks {r['tasks']:>4}  "
+              f"submitted {r['submissions']:>4} (accepted {r['accepted']}, empty {r['empty']})  "
+              f"success {r['success_rate'] if r['success_rate'] is not None else '-'}  "
+              f"mean {r['mean_response_s'] if r['mean_response_s'] is not None else '-'} s  "
+              f"cooldown {r['cooldown_s']} s  {r['blacklisted']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threegen", description="SN17 text/image-to-3D generations on Dagster")
     sub = p.add_subparsers(dest="command", required=True)
@@ -278,6 +303,11 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("--version", type=int, help="a stored version (default: the latest)")
     get.add_argument("-o", "--output", metavar="FILE", help="file, folder, or - for stdout")
     get.set_defaults(run=cmd_get)
+    val = sub.add_parser("validators", help="SN17 validator records and the manual blacklist")
+    val.add_argument("--blacklist", type=int, metavar="UID", help="never pull from this validator")
+    val.add_argument("--unblacklist", type=int, metavar="UID", help="take it off the blacklist")
+    val.add_argument("--json", action="store_true")
+    val.set_defaults(run=cmd_validators)
     work = sub.add_parser("worker", help="the warm GPU worker: load the configured models once, serve the stages")
     work.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     work.add_argument("--port", type=int, default=8765)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .assets import PIPELINE, generation_catalog
+from .assets import PIPELINE, generation_catalog, validator_records
 from .io_manager import ArtifactIOManager
 from .jobs import (
     InboxResource,
@@ -24,6 +24,7 @@ from .resources import (
     SplatResource,
     StoreResource,
     TextToImageResource,
+    ValidatorPolicyResource,
 )
 from .settings import Settings
 
@@ -31,7 +32,7 @@ from .settings import Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
-        assets=[*PIPELINE, generation_catalog],
+        assets=[*PIPELINE, generation_catalog, validator_records],
         jobs=[generate_job, catalog_job, cleanup],
         sensors=[inbox_sensor, catalog_after_generation],
         schedules=[cleanup_schedule(settings.retention)],
@@ -42,6 +43,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "store": store,
             "artifacts": ArtifactIOManager(store=store),
             "inbox": InboxResource(path=str(settings.inbox)),
+            "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "text_to_image": TextToImageResource.from_settings(settings),
             "background": BackgroundRemovalResource.from_settings(settings),
             "image_to_mesh": ImageToMeshResource.from_settings(settings),

@@ -63,6 +63,7 @@ FORMATS: dict[str, Format] = {
     "compressed_splat": Format("spz", bytes, bytes),
     "validation_score": Format("json", _json, json.loads),
     "generation_catalog": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "validator_records": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
 }
 
 

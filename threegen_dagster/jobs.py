@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from .assets import PIPELINE, generation_catalog, generations
+from .assets import PIPELINE, generation_catalog, generations, validator_records
 from .resources import StoreResource
 from .retention import RetentionPolicy
 from .retention import apply_retention as apply_retention_to
@@ -20,7 +20,7 @@ generate_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,  # a generation is a chain: one process keeps models and imports warm
     description="Every stage of one generation (partition = prompt x seed)",
 )
-catalog_job = dg.define_asset_job("refresh_catalog", selection=[generation_catalog],
+catalog_job = dg.define_asset_job("refresh_catalog", selection=[generation_catalog, validator_records],
                                   executor_def=dg.in_process_executor)
 
 

@@ -24,6 +24,7 @@ from .backends.proxy_score import score_splat
 from .backends.validation_server import ValidationServerClient
 from .keys import Prompt
 from .ledger import Ledger
+from .sn17.validators import ValidatorPolicy
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
 from .splats.render import preview_grid_png
@@ -234,6 +235,27 @@ class ScoringResource(dg.ConfigurableResource):
                    "checks": verdict.to_dict()}
             ring = preview_grid_png(cloud, size=128, grid=4)
         return {**out, "threshold": self.threshold, "passed": out["score"] >= self.threshold}, ring
+
+
+class ValidatorPolicyResource(dg.ConfigurableResource):
+    """Which SN17 validators to pull from (see ``sn17/validators.py``)."""
+
+    min_stake: float = Field(1000.0, ge=0, description="Skip validators with less stake")
+    blacklist: list[int] = Field([180], description="UIDs never pulled from (the CLI can add and remove)")
+    min_success_rate: float = Field(0.3, ge=0, le=1, description="Auto-blacklist below this success rate")
+    max_mean_response_s: float = Field(120.0, gt=0, description="Auto-blacklist above this mean response time")
+    window: int = Field(20, ge=1, description="Calls the automatic blacklist looks back over")
+
+    @classmethod
+    def from_policy(cls, policy: ValidatorPolicy) -> "ValidatorPolicyResource":
+        return cls(min_stake=policy.min_stake, blacklist=sorted(policy.manual_blacklist),
+                   min_success_rate=policy.min_success_rate, max_mean_response_s=policy.max_mean_response_s,
+                   window=policy.window)
+
+    def policy(self) -> ValidatorPolicy:
+        return ValidatorPolicy(min_stake=self.min_stake, manual_blacklist=frozenset(self.blacklist),
+                               min_success_rate=self.min_success_rate,
+                               max_mean_response_s=self.max_mean_response_s, window=self.window)
 
 
 def open_image(data: bytes) -> Image.Image:

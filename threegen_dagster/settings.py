@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .retention import RetentionPolicy
+from .sn17.validators import ValidatorPolicy
 from .storage import StorageError, parse_s3_uri
 
 
@@ -42,6 +43,8 @@ class Settings:
     """THREEGEN_SCORER: 'proxy' (embedded) or 'validation_server' (SN17's server at THREEGEN_VALIDATION_URL)."""
     validation_url: str = "http://127.0.0.1:8094"
     """THREEGEN_VALIDATION_URL: a running SN17 validation server."""
+    validators: ValidatorPolicy = ValidatorPolicy()
+    """THREEGEN_SN17_MIN_STAKE, _BLACKLIST (UIDs, comma-separated), _MIN_SUCCESS, _MAX_RESPONSE_S, _WINDOW."""
     worker_url: str = ""
     """THREEGEN_WORKER_URL: a running `threegen worker` to send the model stages to; empty: in-process."""
     worker_timeout_s: float = 600.0
@@ -97,6 +100,7 @@ class Settings:
             frame=frame,
             models=models_from_env(env),
             scorer=scorer,
+            validators=validator_policy(env, number),
             validation_url=env.get("THREEGEN_VALIDATION_URL", "") or "http://127.0.0.1:8094",
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
@@ -146,3 +150,16 @@ def models_from_env(env: Mapping[str, str]) -> dict[str, tuple[str, dict]]:
                     raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
         models[stage] = (backend, options)
     return models
+
+
+def validator_policy(env: Mapping[str, str], number) -> ValidatorPolicy:
+    raw = env.get("THREEGEN_SN17_BLACKLIST")
+    try:
+        blacklist = frozenset({180} if raw is None else {int(u) for u in raw.replace(" ", "").split(",") if u})
+    except ValueError:
+        raise SettingsError(f"THREEGEN_SN17_BLACKLIST={raw!r}: comma-separated UIDs, like '180,12'") from None
+    return ValidatorPolicy(
+        min_stake=number("THREEGEN_SN17_MIN_STAKE", 1000.0, float), manual_blacklist=blacklist,
+        min_success_rate=number("THREEGEN_SN17_MIN_SUCCESS", 0.3, float),
+        max_mean_response_s=number("THREEGEN_SN17_MAX_RESPONSE_S", 120.0, float),
+        window=int(number("THREEGEN_SN17_WINDOW", 20, int)))

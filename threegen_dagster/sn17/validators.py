@@ -164,3 +164,23 @@ class ValidatorBook:
             return {"added": sorted(added), "removed": sorted(removed)}
 
         self.store.update_json(BLACKLIST, change)
+
+
+def records_table(book: ValidatorBook, policy: ValidatorPolicy, now: float) -> list[dict[str, Any]]:
+    """One row per known validator: counts, rates, cooldowns and blacklist state, for the CLI and the UI."""
+    manual = book.blacklist(policy)
+    rows = []
+    for record in sorted(book.all().values(), key=lambda r: (r.uid, r.hotkey)):
+        rate, mean = record.success_rate(policy.window), record.mean_response_s(policy.window)
+        auto = auto_blacklist_reason(record, policy)
+        rows.append({
+            "uid": record.uid, "hotkey": record.hotkey, "pulls": record.pulls, "tasks": record.tasks,
+            "submissions": record.submissions, "accepted": record.accepted, "rejected": record.rejected,
+            "empty": record.empty, "failures": record.failures,
+            "success_rate": None if rate is None else round(rate, 3),
+            "mean_response_s": None if mean is None else round(mean, 2),
+            "mean_score": round(sum(record.scores) / len(record.scores), 4) if record.scores else None,
+            "cooldown_s": max(0, round(max(record.cooldown_until, record.local_cooldown_until) - now)),
+            "blacklisted": "by hand" if record.uid in manual else (f"auto: {auto}" if auto else ""),
+        })
+    return rows

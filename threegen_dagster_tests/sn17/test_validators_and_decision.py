@@ -93,3 +93,37 @@ def test_book_persists_records_and_the_manual_blacklist(tmp_path) -> None:
 def test_decision(candidates, submit, key, reason) -> None:
     decision = decide(candidates, threshold=0.6)
     assert decision.submit is submit and decision.key == key and reason in decision.reason
+
+
+def test_validator_records_in_the_cli_and_the_ui(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import dagster as dg
+
+    from threegen_dagster import cli
+    from threegen_dagster.definitions import build_definitions
+    from threegen_dagster.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("THREEGEN_SN17_BLACKLIST", "180,7")
+    settings = Settings.from_env()
+    book = ValidatorBook(LocalStore(settings.store))
+    book.update("hkA", lambda r: (setattr(r, "uid", 3), setattr(r, "pulls", 4), r.call(NOW, 2.0, True)))
+    book.update("hkB", lambda r: (setattr(r, "uid", 9), [r.call(NOW, 1.0, False) for _ in range(6)]))
+
+    assert cli.main(["validators", "--unblacklist", "7"]) == 0
+    assert "validator 7 no longer blacklisted" in capsys.readouterr().out
+    assert cli.main(["validators", "--blacklist", "3", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["blacklist"] == [3, 180]
+    rows = {r["uid"]: r for r in listing["validators"]}
+    assert rows[3]["blacklisted"] == "by hand" and rows[3]["pulls"] == 4 and rows[3]["mean_response_s"] == 2.0
+    assert rows[9]["blacklisted"].startswith("auto: success 0%") and rows[9]["failures"] == 6
+
+    with dg.instance_for_test() as instance:
+        result = build_definitions(settings).resolve_job_def("refresh_catalog").execute_in_process(
+            instance=instance, run_config=cli.QUIET_RUN)
+    frame = result.output_for_node("validator_records")
+    assert sorted(frame["uid"]) == [3, 9] and set(frame["blacklisted"].str[:4]) == {"by h", "auto"}
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "validator_records")
+    assert event.materialization.metadata["blacklisted"].value == 2
