@@ -11,6 +11,7 @@ re-pull before submitting, and a counted violation for pulling during a cooldown
 # No `from __future__ import annotations`: Axon.attach reads the handlers' annotations as classes.
 
 import argparse
+import asyncio
 import socket
 import time
 import typing
@@ -74,6 +75,7 @@ class LocalValidator:
         throttle_period: int = 30,
         task_cooldown: int = 300,
         cooldown_penalty: int = 600,
+        delay: float = 0.0,
     ) -> None:
         self.wallet = make_wallet(root, "validator")
         self.score = score
@@ -82,9 +84,11 @@ class LocalValidator:
         self.throttle_period = throttle_period
         self.task_cooldown = task_cooldown
         self.cooldown_penalty = cooldown_penalty
+        self.delay = delay  # seconds each PullTask answer waits: a slow validator
         self.queue: deque[Task] = deque()
         self.miners: dict[str, MinerState] = {}
         self.received: list[Submission] = []
+        self.requests: list[tuple[str, str]] = []  # (synapse name, miner hotkey) of every signed request
 
         port = free_port()
         parser = argparse.ArgumentParser()
@@ -115,8 +119,8 @@ class LocalValidator:
     def stop(self) -> None:
         self.axon.stop()
 
-    def add_task(self, prompt: str, type: str = "text") -> Task:
-        task = Task(type=type, prompt=prompt)
+    def add_task(self, prompt: str, type: str = "text", id: str | None = None) -> Task:
+        task = Task(type=type, prompt=prompt) if id is None else Task(type=type, prompt=prompt, id=id)
         self.queue.append(task)
         return task
 
@@ -127,13 +131,17 @@ class LocalValidator:
         return False, ""
 
     def blacklist_pull(self, synapse: PullTask) -> Verdict:
+        self.requests.append(("PullTask", synapse.dendrite.hotkey))
         return self._blacklisted(synapse.dendrite.hotkey)
 
     def blacklist_submit(self, synapse: SubmitResults) -> Verdict:
+        self.requests.append(("SubmitResults", synapse.dendrite.hotkey))
         return self._blacklisted(synapse.dendrite.hotkey)
 
     # --- handlers
     async def pull_task(self, synapse: PullTask) -> PullTask:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         miner = self.miners.setdefault(synapse.dendrite.hotkey, MinerState())
         synapse.validation_threshold = self.threshold
         synapse.throttle_period = self.throttle_period

@@ -1,0 +1,161 @@
+"""The miner's side of the SN17 protocol: pull tasks from validators, submit results, and keep each
+validator's record (``ValidatorBook``) up to date. Network problems never raise: they become a
+failed call in the record, a local cooldown and an error string. Needs the ``sn17`` extra; no
+Dagster imports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Self
+
+import bittensor as bt
+
+from .protocol import (
+    PULL_TASK_TIMEOUT,
+    SUBMIT_RESULTS_TIMEOUT,
+    PullTask,
+    SubmitResults,
+    Task,
+)
+from .queue import prompt_of  # noqa: F401 - part of the client's interface
+from .signing import sign_submission
+from .validators import Neuron, ValidatorBook, ValidatorPolicy, ValidatorRecord, select
+
+
+@dataclass(frozen=True)
+class PulledTask:
+    validator_uid: int
+    validator_hotkey: str
+    task: Task
+    validation_threshold: float
+    pulled_at: float  # unix seconds
+    validator_ip: str = ""  # where to submit (the metagraph may move it; this is where it was)
+    validator_port: int = 0
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    accepted: bool
+    feedback: dict | None
+    cooldown_until: float
+    seconds: float
+    error: str = ""  # a transport or status failure; "" when the validator answered
+
+
+def axon_info(target: Neuron | bt.AxonInfo) -> bt.AxonInfo:
+    if isinstance(target, bt.AxonInfo):
+        return target
+    return bt.AxonInfo(version=0, ip=target.ip, port=target.port, ip_type=4, hotkey=target.hotkey, coldkey="")
+
+
+def _status(synapse: bt.Synapse) -> str:
+    d = synapse.dendrite
+    return f"{d.status_code} {d.status_message or ''}".strip() if d else "no answer"
+
+
+class MinerClient:
+    def __init__(self, wallet: Any, book: ValidatorBook, policy: ValidatorPolicy | None = None,
+                 pull_timeout: float = PULL_TASK_TIMEOUT, submit_timeout: float = SUBMIT_RESULTS_TIMEOUT,
+                 dendrite: bt.Dendrite | None = None) -> None:
+        self.wallet, self.book, self.policy = wallet, book, policy or ValidatorPolicy()
+        self.pull_timeout, self.submit_timeout = pull_timeout, submit_timeout
+        self._dendrite = dendrite
+        self.last_skipped: dict[int, str] = {}  # uid -> why the last pull did not ask it
+        self.last_errors: dict[int, str] = {}  # uid -> why its answer to the last pull failed
+
+    @property
+    def hotkey(self) -> str:
+        return self.wallet.hotkey.ss58_address
+
+    @property
+    def dendrite(self) -> bt.Dendrite:
+        if self._dendrite is None:  # made on first use: Dendrite() looks up the external IP
+            self._dendrite = bt.Dendrite(wallet=self.wallet)
+        return self._dendrite
+
+    async def aclose(self) -> None:
+        if self._dendrite is not None:
+            await self._dendrite.aclose_session()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def pull(self, neurons: list[Neuron], now: float | None = None) -> list[PulledTask]:
+        """Ask every selectable validator for a task at once; the answers that carry one."""
+        now = time.time() if now is None else now
+        chosen, self.last_skipped = select(neurons, self.book.all(), self.policy,
+                                           self.book.blacklist(self.policy), now)
+        self.last_errors = {}
+        answers = await asyncio.gather(*(self._pull_one(n, now) for n in chosen))
+        return [a for a in answers if a is not None]
+
+    async def _pull_one(self, neuron: Neuron, now: float) -> PulledTask | None:
+        started = time.monotonic()
+        synapse = await self.dendrite.call(axon_info(neuron), PullTask(), timeout=self.pull_timeout,
+                                           deserialize=False)
+        seconds, ok = time.monotonic() - started, synapse.is_success
+        task = synapse.task if ok else None
+
+        def change(r: ValidatorRecord) -> None:
+            r.uid, r.pulls = neuron.uid, r.pulls + 1
+            r.call(now, seconds, ok)
+            if ok:
+                r.tasks += task is not None
+                r.cooldown_until = float(synapse.cooldown_until)
+            else:
+                r.local_cooldown_until = now + self.policy.failure_cooldown_s
+
+        self.book.update(neuron.hotkey, change)
+        if not ok:
+            self.last_errors[neuron.uid] = _status(synapse)
+            return None
+        if task is None:
+            return None
+        return PulledTask(neuron.uid, neuron.hotkey, task, synapse.validation_threshold, now,
+                          neuron.ip, neuron.port)
+
+    async def submit(self, validator: Neuron | bt.AxonInfo, task: Task, spz_b64: str,
+                     now_ns: int | None = None) -> SubmitOutcome:
+        """Send a result (base64 SPZ, or "" to give the task back without a penalty)."""
+        axon = axon_info(validator)
+        submit_time = time.time_ns() if now_ns is None else now_ns
+        signature = sign_submission(self.wallet.hotkey, submit_time, task.prompt, axon.hotkey, self.hotkey)
+        # the task itself goes too: validators compare it with the assigned one and sign over its prompt
+        request = SubmitResults(task=task, results=spz_b64, submit_time=submit_time, signature=signature)
+        started, now = time.monotonic(), submit_time / 1e9
+        answer = await self.dendrite.call(axon, request, timeout=self.submit_timeout, deserialize=False)
+        seconds, ok = time.monotonic() - started, answer.is_success
+        feedback = answer.feedback.model_dump() if ok and answer.feedback is not None else None
+        # a score under the threshold answers feedback too, with fidelity 0: accepted means a fidelity score
+        accepted = bool(feedback and spz_b64 and not feedback["validation_failed"]
+                        and feedback["task_fidelity_score"] > 0)
+
+        uid = validator.uid if isinstance(validator, Neuron) else None
+
+        def change(r: ValidatorRecord) -> None:
+            r.uid = r.uid if uid is None else uid
+            r.call(now, seconds, ok)
+            if not ok:
+                r.local_cooldown_until = now + self.policy.failure_cooldown_s
+                return
+            r.submissions += 1
+            if spz_b64 == "":
+                r.empty += 1
+            elif accepted:
+                r.accepted += 1
+            else:
+                r.rejected += 1
+            if feedback is not None:
+                if spz_b64:
+                    r.scores = (r.scores + [feedback["task_fidelity_score"]])[-r.KEEP:]
+                r.feedback = (r.feedback + [feedback])[-r.KEEP:]
+            r.cooldown_until = float(answer.cooldown_until)
+
+        record = self.book.update(axon.hotkey, change)
+        return SubmitOutcome(accepted, feedback, record.cooldown_until if ok else record.local_cooldown_until,
+                             seconds, "" if ok else _status(answer))

@@ -1,0 +1,289 @@
+"""The miner's client and task puller against LocalValidators on loopback: bittensor's real Dendrite and
+Axon, records in a LocalStore. Needs the ``sn17`` extra (bittensor); skipped without it."""
+
+import asyncio
+import base64
+import gc
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+bt = pytest.importorskip("bittensor")
+
+from bittensor.utils import networking
+
+from threegen_dagster.sn17.client import MinerClient, prompt_of
+from threegen_dagster.sn17.protocol import Task
+from threegen_dagster.sn17.puller import (
+    TaskQueue,
+    neurons_from_metagraph,
+    next_pull_in,
+    pull_once,
+    run_forever,
+    task_of,
+    validator_of,
+)
+from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPolicy
+from threegen_dagster.storage import LocalStore
+from threegen_dagster.tasks import TaskError
+
+from .local_validator import HOST, LocalValidator, make_wallet
+
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute on the instance")
+
+RESULT = base64.b64encode(b"\x28\xb5\x2f\xfd stand-in SPZ bytes").decode()
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+POLICY = ValidatorPolicy(min_stake=0.0, manual_blacklist=frozenset())
+
+
+@pytest.fixture
+def start(tmp_path):
+    """start(**options) -> a running LocalValidator (stopped after the test) and its Neuron."""
+    running = []
+
+    def start(**options):
+        uid = len(running)
+        v = LocalValidator(tmp_path / f"validator{uid}", **options).start()
+        running.append(v)
+        return v, Neuron(uid, v.hotkey, 1000.0 + uid, HOST, v.axon.port)
+
+    yield start
+    for v in running:
+        v.stop()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def client(tmp_path, store, monkeypatch):
+    """client(**options) -> a MinerClient; its Dendrite made here, outside any event loop."""
+    # Dendrite() asks the network for the external IP; on loopback it is the axons' own
+    monkeypatch.setattr(networking, "get_external_ip", lambda: "127.0.0.1")
+    wallet = make_wallet(tmp_path, "miner")
+
+    def make(policy=POLICY, **options):
+        return MinerClient(wallet, ValidatorBook(store), policy, dendrite=bt.Dendrite(wallet=wallet), **options)
+
+    yield make
+    gc.collect()  # drop the Dendrites here: Dendrite.__del__ warns inside an event loop (a later test's)
+
+
+def run(client, scenario):
+    async def main():
+        async with client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+def test_pulls_concurrently_and_queues_each_task_once(start, client, store):
+    (v1, n1), (v2, n2) = start(delay=0.5), start(delay=0.5)
+    t1, t2 = v1.add_task("a wooden chair"), v2.add_task("a red teapot")
+    c, queue = client(), TaskQueue(store)
+
+    async def scenario(c):
+        began = time.monotonic()
+        first = await c.pull([n1, n2])
+        elapsed = time.monotonic() - began
+        v1.delay = v2.delay = 0
+        return first, elapsed, await c.pull([n1, n2])
+
+    first, elapsed, again = run(c, scenario)
+    assert elapsed < 1.0  # both answered within one another's delay: asked at once
+    assert {(p.validator_uid, p.task.id) for p in first} == {(0, t1.id), (1, t2.id)}
+    assert all(p.validation_threshold == 0.6 for p in first)
+    assert [queue.add(p) for p in first] == [True, True]
+    assert sorted(p.task.id for p in again) == sorted([t1.id, t2.id])  # the same tasks again before submitting
+    assert [queue.add(p) for p in again] == [False, False]
+    pending = queue.pending()
+    assert {e["task_id"] for e in pending} == {t1.id, t2.id} and len(queue.all()) == 2
+    assert {e["prompt"] for e in pending} == {"a wooden chair", "a red teapot"}
+    record = c.book.record(v1.hotkey)
+    assert (record.uid, record.pulls, record.tasks, record.failures) == (0, 2, 2, 0)
+    assert all(ok for _, _, ok in record.calls)
+
+
+def test_text_task_end_to_end_then_its_cooldown_skips_the_validator(start, client, store):
+    v, n = start()
+    queued = v.add_task("  a wooden\nchair ")
+    c, queue = client(), TaskQueue(store)
+
+    async def scenario(c):
+        (pulled,) = await c.pull([n])
+        assert queue.add(pulled)
+        entry = queue.set_state(pulled.task.id, "running")
+        assert prompt_of(task_of(entry)).text == "a wooden chair"
+        before = time.time()
+        outcome = await c.submit(validator_of(entry), task_of(entry), RESULT)
+        queue.set_state(pulled.task.id, "submitted", accepted=outcome.accepted)
+        return before, outcome, await c.pull([n])
+
+    before, outcome, again = run(c, scenario)
+    got = v.received[-1]
+    assert got.signature_ok and got.outcome == "accepted" and got.task_id == queued.id and got.results == RESULT
+    assert outcome.accepted and not outcome.error and outcome.feedback["task_fidelity_score"] == 1.0
+    assert int(before) + 300 <= outcome.cooldown_until <= time.time() + 301
+    record = c.book.record(v.hotkey)
+    assert (record.submissions, record.accepted, record.rejected, record.empty) == (1, 1, 0, 0)
+    assert record.scores == [1.0] and record.feedback[-1]["generations_within_the_window"] == 1
+    assert record.cooldown_until == outcome.cooldown_until
+    assert queue.get(queued.id)["state"] == "submitted" and queue.pending() == []
+    assert again == [] and "cooldown" in c.last_skipped[n.uid]
+    assert [name for name, _ in v.requests] == ["PullTask", "SubmitResults"]  # not asked during its cooldown
+
+
+def test_empty_result_counts_as_empty_without_penalty(start, client):
+    v, n = start()
+    v.add_task("something too hard")
+    c = client()
+
+    async def scenario(c):
+        (pulled,) = await c.pull([n])
+        return time.time(), await c.submit(n, pulled.task, "")
+
+    before, outcome = run(c, scenario)
+    assert v.received[-1].outcome == "empty" and v.received[-1].signature_ok
+    assert not outcome.accepted and not outcome.error
+    assert int(before) + 300 <= outcome.cooldown_until <= time.time() + 301  # the task's cooldown only
+    record = c.book.record(v.hotkey)
+    assert (record.submissions, record.accepted, record.rejected, record.empty) == (1, 0, 0, 1)
+    assert record.scores == [] and record.failures == 0
+
+
+def test_low_score_is_rejected_with_the_penalty(start, client):
+    v, n = start(score=lambda task, results: 0.42)
+    v.add_task("a blurry blob")
+    c = client()
+
+    async def scenario(c):
+        (pulled,) = await c.pull([n])
+        return time.time(), await c.submit(n, pulled.task, RESULT)
+
+    before, outcome = run(c, scenario)
+    assert v.received[-1].outcome == "rejected_score"
+    assert not outcome.accepted and outcome.feedback["task_fidelity_score"] == 0.0
+    assert outcome.cooldown_until >= int(before) + 900
+    record = c.book.record(v.hotkey)
+    assert (record.submissions, record.accepted, record.rejected) == (1, 0, 1) and record.scores == [0.0]
+
+
+def test_timeouts_cool_down_then_blacklist_automatically(start, client):
+    slow, n = start(delay=1.0)
+    slow.add_task("never answered in time")
+    policy = ValidatorPolicy(min_stake=0.0, manual_blacklist=frozenset(), min_calls=2, window=5,
+                             failure_cooldown_s=60.0)
+    c = client(policy, pull_timeout=0.3)
+    t0 = time.time()
+
+    async def scenario(c):
+        rounds = []
+        for now in (t0, t0 + 1, t0 + 61, t0 + 122):
+            rounds.append((await c.pull([n], now=now), dict(c.last_skipped), dict(c.last_errors)))
+        return rounds
+
+    (r1, r2, r3, r4) = run(c, scenario)
+    assert r1[0] == [] and r1[2][n.uid].startswith("408")
+    assert "our cooldown after a failure" in r2[1][n.uid]
+    assert r3[0] == [] and n.uid in r3[2]
+    assert r4[1][n.uid].startswith("blacklisted automatically: success 0%")
+    record = c.book.record(slow.hotkey)
+    assert (record.pulls, record.failures) == (2, 2)
+    assert record.local_cooldown_until == t0 + 61 + 60
+    assert all(not ok and 0.3 <= s < 0.9 for _, s, ok in record.calls)
+
+
+def test_submit_to_an_unreachable_validator_records_the_failure(client, store):
+    dead = Neuron(7, "5Dead", 1.0, HOST, 9)  # nothing listens on port 9
+    c = client()
+    outcome = run(c, lambda c: c.submit(dead, Task(prompt="x"), RESULT))
+    assert outcome.error.startswith("503") and not outcome.accepted and outcome.feedback is None
+    record = c.book.record("5Dead")
+    assert (record.uid, record.failures, record.submissions) == (7, 1, 0)
+    assert outcome.cooldown_until == record.local_cooldown_until > time.time() + 250
+
+
+def test_manual_blacklist_is_never_asked(start, client):
+    (v1, n1), (v2, n2) = start(), start()
+    v1.add_task("a lamp")
+    v2.add_task("a forbidden lamp")
+    c = client()
+    c.book.set_blacklisted(n2.uid, True)
+    pulled = run(c, lambda c: c.pull([n1, n2]))
+    assert [p.validator_uid for p in pulled] == [n1.uid]
+    assert c.last_skipped == {n2.uid: "blacklisted by hand"}
+    assert v2.requests == [] and len(v1.requests) == 1
+
+
+def test_malformed_tasks_are_rejected_and_handed_back(start, client, store):
+    (v1, n1), (v2, n2), (v3, n3) = start(), start(), start()
+    bad_image = v1.add_task("not base64 at all!", type="image")
+    empty = v2.add_task("   ")
+    bad_id = v3.add_task("a fine prompt", id="../../etc/passwd")
+    c, queue = client(), TaskQueue(store)
+
+    summary = run(c, lambda c: pull_once(c, [n1, n2, n3], queue))
+    assert (summary["pulled"], summary["new"], summary["rejected"], summary["duplicates"]) == (3, 3, 3, 0)
+    assert queue.pending() == []
+    reasons = {e["task_id"]: e["reason"] for e in queue.all()}
+    assert all(e["state"] == "rejected" and e["released"] for e in queue.all())
+    assert "not valid base64" in reasons[bad_image.id] and bad_image.id in reasons[bad_image.id]
+    assert "empty" in reasons[empty.id]
+    assert "not a usable task id" in reasons[bad_id.id]
+    assert queue.get(bad_id.id)["prompt"] == "a fine prompt"  # stored under a hashed name
+    for v in (v1, v2, v3):  # handed back with an empty result: no penalty, the validator moves on
+        assert v.received[-1].outcome == "empty" and v.received[-1].signature_ok
+    with pytest.raises(TaskError, match=bad_image.id):
+        prompt_of(bad_image)
+
+
+def test_image_task_becomes_a_prompt(start, client, store):
+    v, n = start()
+    image_b64 = base64.b64encode(PNG).decode()
+    queued = v.add_task(image_b64, type="image")
+    c, queue = client(), TaskQueue(store)
+
+    (pulled,) = run(c, lambda c: c.pull([n]))
+    assert pulled.task == queued
+    prompt = prompt_of(pulled.task)
+    assert prompt.kind == "image" and prompt.image == PNG
+    assert queue.add(pulled)
+    entry = queue.get(queued.id)
+    assert (entry["state"], entry["type"], entry["prompt"]) == ("pulled", "image", image_b64)
+
+
+def test_run_forever_pulls_until_stopped(start, client, store):
+    v, n = start()
+    queued = v.add_task("a chair")
+    c, queue = client(), TaskQueue(store)
+    rounds = []
+
+    async def main():
+        stop = asyncio.Event()
+        await run_forever(c, lambda: [n], queue, interval=30.0, stop=stop,
+                          on_round=lambda summary: (rounds.append(summary), stop.set()))
+
+    asyncio.run(main())
+    assert rounds[0]["new"] == 1 and queue.get(queued.id)["state"] == "pulled"
+
+
+def test_next_pull_waits_for_the_soonest_cooldown(client):
+    c = client()
+    n = Neuron(1, "5Validator", 1.0, HOST, 1)
+    assert next_pull_in(c, [n], 30.0, now=1000.0) == 30.0
+    c.book.update(n.hotkey, lambda r: setattr(r, "cooldown_until", 1010.0))
+    assert next_pull_in(c, [n], 30.0, now=1000.0) == 11.0
+    assert next_pull_in(c, [n], 5.0, now=1000.0) == 5.0
+
+
+def test_neurons_from_metagraph():
+    metagraph = SimpleNamespace(
+        uids=np.array([0, 1]), hotkeys=["5A", "5B"], S=np.array([12.5, 3000.0], dtype=np.float32),
+        validator_permit=np.array([False, True]),
+        axons=[SimpleNamespace(ip="0.0.0.0", port=0), SimpleNamespace(ip="1.2.3.4", port=8091)])
+    assert neurons_from_metagraph(metagraph) == [Neuron(0, "5A", 12.5, "0.0.0.0", 0, False),
+                                                 Neuron(1, "5B", 3000.0, "1.2.3.4", 8091, True)]
