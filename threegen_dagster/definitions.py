@@ -21,20 +21,22 @@ from .resources import (
     ImageToMeshResource,
     RefinerResource,
     ScoringResource,
+    SN17Resource,
     SplatResource,
     StoreResource,
     TextToImageResource,
     ValidatorPolicyResource,
 )
 from .settings import Settings
+from .sn17_jobs import sn17_submission_sensor, sn17_submissions, sn17_task_sensor, submit
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
-        assets=[*PIPELINE, generation_catalog, validator_records],
-        jobs=[generate_job, catalog_job, cleanup],
-        sensors=[inbox_sensor, catalog_after_generation],
+        assets=[*PIPELINE, generation_catalog, validator_records, sn17_submissions],
+        jobs=[generate_job, catalog_job, cleanup, submit],
+        sensors=[inbox_sensor, catalog_after_generation, sn17_task_sensor, sn17_submission_sensor],
         schedules=[cleanup_schedule(settings.retention)],
         # a generation is a chain of heavy steps: one process per run keeps imports and models warm;
         # scale out across runs (queued runs, run workers), not across one chain's steps
@@ -44,6 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "artifacts": ArtifactIOManager(store=store),
             "inbox": InboxResource(path=str(settings.inbox)),
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
+            "sn17": SN17Resource(**settings.sn17),
             "text_to_image": TextToImageResource.from_settings(settings),
             "background": BackgroundRemovalResource.from_settings(settings),
             "image_to_mesh": ImageToMeshResource.from_settings(settings),

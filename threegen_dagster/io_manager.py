@@ -64,6 +64,7 @@ FORMATS: dict[str, Format] = {
     "validation_score": Format("json", _json, json.loads),
     "generation_catalog": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
     "validator_records": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "sn17_submissions": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
 }
 
 

@@ -20,7 +20,8 @@ generate_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,  # a generation is a chain: one process keeps models and imports warm
     description="Every stage of one generation (partition = prompt x seed)",
 )
-catalog_job = dg.define_asset_job("refresh_catalog", selection=[generation_catalog, validator_records],
+catalog_job = dg.define_asset_job("refresh_catalog", selection=dg.AssetSelection.assets(
+    generation_catalog, validator_records, "sn17_submissions"),
                                   executor_def=dg.in_process_executor)
 
 

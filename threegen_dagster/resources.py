@@ -258,6 +258,23 @@ class ValidatorPolicyResource(dg.ConfigurableResource):
                                max_mean_response_s=self.max_mean_response_s, window=self.window)
 
 
+class SN17Resource(dg.ConfigurableResource):
+    """The miner's identity and how tasks become generations. The wallet's keys stay in its files;
+    only the names are configuration."""
+
+    wallet_name: str = Field("default", description="bittensor wallet (coldkey) name")
+    wallet_hotkey: str = Field("default", description="the miner hotkey that signs submissions")
+    wallet_path: str = Field("~/.bittensor/wallets", description="folder holding the wallets")
+    variants: int = Field(1, ge=1, le=8, description="seeds per task; the best-scoring one is submitted")
+    max_per_tick: int = Field(8, ge=1, description="tasks the sensor turns into runs per tick")
+    submit_timeout_s: float = Field(300.0, gt=0, description="SubmitResults timeout (the protocol's 300 s)")
+
+    def wallet(self):
+        from bittensor_wallet import Wallet
+
+        return Wallet(name=self.wallet_name, hotkey=self.wallet_hotkey, path=self.wallet_path)
+
+
 def open_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()

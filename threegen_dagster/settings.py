@@ -45,6 +45,8 @@ class Settings:
     """THREEGEN_VALIDATION_URL: a running SN17 validation server."""
     validators: ValidatorPolicy = ValidatorPolicy()
     """THREEGEN_SN17_MIN_STAKE, _BLACKLIST (UIDs, comma-separated), _MIN_SUCCESS, _MAX_RESPONSE_S, _WINDOW."""
+    sn17: dict = field(default_factory=dict)
+    """THREEGEN_WALLET_NAME, THREEGEN_WALLET_HOTKEY, THREEGEN_WALLET_PATH, THREEGEN_SN17_VARIANTS."""
     worker_url: str = ""
     """THREEGEN_WORKER_URL: a running `threegen worker` to send the model stages to; empty: in-process."""
     worker_timeout_s: float = 600.0
@@ -101,6 +103,10 @@ class Settings:
             models=models_from_env(env),
             scorer=scorer,
             validators=validator_policy(env, number),
+            sn17={k: v for k, v in {
+                "wallet_name": env.get("THREEGEN_WALLET_NAME"), "wallet_hotkey": env.get("THREEGEN_WALLET_HOTKEY"),
+                "wallet_path": env.get("THREEGEN_WALLET_PATH"),
+                "variants": int(number("THREEGEN_SN17_VARIANTS", 1, int))}.items() if v is not None},
             validation_url=env.get("THREEGEN_VALIDATION_URL", "") or "http://127.0.0.1:8094",
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
