@@ -268,6 +268,52 @@ def cmd_validators(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _static_neuron(spec: str):
+    """'UID:HOTKEY@IP:PORT' -> Neuron (a validator given by hand instead of the metagraph)."""
+    from .sn17.validators import Neuron
+
+    try:
+        uid, rest = spec.split(":", 1)
+        hotkey, address = rest.split("@", 1)
+        ip, port = address.rsplit(":", 1)
+        return Neuron(int(uid), hotkey, float("inf"), ip, int(port))
+    except ValueError:
+        raise PromptError(f"--validator {spec!r}: use UID:HOTKEY@IP:PORT") from None
+
+
+def cmd_puller(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from .resources import SN17Resource
+    from .sn17.client import MinerClient
+    from .sn17.puller import TaskQueue, neurons_from_metagraph, pull_once, run_forever
+    from .sn17.validators import ValidatorBook
+
+    store = _store(settings).store()
+    wallet = SN17Resource(**settings.sn17).wallet()
+    if args.validator:
+        static = [_static_neuron(spec) for spec in args.validator]
+        neurons = lambda: static  # noqa: E731
+    else:
+        import bittensor as bt
+
+        subtensor = bt.Subtensor(network=args.network)
+        neurons = lambda: neurons_from_metagraph(subtensor.metagraph(args.netuid))  # noqa: E731
+    print(f"puller: hotkey {wallet.hotkey.ss58_address}, store {store.location}, "
+          f"{'validators given by hand' if args.validator else f'netuid {args.netuid} on {args.network}'}", flush=True)
+
+    async def main() -> None:
+        async with MinerClient(wallet, ValidatorBook(store), settings.validators) as client:
+            if args.once:
+                print(json.dumps(await pull_once(client, neurons(), TaskQueue(store)), default=str))
+            else:
+                await run_forever(client, neurons, TaskQueue(store), interval=args.interval,
+                                  on_round=lambda summary: print(json.dumps(summary, default=str), flush=True))
+
+    asyncio.run(main())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threegen", description="SN17 text/image-to-3D generations on Dagster")
     sub = p.add_subparsers(dest="command", required=True)
@@ -308,6 +354,14 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--unblacklist", type=int, metavar="UID", help="take it off the blacklist")
     val.add_argument("--json", action="store_true")
     val.set_defaults(run=cmd_validators)
+    pull = sub.add_parser("puller", help="pull SN17 tasks from validators into the store (the sensor runs them)")
+    pull.add_argument("--network", default="finney", help="subtensor network (default finney)")
+    pull.add_argument("--netuid", type=int, default=17)
+    pull.add_argument("--validator", action="append", metavar="UID:HOTKEY@IP:PORT",
+                      help="pull from this validator instead of the metagraph's (repeatable)")
+    pull.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (cooldowns permitting)")
+    pull.add_argument("--once", action="store_true", help="one round, then print its summary")
+    pull.set_defaults(run=cmd_puller)
     work = sub.add_parser("worker", help="the warm GPU worker: load the configured models once, serve the stages")
     work.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     work.add_argument("--port", type=int, default=8765)

@@ -139,3 +139,20 @@ def test_a_low_score_sends_an_empty_result(mining) -> None:
     assert validator.received[-1].outcome == "empty" and validator.received[-1].task_id == task.id
     cooldown = validator.miners[miner.hotkey.ss58_address].cooldown_until - time.time()
     assert 290 < cooldown <= 300  # the task's 300 s only: an empty result carries no 600 s penalty
+
+
+def test_the_puller_command_queues_tasks(mining, monkeypatch, capsys) -> None:
+    import json
+
+    settings, _, miner, (validator, _) = mining
+    task = validator.add_task("a blue vase")
+    monkeypatch.setenv("THREEGEN_STORE", settings.store)
+    monkeypatch.setenv("THREEGEN_WALLET_NAME", "miner")
+    monkeypatch.setenv("THREEGEN_WALLET_PATH", settings.sn17["wallet_path"])
+    monkeypatch.setenv("THREEGEN_SN17_MIN_STAKE", "0")
+    spec = f"0:{validator.hotkey}@{HOST}:{validator.axon.port}"
+    assert cli.main(["puller", "--once", "--validator", spec]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["new"] == 1 and summary["failed"] == {}
+    assert TaskQueue(StoreResource.from_settings(settings).store()).get(task.id)["prompt"] == "a blue vase"
+    assert cli.main(["puller", "--once", "--validator", "not-a-spec"]) == 2
