@@ -64,7 +64,9 @@ def pull(settings, miner, validators) -> dict:
 def test_text_and_image_tasks_to_accepted_submissions(mining) -> None:
     settings, instance, miner, (v_text, v_image) = mining
     png = io.BytesIO()
-    Image.new("RGB", (128, 128), (240, 240, 240)).save(png, format="PNG")
+    photo = Image.new("RGB", (256, 256), (240, 240, 240))
+    photo.paste((160, 40, 40), (80, 60, 176, 200))  # a red block on a plain light background
+    photo.save(png, format="PNG")
     text_task = v_text.add_task("a wooden chair")
     image_task = v_image.add_task(base64.b64encode(png.getvalue()).decode(), type="image")
     summary = pull(settings, miner, [v_text, v_image])
@@ -98,21 +100,21 @@ def test_text_and_image_tasks_to_accepted_submissions(mining) -> None:
     assert text_out["submitted_key"].startswith("a-wooden-chair-") and "best of 2" in text_out["decision"]
     received = {s.task_id: s for s in v_text.received + v_image.received}
     assert received[text_task.id].outcome == "accepted" and received[text_task.id].signature_ok
-    # the plain grey image has no object: its variants fail, so the miner gives the task back empty
-    assert not outputs[image_task.id]["accepted"] and received[image_task.id].outcome == "empty"
-    assert outputs[image_task.id]["decision"].startswith("empty result")
+    image_out = outputs[image_task.id]
+    assert image_out["accepted"] and received[image_task.id].outcome == "accepted"
+    assert image_out["submitted_key"].startswith("img-") and store.ledger().get(image_out["submitted_key"]).kind == "image"
 
     queue = TaskQueue(store.store())
     assert {e["state"] for e in queue.all()} == {"submitted"} and store.ledger().holds() == {}
     book = ValidatorBook(store.store())
-    assert book.record(v_text.hotkey).accepted == 1 and book.record(v_image.hotkey).empty == 1
+    assert book.record(v_text.hotkey).accepted == 1 and book.record(v_image.hotkey).accepted == 1
     again = submit_job.execute_in_process(instance=instance, run_config=submits[0].run_config)
     assert again.output_for_node("submit_task")["skipped"]  # never submitted twice
     assert len(v_text.received) + len(v_image.received) == 2
 
     frame = definitions.resolve_job_def("refresh_catalog").execute_in_process(
         instance=instance, run_config=cli.QUIET_RUN).output_for_node("sn17_submissions")
-    assert sorted(frame["state"]) == ["submitted", "submitted"] and frame["accepted"].tolist().count(True) == 1
+    assert sorted(frame["state"]) == ["submitted", "submitted"] and frame["accepted"].tolist().count(True) == 2
 
 
 def test_a_low_score_sends_an_empty_result(mining) -> None:
