@@ -13,6 +13,7 @@ writer that has stored a blob but not yet its manifest is not robbed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from .artifacts import ArtifactStore, Manifest
 from .ledger import Generation, Ledger
 
+TASKS = "sn17/tasks"  # the SN17 task queue (sn17/queue.py)
 HEAVY = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat")
 
 
@@ -105,6 +107,7 @@ class RetentionReport:
     blobs_deleted: int
     blob_bytes_freed: int
     record_bytes_freed: int
+    tasks_dropped: int = 0
 
     @property
     def freed_bytes(self) -> int:
@@ -114,7 +117,8 @@ class RetentionReport:
         return {"dry_run": self.dry_run, "generations_removed": len(self.removed),
                 "generations_slimmed": len(self.slimmed), "versions_dropped": self.versions_dropped,
                 "protected": len(self.protected), "untouched": self.untouched, "blobs_deleted": self.blobs_deleted,
-                "freed_bytes": self.freed_bytes, "blob_bytes_freed": self.blob_bytes_freed}
+                "freed_bytes": self.freed_bytes, "blob_bytes_freed": self.blob_bytes_freed,
+                "tasks_dropped": self.tasks_dropped}
 
 
 def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionPolicy, now: float | None = None,
@@ -150,7 +154,14 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
                     doomed.pop(sha, None)
         for info in doomed.values():
             store.delete(info.path)
-    return RetentionReport(dry_run=dry_run, removed=plan.remove, slimmed=plan.slimmed_keys,
+    # finished SN17 tasks (submitted or rejected) leave the queue after max_age_hours
+    tasks = [i for i in store.list(TASKS) if i.modified < now - policy.max_age_hours * 3600
+             and json.loads(store.read(i.path)).get("state") in ("submitted", "rejected")]
+    record_bytes += sum(i.size for i in tasks)
+    if not dry_run:
+        for info in tasks:
+            store.delete(info.path)
+    return RetentionReport(dry_run=dry_run, removed=plan.remove, slimmed=plan.slimmed_keys, tasks_dropped=len(tasks),
                            versions_dropped=len(plan.drop), protected=plan.protected, untouched=plan.untouched,
                            blobs_deleted=len(doomed), blob_bytes_freed=sum(i.size for i in doomed.values()),
                            record_bytes_freed=record_bytes)

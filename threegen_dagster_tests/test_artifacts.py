@@ -2,6 +2,7 @@
 folder and on the real S3 server alike."""
 
 import hashlib
+import time
 import threading
 
 import pytest
@@ -176,3 +177,21 @@ def test_stats_on_s3_count_what_the_server_holds(s3_server, s3_prefix) -> None:
     listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{s3_prefix}/blobs/")
     assert listed["KeyCount"] == 1 and listed["Contents"][0]["Size"] == 1000
     assert artifacts.stats()["dedup_ratio"] == 2.0
+
+
+def test_retention_drops_finished_sn17_tasks_only(store) -> None:
+    import json
+
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    for task_id, state in (("t-done", "submitted"), ("t-bad", "rejected"), ("t-open", "pulled"),
+                           ("t-running", "running")):
+        store.write(f"sn17/tasks/{task_id}.json", json.dumps({"task_id": task_id, "state": state}).encode())
+    policy = RetentionPolicy(max_age_hours=1, gc_grace_hours=0)
+    dry = apply_retention(artifacts, ledger, policy, now=NOW * 2, dry_run=True)
+    assert dry.tasks_dropped == 2 and len(list(store.list("sn17/tasks"))) == 4
+    report = apply_retention(artifacts, ledger, policy, now=NOW * 2)
+    assert report.tasks_dropped == 2
+    assert sorted(i.path for i in store.list("sn17/tasks")) == ["sn17/tasks/t-open.json", "sn17/tasks/t-running.json"]
+    store.write("sn17/tasks/t-fresh.json", json.dumps({"task_id": "t-fresh", "state": "submitted"}).encode())
+    assert apply_retention(artifacts, ledger, policy, now=time.time()).tasks_dropped == 0  # young: kept
+    assert store.exists("sn17/tasks/t-fresh.json")
