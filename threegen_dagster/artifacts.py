@@ -215,10 +215,15 @@ class ArtifactStore:
     def blob_files(self) -> dict[str, ObjectInfo]:
         return {info.path.rsplit("/", 1)[-1]: info for info in self.store.list(BLOBS)}
 
-    def stats(self, status_of: dict[str, str] | None = None) -> dict:
+    def snapshot(self) -> tuple[list[Manifest], dict[str, ObjectInfo]]:
+        """Every version and every blob, read once, for views that need both (catalog, stats)."""
+        return self.all_manifests(), self.blob_files()
+
+    def stats(self, status_of: dict[str, str] | None = None,
+              snapshot: tuple[list[Manifest], dict[str, ObjectInfo]] | None = None) -> dict:
         """Counts and bytes: logical (what the versions refer to) against stored (unique blobs).
         ``status_of`` maps generation key -> status for the by-status table."""
-        manifests, blobs = self.all_manifests(), self.blob_files()
+        manifests, blobs = snapshot or self.snapshot()
         live: set[str] = set()
         by_asset: dict[str, dict] = defaultdict(lambda: {"versions": 0, "logical_bytes": 0, "blobs": set()})
         by_status: dict[str, dict] = defaultdict(lambda: {"generations": set(), "versions": 0, "logical_bytes": 0})

@@ -179,8 +179,9 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
 def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
     """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score."""
     artifacts = store.artifacts()
-    frame = build_catalog(artifacts, store.ledger())
-    totals = artifacts.stats(statuses(frame))
+    snapshot = artifacts.snapshot()  # one read of every version and blob serves both views
+    frame = build_catalog(artifacts, store.ledger(), snapshot)
+    totals = artifacts.stats(statuses(frame), snapshot)
     return dg.Output(frame, metadata={
         "generations": len(frame),
         "complete": int((frame["status"] == "complete").sum()) if len(frame) else 0,

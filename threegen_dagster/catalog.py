@@ -16,10 +16,10 @@ COLUMNS = ["key", "prompt", "seed", "kind", "source", "created", "status", "scor
            "spz_bytes", "total_seconds", *[f"{stage}_seconds" for stage in STAGES], "versions", "slim", "keep"]
 
 
-def latest_manifests(artifacts: ArtifactStore) -> dict[tuple[str | None, str], tuple[Manifest, int]]:
-    """(key, asset) -> (its newest version, how many versions), from one scan of the store."""
+def latest_manifests(manifests: list[Manifest]) -> dict[tuple[str | None, str], tuple[Manifest, int]]:
+    """(key, asset) -> (its newest version, how many versions)."""
     out: dict[tuple[str | None, str], tuple[Manifest, int]] = {}
-    for m in artifacts.all_manifests():
+    for m in manifests:
         previous = out.get((m.key, m.asset))
         count = previous[1] + 1 if previous else 1
         out[(m.key, m.asset)] = (m if not previous or m.version > previous[0].version else previous[0], count)
@@ -54,8 +54,10 @@ def catalog_row(entry: Generation, latest: dict, blobs: set[str]) -> dict:
     }
 
 
-def build_catalog(artifacts: ArtifactStore, ledger: Ledger) -> pd.DataFrame:
-    latest, blobs = latest_manifests(artifacts), set(artifacts.blob_files())
+def build_catalog(artifacts: ArtifactStore, ledger: Ledger, snapshot: tuple | None = None) -> pd.DataFrame:
+    """``snapshot``: ``artifacts.snapshot()`` when the caller has read it already."""
+    manifests, blob_files = snapshot or artifacts.snapshot()
+    latest, blobs = latest_manifests(manifests), set(blob_files)
     return pd.DataFrame([catalog_row(entry, latest, blobs) for entry in ledger.all()], columns=COLUMNS)
 
 

@@ -196,7 +196,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _store(settings)
     artifacts = store.artifacts()
-    totals = artifacts.stats(statuses(build_catalog(artifacts, store.ledger())))
+    snapshot = artifacts.snapshot()
+    totals = artifacts.stats(statuses(build_catalog(artifacts, store.ledger(), snapshot)), snapshot)
     if args.json:
         print(json.dumps(totals, indent=1))
         return 0

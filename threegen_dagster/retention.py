@@ -143,7 +143,7 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
     else:
         for key in plan.remove:
             record_bytes += sum(i.size for i in store.list(f"generations/{key}")) + ledger.entry_bytes(key)
-        record_bytes += sum(store.stat(m.path).size for m in plan.drop if store.stat(m.path))
+        record_bytes += sum(info.size for m in plan.drop if (info := store.stat(m.path)) is not None)
     cutoff = now - policy.gc_grace_hours * 3600
     doomed = {sha: info for sha, info in artifacts.blob_files().items() if sha not in live and info.modified < cutoff}
     if not dry_run and doomed:

@@ -31,7 +31,6 @@ from threegen_dagster.tasks import TaskError
 
 from .local_validator import HOST, LocalValidator, make_wallet
 
-pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute on the instance")
 
 RESULT = base64.b64encode(b"\x28\xb5\x2f\xfd stand-in SPZ bytes").decode()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

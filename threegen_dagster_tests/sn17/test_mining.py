@@ -27,7 +27,6 @@ from threegen_dagster.splats import spz
 
 from .local_validator import HOST, LocalValidator, make_wallet
 
-pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute on the instance")
 POLICY = ValidatorPolicy(min_stake=0.0, manual_blacklist=frozenset())
 
 

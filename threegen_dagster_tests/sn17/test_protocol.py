@@ -22,8 +22,6 @@ from threegen_dagster.sn17.signing import sign_submission
 
 from .local_validator import LocalValidator, make_wallet
 
-# bittensor 9's Synapse reads model_fields off instances, deprecated since pydantic 2.11
-pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute on the instance")
 
 RESULT = base64.b64encode(b"\x28\xb5\x2f\xfd stand-in SPZ bytes").decode()
 
