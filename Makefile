@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps hy3dgen==2.0.2 bittensor==9.12.2
+	$(PY) -m pip install --quiet --no-deps hy3dgen==2.0.2 open_clip_torch==3.3.0 timm==1.0.31 bittensor==9.12.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -155,13 +155,13 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
                      compressed_splat: bytes, foreground_image: Image.Image):
     """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
     with stopwatch() as t:
-        cloud = spz.decode(compressed_splat)
-        result, ring_png = scoring.score(cloud, foreground_image, compressed_splat,
+        result, ring_png = scoring.score(compressed_splat, foreground_image,
                                          store.ledger().prompt(context.partition_key))
     result["seconds"] = t["seconds"]
     parts = {"score": result["score"], **result["parts"]}
     failures = result["checks"]["failures"]
-    yield dg.Output(result, metadata={**describe(_entry(context, store)), **parts, "seconds": t["seconds"],
+    yield dg.Output(result, metadata={**describe(_entry(context, store)), **scoring.describe(), **parts,
+                                      "seconds": t["seconds"],
                                       "kind": result["kind"], "threshold": result["threshold"],
                                       "passed": result["passed"], "check_failures": len(failures),
                                       "preview": preview(ring_png, size=384)})

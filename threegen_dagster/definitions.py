@@ -52,8 +52,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "image_to_mesh": ImageToMeshResource.from_settings(settings),
             "refiner": RefinerResource.from_settings(settings),
             "splats": SplatResource(gaussians=settings.gaussians, frame=settings.frame),
-            "scoring": ScoringResource(threshold=settings.score_threshold, backend=settings.scorer,
-                                       validation_url=settings.validation_url),
+            "scoring": ScoringResource.from_settings(settings, threshold=settings.score_threshold),
         },
     )
 

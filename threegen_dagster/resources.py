@@ -20,15 +20,13 @@ from .artifacts import ArtifactStore
 from .backends import registry
 from .backends.gpu import free_gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS
-from .backends.proxy_score import score_splat
-from .backends.validation_server import ValidationServerClient
+from .backends.validator_models import CLIP_MODEL, DINO_MODEL
 from .keys import Prompt
 from .ledger import Ledger
 from .sn17.validators import ValidatorPolicy
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
-from .splats.render import preview_grid_png
-from .splats.validate import check_for_validator, normalize_for_validator
+from .splats.validate import normalize_for_validator
 from .worker import WorkerClient
 from .storage import LocalStore, S3Store, Store, parse_s3_uri
 
@@ -100,8 +98,11 @@ class _StageResource(dg.ConfigurableResource):
     def engine(self):
         return registry.engine(self.stage, self.backend, self.options())
 
+    def _on_worker(self) -> bool:
+        return bool(self.worker_url)
+
     def _run(self, method: str, *args: Any) -> Any:
-        if self.worker_url:
+        if self._on_worker():
             result, self._last = getattr(WorkerClient(self.worker_url, self.worker_timeout_s), self.stage)(*args)
             return result
         eng = self.engine()
@@ -211,29 +212,42 @@ class SplatResource(dg.ConfigurableResource):
                                        remove_floaters=self.remove_floaters)
 
 
-class ScoringResource(dg.ConfigurableResource):
-    backend: Literal["proxy", "validation_server"] = Field(
-        "proxy", description="'proxy': checks + geometric proxy, no models; 'validation_server': SN17's own server")
-    threshold: float = Field(0.6, ge=0, le=1, description="Scores below this fail the blocking check")
-    validation_url: str = Field("http://127.0.0.1:8094", description="SN17 validation server (validation_server)")
-    timeout_s: float = Field(120.0, gt=0)
+class ScoringResource(_StageResource):
+    """Pre-validation of the SPZ a validator would receive: the embedded proxy, SN17's scoring
+    models in process (or on the worker), or a running SN17 validation server."""
 
-    def score(self, cloud: GaussianCloud, foreground: Image.Image, spz: bytes = b"",
+    stage: ClassVar[str] = "score"
+    backend: Literal["proxy", "models", "validation_server"] = Field(
+        "proxy", description="'proxy': checks + geometric proxy, no models; 'models': OpenCLIP + DINOv2 as the "
+                             "validator scores; 'validation_server': SN17's own server")
+    threshold: float = Field(0.6, ge=0, le=1, description="Scores below this fail the blocking check")
+    validation_url: str = Field("http://127.0.0.1:8094", description="validation_server: SN17 validation server")
+    timeout_s: float = Field(120.0, gt=0, description="validation_server: seconds to wait for its answer")
+    clip_model: str = Field(CLIP_MODEL, description="models: OpenCLIP folder (open_clip_config.json + weights) or hf-hub: id")
+    dino_model: str = Field(DINO_MODEL, description="models: DINOv2 transformers folder or hub id")
+    quality_head: str = Field("", description="models: the validator's DINOv2 score head (.safetensors or .pt)")
+    models_dtype: str = Field("float32", description="models: float32, float16 or bfloat16")
+    render_size: int = Field(518, ge=32, le=2048, description="models: ring view size (the validator's is 518)")
+    device: str = "auto"
+
+    def _on_worker(self) -> bool:
+        # only the scoring models need the GPU; the proxy and the validation server are called from here
+        return bool(self.worker_url) and self.backend == "models"
+
+    def options(self) -> dict[str, Any]:
+        if self.backend == "validation_server":
+            return {"url": self.validation_url, "timeout_s": self.timeout_s}
+        if self.backend == "models":
+            return {"clip_model": self.clip_model, "dino_model": self.dino_model, "quality_head": self.quality_head,
+                    "dtype": self.models_dtype, "render_size": self.render_size, "device": self.device}
+        return {}
+
+    def score(self, spz: bytes, foreground: Image.Image | None = None,
               prompt: Prompt | None = None) -> tuple[dict, bytes]:
         """The score as JSON-ready parts (``parts``: what it is made of), and a PNG of the 16-view ring."""
-        if self.backend == "proxy":
-            result = score_splat(cloud, foreground)
-            out, ring = result.to_dict(), result.ring_png
-            out["parts"] = {k: out[k] for k in ("silhouette_iou", "colour_similarity", "ring_consistency")}
-        else:
-            verdict = check_for_validator(cloud)
-            server = ValidationServerClient(self.validation_url, self.timeout_s).validate(
-                spz, text=prompt.text if prompt and prompt.kind == "text" else "",
-                image=prompt.image if prompt and prompt.kind == "image" else None)
-            out = {"kind": "validation_server", "server": self.validation_url, "score": server["score"],
-                   "parts": {k: v for k, v in server.items() if k != "score"},
-                   "checks": verdict.to_dict()}
-            ring = preview_grid_png(cloud, size=128, grid=4)
+        text = prompt.text if prompt is not None and prompt.kind == "text" else ""
+        image = prompt.image if prompt is not None and prompt.kind == "image" else None
+        out, ring = self._run("score", spz, foreground, text, image)
         return {**out, "threshold": self.threshold, "passed": out["score"] >= self.threshold}, ring
 
 

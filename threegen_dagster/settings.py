@@ -39,10 +39,6 @@ class Settings:
     """THREEGEN_FRAME: 'y_up' or 'y_down', the frame the splat is written in."""
     models: dict = field(default_factory=dict)
     """Per stage, the backend and its options: see ``models_from_env``."""
-    scorer: str = "proxy"
-    """THREEGEN_SCORER: 'proxy' (embedded) or 'validation_server' (SN17's server at THREEGEN_VALIDATION_URL)."""
-    validation_url: str = "http://127.0.0.1:8094"
-    """THREEGEN_VALIDATION_URL: a running SN17 validation server."""
     validators: ValidatorPolicy = ValidatorPolicy()
     """THREEGEN_SN17_MIN_STAKE, _BLACKLIST (UIDs, comma-separated), _MIN_SUCCESS, _MAX_RESPONSE_S, _WINDOW."""
     sn17: dict = field(default_factory=dict)
@@ -71,9 +67,6 @@ class Settings:
         frame = env.get("THREEGEN_FRAME", "y_up")
         if frame not in ("y_up", "y_down"):
             raise SettingsError(f"THREEGEN_FRAME={frame!r}: use 'y_up' or 'y_down'")
-        scorer = env.get("THREEGEN_SCORER", "") or "proxy"
-        if scorer not in ("proxy", "validation_server"):
-            raise SettingsError(f"THREEGEN_SCORER={scorer!r}: use 'proxy' or 'validation_server'")
         store = env.get("THREEGEN_STORE", "") or "artifacts"
         if store.startswith("s3://"):
             try:
@@ -101,13 +94,11 @@ class Settings:
             score_threshold=number("THREEGEN_SCORE_THRESHOLD", 0.6, float),
             frame=frame,
             models=models_from_env(env),
-            scorer=scorer,
             validators=validator_policy(env, number),
             sn17={k: v for k, v in {
                 "wallet_name": env.get("THREEGEN_WALLET_NAME"), "wallet_hotkey": env.get("THREEGEN_WALLET_HOTKEY"),
                 "wallet_path": env.get("THREEGEN_WALLET_PATH"),
                 "variants": int(number("THREEGEN_SN17_VARIANTS", 1, int))}.items() if v is not None},
-            validation_url=env.get("THREEGEN_VALIDATION_URL", "") or "http://127.0.0.1:8094",
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
             free_gpu_between_stages=env.get("THREEGEN_FREE_GPU", "") in ("1", "true", "yes"),
@@ -129,6 +120,13 @@ MODEL_ENV: dict[str, tuple[str, str, dict[str, dict[str, tuple[str, type]]]]] = 
                     "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
                     "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}}),
     "refine": ("THREEGEN_REFINER", "decimate", {}),
+    # the pre-validation score: proxy (embedded), models (OpenCLIP + DINOv2), validation_server (SN17's)
+    "score": ("THREEGEN_SCORER", "proxy", {
+        "models": {"clip_model": ("THREEGEN_CLIP_MODEL", str), "dino_model": ("THREEGEN_DINO_MODEL", str),
+                   "quality_head": ("THREEGEN_QUALITY_HEAD", str), "dtype": ("THREEGEN_SCORER_DTYPE", str),
+                   "render_size": ("THREEGEN_SCORER_RENDER_SIZE", int), "device": ("THREEGEN_DEVICE", str)},
+        "validation_server": {"validation_url": ("THREEGEN_VALIDATION_URL", str),
+                              "timeout_s": ("THREEGEN_VALIDATION_TIMEOUT", float)}}),
 }
 
 

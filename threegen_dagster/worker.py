@@ -8,6 +8,8 @@ serves the model stages over HTTP (loopback by default), and the client the pipe
          background            {"png_b64"}             -> {"png_b64", "meta"}
          image_to_mesh         {"png_b64", "seed"}     -> {"glb_b64", "meta"}
          refine                {"glb_b64"}             -> {"glb_b64", "meta"}
+         score                 {"spz_b64", "text", "image_b64", "png_b64" (foreground)}
+                                                       -> {"result", "ring_png_b64", "meta"}
 
 Calls run one at a time (one GPU); others wait in the queue that /status reports. A backend
 failure is HTTP 422 with {"error": ...}, which the client raises as BackendError. No Dagster imports.
@@ -95,6 +97,11 @@ class StageRunner:
                 return (image_from_b64(request["png_b64"]),)
             if stage == "image_to_mesh":
                 return image_from_b64(request["png_b64"]), int(request["seed"])
+            if stage == "score":
+                foreground = image_from_b64(request["png_b64"]) if request.get("png_b64") else None
+                image = base64.b64decode(request["image_b64"], validate=True) if request.get("image_b64") else None
+                return (base64.b64decode(request["spz_b64"], validate=True), foreground,
+                        str(request.get("text", "")), image)
             return (mesh_from_b64(request["glb_b64"]),)
         except KeyError as exc:
             raise BadRequest(f"{stage} needs the field {exc}") from None
@@ -123,6 +130,9 @@ class StageRunner:
                 out = {"png_b64": png_b64(eng.remove(*args))}
             elif stage == "image_to_mesh":
                 out = {"glb_b64": glb_b64(eng.mesh(*args))}
+            elif stage == "score":
+                result, ring = eng.score(*args)
+                out = {"result": result, "ring_png_b64": base64.b64encode(ring).decode()}
             else:
                 out = {"glb_b64": glb_b64(eng.refine(*args))}
         if self.free_between_stages:
@@ -256,3 +266,11 @@ class WorkerClient:
     def refine(self, mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, dict]:
         out = self._call("POST", "/v1/refine", {"glb_b64": glb_b64(mesh)})
         return mesh_from_b64(out["glb_b64"]), out["meta"]
+
+    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+              image: bytes | None = None) -> tuple[tuple[dict, bytes], dict]:
+        body = {"spz_b64": base64.b64encode(spz).decode(), "text": text,
+                "png_b64": png_b64(foreground) if foreground is not None else "",
+                "image_b64": base64.b64encode(image).decode() if image else ""}
+        out = self._call("POST", "/v1/score", body)
+        return (out["result"], base64.b64decode(out["ring_png_b64"])), out["meta"]

@@ -15,7 +15,7 @@ from threegen_dagster import cli
 from threegen_dagster.backends.gpu import BackendError
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt
-from threegen_dagster.settings import Settings
+from threegen_dagster.settings import Settings, models_from_env
 from threegen_dagster.worker import WorkerClient
 
 
@@ -144,18 +144,24 @@ def model_worker(tmp_path_factory):
     """A worker serving the real model backends on tiny random models the test builds."""
     from .tiny_flux import build_tiny_flux
     from .tiny_hunyuan import build_tiny_hunyuan
+    from .tiny_scorer import build_score_head, build_tiny_clip, build_tiny_dino
     from .tiny_segmenter import build_tiny_segmenter
 
     root = tmp_path_factory.mktemp("models")
     flux = build_tiny_flux(root / "flux")
     build_tiny_segmenter(root / "u2net" / "u2netp.onnx")
     hunyuan = build_tiny_hunyuan(root / "hunyuan")
+    scorer = {"THREEGEN_SCORER": "models", "THREEGEN_CLIP_MODEL": str(build_tiny_clip(root / "clip")),
+              "THREEGEN_DINO_MODEL": str(build_tiny_dino(root / "dino")),
+              "THREEGEN_QUALITY_HEAD": str(build_score_head(root / "head.safetensors")),
+              "THREEGEN_SCORER_RENDER_SIZE": "96"}
     worker = Worker({"THREEGEN_TEXT_TO_IMAGE": "flux", "THREEGEN_FLUX_MODEL": str(flux),
                      "THREEGEN_FLUX_DTYPE": "float32", "THREEGEN_FLUX_SIZE": "64", "THREEGEN_DEVICE": "cpu",
                      "THREEGEN_BACKGROUND": "rembg", "THREEGEN_REMBG_HOME": str(root / "u2net"),
                      "THREEGEN_IMAGE_TO_MESH": "hunyuan", "THREEGEN_HUNYUAN_MODEL": str(hunyuan),
                      "THREEGEN_HUNYUAN_STEPS": "2", "THREEGEN_HUNYUAN_OCTREE": "32",
-                     "THREEGEN_HUNYUAN_DTYPE": "float32", "THREEGEN_FREE_GPU": "1"}, root)
+                     "THREEGEN_HUNYUAN_DTYPE": "float32", "THREEGEN_FREE_GPU": "1", **scorer}, root)
+    worker.scorer = scorer
     yield worker, flux
     worker.stop()
 
@@ -199,3 +205,31 @@ def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None
     meta = resource.describe()
     assert meta["where"] == "in-process" and meta["backend"] == "flux" and meta["revision"] == "local"
     assert meta["model"] == str(flux) and "gpu_peak_mb" in meta
+
+
+def test_the_pipeline_scores_with_the_validator_models_on_the_worker(model_worker, tmp_path) -> None:
+    from threegen_dagster.resources import ScoringResource
+
+    worker, _ = model_worker
+    settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox", worker_url=worker.url,
+                        gaussians=8000, score_threshold=0.0, models=models_from_env(worker.scorer))
+    with dg.instance_for_test() as instance:
+        entry, _ = cli.register(Prompt.from_text("a wooden chair"), 3, "test", settings, instance)
+        result = build_definitions(settings).resolve_job_def("generate").execute_in_process(
+            instance=instance, partition_key=entry.key, run_config=cli.QUIET_RUN)
+    assert result.success
+    score = result.output_for_node("validation_score")
+    assert score["kind"] == "models" and set(score["parts"]) == {"alignment", "quality", "ssim"}
+    assert len(score["view_cosine"]) == 16 and score["checks"]["count"] == 8000
+    meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta["validation_score"]["where"].value == "worker" and meta["validation_score"]["quality"].value > 0
+    assert WorkerClient(worker.url).status()["models"]["score"]["loaded"]
+
+    # the same models in this process give the same score for the same SPZ
+    spz = result.output_for_node("compressed_splat")
+    here = ScoringResource(backend="models", clip_model=worker.scorer["THREEGEN_CLIP_MODEL"],
+                           dino_model=worker.scorer["THREEGEN_DINO_MODEL"],
+                           quality_head=worker.scorer["THREEGEN_QUALITY_HEAD"], render_size=96, device="cpu")
+    local, ring = here.score(spz, None, Prompt.from_text("a wooden chair"))
+    assert local["score"] == score["score"] and local["parts"] == score["parts"] and ring
+    assert here.describe()["where"] == "in-process"

@@ -65,7 +65,7 @@ def score_splat(cloud: GaussianCloud, foreground: Image.Image, front_size: int =
     front = render_rgba(cloud, orbit_camera(0.0, 0.0, VALIDATOR_RADIUS, VALIDATOR_FOV_Y_DEG), front_size, front_size)
     iou, colour = _front_agreement(front, np.asarray(foreground.convert("RGBA"), np.float32) / 255)
     views = render_views(cloud, validator_cameras(16), ring_size, ring_size)
-    consistency = _ring_consistency(views)
+    consistency = ring_consistency(views)
     parts = {"silhouette_iou": iou, "colour_similarity": colour, "ring_consistency": consistency}
     score = sum(WEIGHTS[k] * v for k, v in parts.items()) if verdict.ok else 0.0
     buf = io.BytesIO()
@@ -104,7 +104,8 @@ def _front_agreement(front: np.ndarray, cutout: np.ndarray) -> tuple[float, floa
     return float(iou), colour
 
 
-def _ring_consistency(views: list[np.ndarray]) -> float:
+def ring_consistency(views: list[np.ndarray]) -> float:
+    """Mean SSIM (on grey) between each view and the next one around the ring."""
     grey = [v.mean(axis=2) for v in views]
     pairs = [structural_similarity(grey[i], grey[(i + 1) % len(grey)], data_range=1.0) for i in range(len(grey))]
     return float(np.clip(np.mean(pairs), 0.0, 1.0))

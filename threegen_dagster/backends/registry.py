@@ -5,6 +5,8 @@ behind the same four calls, so switching is configuration. No Dagster imports.
     background     remove(image) -> RGBA PIL image          flood_fill | rembg
     image_to_mesh  mesh(image, seed) -> trimesh.Trimesh     inflate | hunyuan
     refine         refine(mesh) -> trimesh.Trimesh          decimate | bpt
+    score          score(spz, foreground, text, image)      proxy | models | validation_server
+                     -> (JSON-ready result, ring PNG)
 
 Built engines are kept per (stage, backend, options) for the life of the process, so a
 worker, or any process that runs several generations, loads each model once.
@@ -15,7 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import decimate, inflate, matting, procedural
+from ..splats import spz as spz_codec
+from . import decimate, inflate, matting, procedural, proxy_score
 from .gpu import BackendError
 
 STAGE_BACKENDS = {
@@ -23,6 +26,7 @@ STAGE_BACKENDS = {
     "background": ("flood_fill", "rembg"),
     "image_to_mesh": ("inflate", "hunyuan"),
     "refine": ("decimate", "bpt"),
+    "score": ("proxy", "models", "validation_server"),
 }
 
 
@@ -81,6 +85,18 @@ class Decimate(_Embedded):
         return decimate.refine(mesh, self.target_faces, self.smoothing_iterations)
 
 
+class ProxyScorer(_Embedded):
+    name, model = "proxy", "geometric proxy + the validator's zero-score checks (not a learned model)"
+
+    def score(self, spz: bytes, foreground=None, text: str = "", image: bytes | None = None):
+        if foreground is None:
+            raise BackendError("the proxy scorer compares the splat with the foreground cut-out, and none was given")
+        result = proxy_score.score_splat(spz_codec.decode(spz), foreground)
+        out = result.to_dict()
+        out["parts"] = {k: out[k] for k in proxy_score.WEIGHTS}
+        return out, result.ring_png
+
+
 class Bpt:
     """BPT mesh refinement: CUDA-only and not on PyPI. Reported as absent, never faked."""
 
@@ -114,6 +130,16 @@ def _build(stage: str, backend: str, options: dict[str, Any]):
         return Decimate(**options)
     if backend == "bpt":
         return Bpt(**options)
+    if backend == "proxy":
+        return ProxyScorer()
+    if backend == "validation_server":
+        from .validation_server import ValidationServerScorer
+
+        return ValidationServerScorer(**options)
+    if backend == "models":
+        from .validator_models import ValidatorModels, ValidatorModelsConfig
+
+        return ValidatorModels(ValidatorModelsConfig(**options))
     if backend == "flux":
         from .flux import FluxConfig, FluxTextToImage
 

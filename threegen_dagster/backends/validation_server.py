@@ -52,3 +52,32 @@ class ValidationServerClient:
         if not isinstance(answer, dict) or not isinstance(answer.get("score"), (int, float)):
             raise BackendError(f"validation server at {self.url} answered without a score: {str(answer)[:200]}")
         return {"score": float(answer["score"]), **{k: float(answer.get(k) or 0.0) for k in PARTS}}
+
+
+class ValidationServerScorer:
+    """The ``score`` stage on a running validation server, with the zero-score checks run here too."""
+
+    name = "validation_server"
+    loaded = True
+
+    def __init__(self, url: str = "http://127.0.0.1:8094", timeout_s: float = 120.0) -> None:
+        self.client = ValidationServerClient(url, timeout_s)
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": f"SN17 validation server at {self.client.url}", "device": "remote"}
+
+    def score(self, spz: bytes, foreground=None, text: str = "", image: bytes | None = None):
+        from ..splats import spz as spz_codec
+        from ..splats.render import preview_grid_png
+        from ..splats.validate import check_for_validator
+
+        cloud = spz_codec.decode(spz)
+        server = self.client.validate(spz, text=text, image=image)
+        out = {"kind": "validation_server", "server": self.client.url, "score": server["score"],
+               "parts": {k: v for k, v in server.items() if k != "score"},
+               "checks": check_for_validator(cloud).to_dict()}
+        return out, preview_grid_png(cloud, size=128, grid=4)

@@ -164,6 +164,37 @@ def normalize_for_validator(
     return rotate_to_y_down(cloud) if frame == "y_down" else cloud
 
 
+def as_validator_loads(cloud: GaussianCloud, max_extent: float = VALIDATOR_MAX_EXTENT) -> GaussianCloud:
+    """The cloud as SN17's validator renders it: the scalar mean of every coordinate subtracted (not
+    per axis), scaled uniformly so the largest bounding-box side is ``max_extent``, and each opacity
+    multiplied by 1 / scale factor, capped at 1 (so a cloud it shrinks gets more opaque).
+
+    Infinite opacity logits are fine (an SPZ alpha byte of 255 decodes to +inf, as in pyspz);
+    any other non-finite value is an error."""
+    if len(cloud) == 0:
+        raise SplatError("the cloud is empty")
+    bad = [name for name in cloud.non_finite_fields()
+           if name != "opacity_logits" or np.isnan(cloud.opacity_logits).any()]
+    if bad:
+        raise SplatError(f"non-finite values (NaN or inf) in {', '.join(bad)}")
+    positions = cloud.positions.astype(np.float64)
+    positions -= positions.mean()
+    largest_side = float((positions.max(axis=0) - positions.min(axis=0)).max())
+    if not largest_side > 0.0:
+        raise SplatError("every gaussian sits at the same position: the cloud has no extent to scale")
+    factor = max_extent / largest_side
+    opacity = np.minimum(cloud.opacities.astype(np.float64) / factor, 1.0)
+    opacity = np.clip(opacity, 1e-7, 1.0 - 1e-7)  # finite logits for the renderer
+    return GaussianCloud(
+        positions * factor,
+        cloud.log_scales + np.float32(np.log(factor)),
+        cloud.rotations,
+        np.log(opacity / (1.0 - opacity)),
+        cloud.sh_dc,
+        cloud.sh_rest,
+    )
+
+
 def drop_floaters(cloud: GaussianCloud, floater_filter: FloaterFilter = FloaterFilter()) -> GaussianCloud:
     """The cloud without invisible gaussians, statistical outliers and small detached clusters."""
     _require_usable(cloud)

@@ -16,7 +16,7 @@ from threegen_dagster.backends.gpu import BackendError
 from threegen_dagster.backends.validation_server import ValidationServerClient
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt
-from threegen_dagster.settings import Settings
+from threegen_dagster.settings import Settings, models_from_env
 from threegen_dagster.splats import spz
 
 from ..splats.conftest import random_cloud
@@ -70,8 +70,8 @@ def run(settings: Settings, text: str):
 
 
 def test_the_score_asset_asks_the_validation_server(server, tmp_path) -> None:
-    settings = Settings(store=str(tmp_path / "a"), inbox=tmp_path / "i", scorer="validation_server",
-                        validation_url=server.url, gaussians=8000)
+    settings = Settings(store=str(tmp_path / "a"), inbox=tmp_path / "i", gaussians=8000, models=models_from_env(
+        {"THREEGEN_SCORER": "validation_server", "THREEGEN_VALIDATION_URL": server.url}))
     key, result = run(settings, "a wooden chair")
     assert result.success
     path, body = server.requests[-1]
@@ -94,8 +94,8 @@ def test_image_prompts_go_to_the_image_route(server) -> None:
 
 
 def test_a_validation_server_that_is_down_fails_the_step_clearly(tmp_path) -> None:
-    settings = Settings(store=str(tmp_path / "a"), inbox=tmp_path / "i", scorer="validation_server",
-                        validation_url="http://127.0.0.1:9", gaussians=8000)
+    settings = Settings(store=str(tmp_path / "a"), inbox=tmp_path / "i", gaussians=8000, models=models_from_env(
+        {"THREEGEN_SCORER": "validation_server", "THREEGEN_VALIDATION_URL": "http://127.0.0.1:9"}))
     _, result = run(settings, "a lamp")
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "validation_score"
