@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -352,8 +353,6 @@ def _prompt_rgb(image: bytes) -> np.ndarray:
 
 def import_open_clip() -> Any:
     """``open_clip`` (with timm), imported with the torchvision compat shim when torchvision is absent."""
-    import sys
-
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     # import what checks for torchvision before the shim exists, so none of it ever sees the shim

@@ -160,7 +160,7 @@ def normalize_for_validator(
     if remove_floaters:
         chosen = remove_floaters if isinstance(remove_floaters, FloaterFilter) else FloaterFilter()
         cloud = drop_floaters(cloud, chosen)
-    cloud = _centre_and_scale(cloud, max_extent)
+    cloud, _ = _centre_and_scale(cloud, max_extent)
     return rotate_to_y_down(cloud) if frame == "y_down" else cloud
 
 
@@ -177,22 +177,11 @@ def as_validator_loads(cloud: GaussianCloud, max_extent: float = VALIDATOR_MAX_E
            if name != "opacity_logits" or np.isnan(cloud.opacity_logits).any()]
     if bad:
         raise SplatError(f"non-finite values (NaN or inf) in {', '.join(bad)}")
-    positions = cloud.positions.astype(np.float64)
-    positions -= positions.mean()
-    largest_side = float((positions.max(axis=0) - positions.min(axis=0)).max())
-    if not largest_side > 0.0:
-        raise SplatError("every gaussian sits at the same position: the cloud has no extent to scale")
-    factor = max_extent / largest_side
+    scaled, factor = _centre_and_scale(cloud, max_extent, per_axis=False)
     opacity = np.minimum(cloud.opacities.astype(np.float64) / factor, 1.0)
     opacity = np.clip(opacity, 1e-7, 1.0 - 1e-7)  # finite logits for the renderer
-    return GaussianCloud(
-        positions * factor,
-        cloud.log_scales + np.float32(np.log(factor)),
-        cloud.rotations,
-        np.log(opacity / (1.0 - opacity)),
-        cloud.sh_dc,
-        cloud.sh_rest,
-    )
+    return GaussianCloud(scaled.positions, scaled.log_scales, scaled.rotations,
+                         np.log(opacity / (1.0 - opacity)), scaled.sh_dc, scaled.sh_rest)
 
 
 def drop_floaters(cloud: GaussianCloud, floater_filter: FloaterFilter = FloaterFilter()) -> GaussianCloud:
@@ -292,21 +281,18 @@ def _require_usable(cloud: GaussianCloud) -> None:
     cloud.require_finite()
 
 
-def _centre_and_scale(cloud: GaussianCloud, max_extent: float) -> GaussianCloud:
+def _centre_and_scale(cloud: GaussianCloud, max_extent: float, per_axis: bool = True) -> tuple[GaussianCloud, float]:
+    """Centred (each axis' mean, or the scalar mean of all coordinates) and scaled so the largest
+    side is ``max_extent``; and the scale factor."""
     positions = cloud.positions.astype(np.float64)
-    positions -= positions.mean(axis=0)
+    positions -= positions.mean(axis=0) if per_axis else positions.mean()
     largest_side = float((positions.max(axis=0) - positions.min(axis=0)).max())
     if not largest_side > 0.0:
         raise SplatError("every gaussian sits at the same position: the cloud has no extent to scale")
     factor = max_extent / largest_side
-    return GaussianCloud(
-        positions * factor,
-        cloud.log_scales + np.float32(np.log(factor)),
-        cloud.rotations,
-        cloud.opacity_logits,
-        cloud.sh_dc,
-        cloud.sh_rest,
-    )
+    scaled = GaussianCloud(positions * factor, cloud.log_scales + np.float32(np.log(factor)), cloud.rotations,
+                           cloud.opacity_logits, cloud.sh_dc, cloud.sh_rest)
+    return scaled, factor
 
 
 def _nearest_neighbours(positions: npt.NDArray[np.float32], k: int) -> tuple[F64, npt.NDArray[np.intp]]:
