@@ -12,12 +12,27 @@ from dataclasses import dataclass
 from .keys import Prompt, PromptError, check_seed
 
 MAX_TASK_BYTES = 32 * 1024 * 1024
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# One rule for every untrusted task id (inbox files, SN17 validators), checked once at the edge: every
+# name derived from an id (run keys, hold names "submission-<id>", queue paths) satisfies its own rule.
+TASK_ID_CHARS = 80
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,%d}" % (TASK_ID_CHARS - 1))
 DEFAULT_SEED = 0
 
 
 class TaskError(ValueError):
     """A task file that cannot become a generation; the message says why."""
+
+
+def is_task_id(value: object) -> bool:
+    """Whether ``value`` is a valid task id: the whole string must match (no trailing newline)."""
+    return isinstance(value, str) and TASK_ID.fullmatch(value) is not None
+
+
+def check_task_id(value: object) -> str:
+    if not is_task_id(value):
+        raise TaskError(f"'id' must be a string of 1-{TASK_ID_CHARS} letters, digits, '.', '_', ':' or '-', "
+                        f"starting with a letter or digit; got {str(value)[:100]!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -39,9 +54,7 @@ def parse_task(data: bytes) -> Task:
     unknown = sorted(set(raw) - {"id", "prompt", "image_b64", "seed"})
     if unknown:
         raise TaskError(f"unknown fields: {', '.join(unknown)} (expected id, prompt or image_b64, seed)")
-    task_id = raw.get("id")
-    if not isinstance(task_id, str) or not TASK_ID.match(task_id):
-        raise TaskError("'id' must be a string of 1-128 letters, digits, '.', '_', ':' or '-'")
+    task_id = check_task_id(raw.get("id"))
     seed = raw.get("seed", DEFAULT_SEED)
     try:
         check_seed(seed)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..keys import Prompt, PromptError
 from ..storage import Conflict, StorageError, Store
-from ..tasks import TASK_ID, TaskError
+from ..tasks import TaskError, is_task_id
 
 if TYPE_CHECKING:
     from .client import PulledTask
@@ -24,7 +24,7 @@ STATES = ("pulled", "running", "submitted", "failed", "rejected")
 def prompt_of(task: Any) -> Prompt:
     """The project's Prompt for a protocol task (anything with ``id``, ``type``, ``prompt``);
     TaskError naming the task when it is malformed."""
-    if not isinstance(task.id, str) or not TASK_ID.match(task.id):
+    if not is_task_id(task.id):
         raise TaskError(f"task {task.id!r}: not a usable task id")
     try:
         if task.type == "text":
@@ -51,7 +51,7 @@ class TaskQueue:
 
     @staticmethod
     def path(task_id: str) -> str:
-        if isinstance(task_id, str) and TASK_ID.match(task_id):
+        if is_task_id(task_id):
             return f"{ROOT}/{task_id}.json"
         # an id that cannot be a file name is still recorded (as rejected), under its hash
         return f"{ROOT}/invalid-id-{hashlib.sha256(repr(task_id).encode()).hexdigest()[:16]}.json"
