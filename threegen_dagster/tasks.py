@@ -49,6 +49,8 @@ def parse_task(data: bytes) -> Task:
         raw = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise TaskError(f"not JSON: {exc}") from None
+    except RecursionError:  # a task is a flat object; the parser gives up on deep nesting this way
+        raise TaskError("not a task: JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise TaskError(f"a task is a JSON object, not {type(raw).__name__}")
     unknown = sorted(set(raw) - {"id", "prompt", "image_b64", "seed"})

@@ -1,7 +1,6 @@
-"""The whole Dagster graph on a temporary instance: files, decoding, the blocking check, the
-inbox sensor, retention and the CLI."""
+"""The whole Dagster graph on a temporary instance: files, decoding, the blocking check,
+retention and the CLI (the inbox sensor: test_inbox_sensor.py)."""
 
-import base64
 import io
 import json
 import os
@@ -16,7 +15,6 @@ from PIL import Image
 from threegen_dagster import cli
 from threegen_dagster.catalog import build_catalog
 from threegen_dagster.definitions import build_definitions, defs
-from threegen_dagster.jobs import inbox_sensor
 from threegen_dagster.keys import Prompt
 from threegen_dagster.settings import Settings
 from threegen_dagster.splats import read_ply, spz
@@ -128,59 +126,6 @@ def test_catalog_lists_generations_from_the_store(pipeline, instance) -> None:
     store.store().delete(store.artifacts().latest(key, "compressed_splat").blob)  # the store is the truth
     row = build_catalog(store.artifacts(), store.ledger()).set_index("key").loc[key]
     assert row["status"] == "partial (6/7)"
-
-
-def _task(folder: Path, name: str, body) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
-    return path
-
-
-def test_inbox_sensor_new_duplicate_and_malformed(tmp_path, instance) -> None:
-    settings = settings_for(tmp_path)
-    definitions = build_definitions(settings)
-    resources = {k: definitions.resources[k] for k in ("store", "inbox")}
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64), "white").save(png, format="PNG")
-    _task(settings.inbox, "a.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
-    _task(settings.inbox, "b.json", {"id": "task-b", "image_b64": base64.b64encode(png.getvalue()).decode()})
-    _task(settings.inbox, "bad.json", b"{oops")
-    _task(settings.inbox, "empty.json", {"id": "task-c", "prompt": " "})
-
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        result = inbox_sensor(context)
-    assert sorted(r.run_key for r in result.run_requests) == ["task:task-a", "task:task-b"]
-    keys = {r.partition_key for r in result.run_requests}
-    assert set(result.dynamic_partitions_requests[0].partition_keys) == keys
-    assert sorted(p.name for p in (settings.inbox / "accepted").iterdir()) == ["a.json", "b.json"]
-    rejected = settings.inbox / "rejected"
-    assert "not JSON" in (rejected / "bad.json.error.txt").read_text()
-    assert "empty" in (rejected / "empty.json.error.txt").read_text()
-    ledger = opened(settings).ledger()
-    assert {ledger.get(k).task_id for k in keys} == {"task-a", "task-b"}
-
-    _task(settings.inbox, "a-again.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        again = inbox_sensor(context)
-    assert [r.run_key for r in again.run_requests] == ["task:task-a"]  # not run yet: same run key, Dagster dedupes
-
-    @dg.op
-    def noop() -> None: ...
-
-    ran = dg.GraphDefinition("stand_in", node_defs=[noop]).to_job().execute_in_process(
-        instance=instance, tags={"threegen/task_id": "task-a"})  # as if the daemon had launched it
-    _task(settings.inbox, "a-third.json", {"id": "task-a", "prompt": "a green vase", "seed": 3})
-    _task(settings.inbox, "d1.json", {"id": "task-d", "prompt": "a cup"})
-    _task(settings.inbox, "d2.json", {"id": "task-d", "prompt": "a cup"})
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        third = inbox_sensor(context)
-    assert [r.run_key for r in third.run_requests] == ["task:task-d"]
-    duplicates = settings.inbox / "duplicate"
-    assert ran.run_id in (duplicates / "a-third.json.error.txt").read_text()
-    assert "file d1.json" in (duplicates / "d2.json.error.txt").read_text()
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        assert inbox_sensor(context).run_requests == []  # nothing left in the inbox
 
 
 def test_cleanup_job_applies_the_policy_and_dry_run_changes_nothing(tmp_path, instance) -> None:

@@ -1,11 +1,20 @@
 import base64
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from threegen_dagster.tasks import TaskError, parse_task
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = _png()
 
 
 def test_text_and_image_tasks_parse() -> None:
@@ -30,6 +39,8 @@ def test_text_and_image_tasks_parse() -> None:
         (json.dumps({"id": "a", "image_b64": base64.b64encode(b"GIF89a").decode()}).encode(), "not a PNG"),
         (json.dumps({"id": "a", "prompt": "x", "colour": "red"}).encode(), "unknown fields: colour"),
         (b"\xff\xfe", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # RecursionError inside the parser
+        (b'{"id": "a", "prompt": ' + b"[" * 100_000, "nested too deeply"),
     ],
 )
 def test_malformed_tasks_say_why(data: bytes, message: str) -> None:
