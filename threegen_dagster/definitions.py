@@ -9,6 +9,7 @@ from .assets import PIPELINE, generation_catalog, validator_records
 from .io_manager import ArtifactIOManager
 from .jobs import (
     InboxResource,
+    RetentionResource,
     catalog_after_generation,
     catalog_job,
     cleanup,
@@ -45,6 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "store": store,
             "artifacts": ArtifactIOManager(store=store),
             "inbox": InboxResource(path=str(settings.inbox)),
+            "retention": RetentionResource.from_policy(settings.retention),  # the schedule's and a manual run's
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
             "text_to_image": TextToImageResource.from_settings(settings),

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .images import MAX_IMAGE_PIXELS
 from .retention import RetentionPolicy
 from .sn17.validators import ValidatorPolicy
 from .storage import StorageError, parse_s3_uri
@@ -49,6 +50,16 @@ class Settings:
     """THREEGEN_WORKER_TIMEOUT: seconds to wait for one stage call."""
     free_gpu_between_stages: bool = False
     """THREEGEN_FREE_GPU: return cached GPU memory to the driver after every stage."""
+    worker_host: str = "127.0.0.1"
+    """THREEGEN_WORKER_HOST: the address `threegen worker` binds; anything but loopback must be asked for."""
+    worker_max_body_mb: int = 128
+    """THREEGEN_WORKER_MAX_BODY_MB: the largest request body the worker reads (base64 images, meshes, SPZ)."""
+    worker_read_timeout_s: float = 30.0
+    """THREEGEN_WORKER_READ_TIMEOUT: seconds a request (head and body) may take to arrive at the worker."""
+    worker_max_connections: int = 32
+    """THREEGEN_WORKER_MAX_CONNECTIONS: open connections and calls beyond this get HTTP 503."""
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    """THREEGEN_MAX_IMAGE_PIXELS: width x height bound on image prompts and on images sent to the worker."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -75,12 +86,13 @@ class Settings:
                 raise SettingsError(f"THREEGEN_STORE: {exc.strerror}") from None
         else:
             store = str((base / store).expanduser().resolve())
+        policy = RetentionPolicy()  # the one source of the retention defaults
         try:
             retention = RetentionPolicy(
-                max_age_hours=number("THREEGEN_RETENTION_HOURS", 168.0, float),
-                keep_passed_hours=number("THREEGEN_KEEP_PASSED_HOURS", 720.0, float),
-                slim_after_hours=number("THREEGEN_SLIM_HOURS", 48.0, float),
-                keep_versions=int(number("THREEGEN_KEEP_VERSIONS", 3, int)))
+                max_age_hours=number("THREEGEN_RETENTION_HOURS", policy.max_age_hours, float),
+                keep_passed_hours=number("THREEGEN_KEEP_PASSED_HOURS", policy.keep_passed_hours, float),
+                slim_after_hours=number("THREEGEN_SLIM_HOURS", policy.slim_after_hours, float),
+                keep_versions=int(number("THREEGEN_KEEP_VERSIONS", policy.keep_versions, int)))
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         return cls(
@@ -102,7 +114,32 @@ class Settings:
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
             free_gpu_between_stages=env.get("THREEGEN_FREE_GPU", "") in ("1", "true", "yes"),
+            worker_host=env.get("THREEGEN_WORKER_HOST", "") or cls.worker_host,
+            worker_max_body_mb=positive(env, "THREEGEN_WORKER_MAX_BODY_MB", cls.worker_max_body_mb, int),
+            worker_read_timeout_s=positive(env, "THREEGEN_WORKER_READ_TIMEOUT", cls.worker_read_timeout_s, float),
+            worker_max_connections=positive(env, "THREEGEN_WORKER_MAX_CONNECTIONS", cls.worker_max_connections, int),
+            max_image_pixels=image_pixel_limit(env),
         )
+
+
+def positive(env: Mapping[str, str], name: str, default: float, kind: type) -> float:
+    """A positive number from ``env[name]``, or ``default`` when unset."""
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def image_pixel_limit(env: Mapping[str, str] | None = None) -> int:
+    """THREEGEN_MAX_IMAGE_PIXELS alone: image prompts are checked where no Settings is at hand
+    (the inbox and SN17 sensors parse tasks with ``Prompt.from_image``)."""
+    return int(positive(os.environ if env is None else env, "THREEGEN_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS, int))
 
 
 # stage -> (backend variable, default backend, {backend: {option: (variable, type)}})
