@@ -282,6 +282,9 @@ class SN17Resource(dg.ConfigurableResource):
     variants: int = Field(1, ge=1, le=8, description="seeds per task; the best-scoring one is submitted")
     max_per_tick: int = Field(8, ge=1, description="tasks the sensor turns into runs per tick")
     submit_timeout_s: float = Field(300.0, gt=0, description="SubmitResults timeout (the protocol's 300 s)")
+    submit_retries: int = Field(2, ge=0, le=10, description="retries of a SubmitResults that provably never "
+                                "left (connection refused); any other failure is never sent again")
+    submit_retry_delay_s: float = Field(10.0, ge=0, description="seconds between those retries")
 
     def wallet(self):
         from bittensor_wallet import Wallet

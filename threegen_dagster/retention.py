@@ -154,9 +154,9 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
                     doomed.pop(sha, None)
         for info in doomed.values():
             store.delete(info.path)
-    # finished SN17 tasks (submitted or rejected) leave the queue after max_age_hours
+    # finished SN17 tasks (submitted, failed or rejected) leave the queue after max_age_hours
     tasks = [i for i in store.list(TASKS) if i.modified < now - policy.max_age_hours * 3600
-             and json.loads(store.read(i.path)).get("state") in ("submitted", "rejected")]
+             and json.loads(store.read(i.path)).get("state") in ("submitted", "failed", "rejected")]
     record_bytes += sum(i.size for i in tasks)
     if not dry_run:
         for info in tasks:

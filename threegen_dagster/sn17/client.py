@@ -6,12 +6,14 @@ Dagster imports."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Self
 
 import bittensor as bt
 
+from ..storage import StorageError
 from .protocol import (
     PULL_TASK_TIMEOUT,
     SUBMIT_RESULTS_TIMEOUT,
@@ -22,6 +24,8 @@ from .protocol import (
 from .queue import prompt_of  # noqa: F401 - part of the client's interface
 from .signing import sign_submission
 from .validators import Neuron, ValidatorBook, ValidatorPolicy, ValidatorRecord, select
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class SubmitOutcome:
     cooldown_until: float
     seconds: float
     error: str = ""  # a transport or status failure; "" when the validator answered
+    # False only when the request provably never left: the connection was refused or unreachable, so
+    # sending again cannot double a submission. A timeout or a broken connection may have reached it.
+    sent: bool = True
 
 
 def axon_info(target: Neuron | bt.AxonInfo) -> bt.AxonInfo:
@@ -53,6 +60,16 @@ def axon_info(target: Neuron | bt.AxonInfo) -> bt.AxonInfo:
 def _status(synapse: bt.Synapse) -> str:
     d = synapse.dendrite
     return f"{d.status_code} {d.status_message or ''}".strip() if d else "no answer"
+
+
+def never_sent(synapse: bt.Synapse) -> bool:
+    """Whether a failed call provably never reached the axon: no answer came back and the dendrite's
+    error is aiohttp's ClientConnectorError (refused, unreachable, DNS), which bittensor reports as
+    "503 Service unavailable at HOST:PORT/NAME" (a dropped connection is "503 Service disconnected")."""
+    answered = synapse.axon is not None and synapse.axon.status_code is not None
+    d = synapse.dendrite
+    return (not answered and d is not None and str(d.status_code) == "503"
+            and (d.status_message or "").startswith("Service unavailable at "))
 
 
 class MinerClient:
@@ -156,6 +173,11 @@ class MinerClient:
                 r.feedback = (r.feedback + [feedback])[-r.KEEP:]
             r.cooldown_until = float(answer.cooldown_until)
 
-        record = self.book.update(axon.hotkey, change)
-        return SubmitOutcome(accepted, feedback, record.cooldown_until if ok else record.local_cooldown_until,
-                             seconds, "" if ok else _status(answer))
+        try:
+            record = self.book.update(axon.hotkey, change)
+            until = record.cooldown_until if ok else record.local_cooldown_until
+        except StorageError as exc:  # the answer matters more than the statistics: return it anyway
+            log.warning("could not record the submission in validator %s's record: %s", axon.hotkey, exc)
+            until = float(answer.cooldown_until) if ok else now + self.policy.failure_cooldown_s
+        return SubmitOutcome(accepted, feedback, until, seconds, "" if ok else _status(answer),
+                             sent=ok or not never_sent(answer))

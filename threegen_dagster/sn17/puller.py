@@ -52,13 +52,18 @@ async def pull_once(client: MinerClient, neurons: list[Neuron], queue: TaskQueue
     it is handed back at once with an empty result: the task's cooldown, no penalty."""
     pulled = await client.pull(neurons)
     by_uid = {n.uid: n for n in neurons}
-    summary = {"pulled": len(pulled), "new": 0, "duplicates": 0, "rejected": 0,
+    summary = {"pulled": len(pulled), "new": 0, "duplicates": 0, "rejected": 0, "errors": {},
                "skipped": dict(client.last_skipped), "failed": dict(client.last_errors)}
     to_release = []
-    for p in pulled:
-        new = queue.add(p)
-        summary["new" if new else "duplicates"] += 1
-        entry = queue.get(p.task.id) or {}
+    for p in pulled:  # one task's trouble (a store hiccup) must not cost the others theirs
+        try:
+            new = queue.add(p)
+            summary["new" if new else "duplicates"] += 1
+            entry = queue.get(p.task.id) or {}
+        except Exception as exc:  # noqa: BLE001 - recorded and logged; a re-pull returns the task again
+            summary["errors"][p.validator_uid] = f"{type(exc).__name__}: {exc}"
+            log.exception("sn17: could not queue task %r from validator %s", str(p.task.id)[:100], p.validator_uid)
+            continue
         if entry.get("state") == "rejected":
             summary["rejected"] += new
             if release_rejected and not entry.get("released"):
@@ -66,7 +71,11 @@ async def pull_once(client: MinerClient, neurons: list[Neuron], queue: TaskQueue
 
     async def release(p: PulledTask) -> None:
         outcome = await client.submit(by_uid[p.validator_uid], p.task, "")
-        queue.set_state(p.task.id, "rejected", released=not outcome.error, release_error=outcome.error)
+        try:
+            queue.set_state(p.task.id, "rejected", released=not outcome.error, release_error=outcome.error)
+        except Exception as exc:  # noqa: BLE001 - handed back all the same; a re-pull would hand it back again
+            summary["errors"][p.validator_uid] = f"{type(exc).__name__}: {exc}"
+            log.exception("sn17: could not record that task %r was handed back", str(p.task.id)[:100])
 
     await asyncio.gather(*(release(p) for p in to_release))
     return summary

@@ -1,12 +1,32 @@
-"""Pulled SN17 tasks waiting in the store (``sn17/tasks/<task_id>.json``): the puller writes them,
-the Dagster sensor reads them. Needs nothing from bittensor, so the sensor stays light. No Dagster imports."""
+"""Pulled SN17 tasks in the store: the puller writes them, the Dagster sensors and the submit run move
+them through their states. Needs nothing from bittensor, so the sensors stay light. No Dagster imports.
+
+Layout:
+
+- ``sn17/tasks/<task_id>.json``: one record per task, created once (create-only: a re-pull of the same
+  task is a no-op) and then changed only by compare-and-swap (``Store.update_json``).
+- ``sn17/active/<task_id>.json``: an empty marker while the task is active (pulled, running,
+  submitting). The sensors list this prefix and read only those records, so a tick's cost follows the
+  work in flight, not the history: finished tasks (kept for days) are never read on a tick.
+
+The record is written before its marker and made terminal before its marker is removed, so a crash in
+between leaves at worst a stale marker (healed by ``active()``) or a pulled task without one (healed on
+its next re-pull, or once by ``reindex()``).
+
+States: pulled -> running -> submitting -> submitted | failed; rejected at the edge (malformed); failed
+also when a task cannot start or its submission cannot be made. Every move between states is a
+``transition``: compare-and-swap from the states it expects, so with several sensors or runs on one store
+exactly one wins each move (``NotClaimed`` for the others).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +38,22 @@ if TYPE_CHECKING:
     from .client import PulledTask
 
 ROOT = "sn17/tasks"
-STATES = ("pulled", "running", "submitted", "failed", "rejected")
+ACTIVE = "sn17/active"
+ACTIVE_STATES = ("pulled", "running", "submitting")
+TERMINAL_STATES = ("submitted", "failed", "rejected")
+STATES = ACTIVE_STATES + TERMINAL_STATES
+
+
+class NotClaimed(Exception):
+    """A transition that did not happen: the task is no longer in a state it expected (another sensor
+    or run moved it first), or is not there."""
 
 
 def prompt_of(task: Any) -> Prompt:
     """The project's Prompt for a protocol task (anything with ``id``, ``type``, ``prompt``);
     TaskError naming the task when it is malformed."""
     if not is_task_id(task.id):
-        raise TaskError(f"task {task.id!r}: not a usable task id")
+        raise TaskError(f"task {str(task.id)[:100]!r}: not a usable task id")
     try:
         if task.type == "text":
             return Prompt.from_text(task.prompt)
@@ -43,11 +71,20 @@ def entry_prompt(entry: dict) -> Prompt:
     return prompt_of(SimpleNamespace(id=entry["task_id"], type=entry["type"], prompt=entry["prompt"]))
 
 
+def _marker(record_path: str) -> str:
+    return ACTIVE + record_path[len(ROOT):]
+
+
+def _record(marker_path: str) -> str:
+    return ROOT + marker_path[len(ACTIVE):]
+
+
 class TaskQueue:
-    """One JSON object per pulled task; created once (create-only writes), then moved through STATES."""
+    """One JSON object per pulled task, plus the index of active ones (see the module's docstring)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.healed: list[str] = []  # what the last active() or reindex() repaired
 
     @staticmethod
     def path(task_id: str) -> str:
@@ -57,7 +94,8 @@ class TaskQueue:
         return f"{ROOT}/invalid-id-{hashlib.sha256(repr(task_id).encode()).hexdigest()[:16]}.json"
 
     def add(self, pulled: PulledTask) -> bool:
-        """Queue a pulled task; False if it is queued already (a re-pull gives the same task)."""
+        """Queue a pulled task; False if it is queued already (a re-pull gives the same task).
+        A malformed task (its id included) is recorded as rejected, with the reason."""
         task = pulled.task
         try:
             prompt_of(task)
@@ -69,34 +107,110 @@ class TaskQueue:
                  "validator_ip": pulled.validator_ip, "validator_port": pulled.validator_port,
                  "validation_threshold": pulled.validation_threshold, "pulled_at": pulled.pulled_at,
                  "state": state, "reason": reason}
+        path = self.path(task.id)
         try:
-            self.store.write(self.path(task.id), json.dumps(entry, indent=1, sort_keys=True).encode(),
+            self.store.write(path, json.dumps(entry, indent=1, sort_keys=True).encode(),
                              if_absent=True, content_type="application/json")
         except Conflict:
+            # queued before; if a crash came between the record and its marker, this re-pull heals it
+            current = self._read(path)
+            if current is not None and current["state"] in ACTIVE_STATES and not self.store.exists(_marker(path)):
+                self.store.write(_marker(path), b"")
             return False
+        if state in ACTIVE_STATES:
+            self.store.write(_marker(path), b"")
         return True
 
-    def get(self, task_id: str) -> dict | None:
+    def _read(self, path: str) -> dict | None:
         try:
-            return json.loads(self.store.read(self.path(task_id)))
-        except StorageError:
-            return None
+            return json.loads(self.store.read(path))
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise  # unreachable or refused is not the same as "not queued"
+
+    def get(self, task_id: str) -> dict | None:
+        return self._read(self.path(task_id))
 
     def all(self) -> list[dict]:
-        """Every entry, oldest pull first."""
+        """Every entry, oldest pull first. Reads every record: for the catalog, not for sensor ticks."""
         entries = [json.loads(self.store.read(i.path)) for i in self.store.list(ROOT) if i.path.endswith(".json")]
-        return sorted(entries, key=lambda e: (e["pulled_at"], e["task_id"]))
+        return sorted(entries, key=lambda e: (e.get("pulled_at", 0), str(e.get("task_id"))))
+
+    def active(self) -> list[dict]:
+        """The active entries (pulled, running, submitting), oldest pull first: one listing of the index
+        plus one read per active task. A marker whose record is gone or finished is removed; what was
+        healed is in ``healed`` (for the caller's log)."""
+        entries, self.healed = [], []
+        for info in self.store.list(ACTIVE):
+            path = _record(info.path)
+            entry = self._read(path)
+            if entry is None or entry.get("state") not in ACTIVE_STATES:
+                self.store.delete(info.path)
+                self.healed.append(f"removed the stale index marker {info.path}")
+            elif not self._reject_bad_id(path, entry):
+                entries.append(entry)
+        return sorted(entries, key=lambda e: (e.get("pulled_at", 0), str(e.get("task_id"))))
 
     def pending(self) -> list[dict]:
-        return [e for e in self.all() if e["state"] == "pulled"]
+        return [e for e in self.active() if e["state"] == "pulled"]
 
-    def set_state(self, task_id: str, state: str, **fields: Any) -> dict:
+    def reindex(self, after: str = "", limit: int = 500) -> str | None:
+        """Index active records that lack a marker (queued before the index existed, by a version whose
+        id rule was looser: those are rejected here), reading at most ``limit`` records after the path
+        ``after``. Returns the path to continue after, or None when done; what it did is in ``healed``."""
+        self.healed, read = [], 0
+        for info in self.store.list(ROOT):
+            if info.path <= after or not info.path.endswith(".json"):
+                continue
+            if read == limit:
+                return after
+            entry, read, after = self._read(info.path), read + 1, info.path
+            if entry is None or entry.get("state") not in ACTIVE_STATES or self._reject_bad_id(info.path, entry):
+                continue
+            if not self.store.exists(_marker(info.path)):
+                self.store.write(_marker(info.path), b"")
+                self.healed.append(f"indexed task {entry['task_id']} ({entry['state']})")
+        return None
+
+    def _reject_bad_id(self, path: str, entry: dict) -> bool:
+        """An active record whose id breaks today's rule (an older version queued it): rejected, True."""
+        if is_task_id(entry.get("task_id")):
+            return False
+        reason = f"task {str(entry.get('task_id'))[:100]!r}: not a usable task id (queued by an older version)"
+        self._transition(path, ACTIVE_STATES, "rejected", None, {"reason": reason})
+        self.healed.append(reason)
+        return True
+
+    def transition(self, task_id: str, expect: tuple[str, ...], state: str,
+                   check: Callable[[dict], str] | None = None, **fields: Any) -> dict:
+        """Move a task from one of the ``expect`` states to ``state`` (compare-and-swap), setting
+        ``fields``; ``check(current)`` may veto with a reason. NotClaimed if it was not in such a state."""
+        return self._transition(self.path(task_id), expect, state, check, fields)
+
+    def _transition(self, path: str, expect: tuple[str, ...], state: str, check: Callable[[dict], str] | None,
+                    fields: dict) -> dict:
         if state not in STATES:
             raise ValueError(f"unknown task state {state!r}; one of {', '.join(STATES)}")
 
         def change(current: dict | None) -> dict:
             if current is None:
-                raise KeyError(f"no queued task {task_id!r}")
+                raise NotClaimed(f"no queued task at {path}")
+            if current["state"] not in expect:
+                raise NotClaimed(f"task {current['task_id']} is {current['state']}, not {' or '.join(expect)}")
+            veto = check(current) if check else ""
+            if veto:
+                raise NotClaimed(f"task {current['task_id']}: {veto}")
             return {**current, **fields, "state": state}
 
-        return self.store.update_json(self.path(task_id), change)
+        new = self.store.update_json(path, change)
+        if state in TERMINAL_STATES:
+            self.store.delete(_marker(path))
+        return new
+
+    def set_state(self, task_id: str, state: str, **fields: Any) -> dict:
+        """Unconditional: whatever state the task is in (for the puller's own records and tests)."""
+        path = self.path(task_id)
+        if state in ACTIVE_STATES:
+            self.store.write(_marker(path), b"")  # before the record: a stale marker heals, a missing one would not
+        return self._transition(path, STATES, state, None, fields)

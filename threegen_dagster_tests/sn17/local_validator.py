@@ -13,6 +13,7 @@ re-pull before submitting, and a counted violation for pulling during a cooldown
 import argparse
 import asyncio
 import socket
+import threading
 import time
 import typing
 from collections import deque
@@ -76,6 +77,9 @@ class LocalValidator:
         task_cooldown: int = 300,
         cooldown_penalty: int = 600,
         delay: float = 0.0,
+        rendezvous: threading.Barrier | None = None,
+        submit_delay: float = 0.0,
+        on_submit: Callable[["Submission"], None] | None = None,
     ) -> None:
         self.wallet = make_wallet(root, "validator")
         self.score = score
@@ -85,20 +89,29 @@ class LocalValidator:
         self.task_cooldown = task_cooldown
         self.cooldown_penalty = cooldown_penalty
         self.delay = delay  # seconds each PullTask answer waits: a slow validator
+        # PullTask waits here for the other validators sharing the barrier: True once all met, which
+        # proves the requests were in flight at the same time (False: the wait timed out alone)
+        self.rendezvous, self.met = rendezvous, []
+        self.submit_delay = submit_delay  # seconds SubmitResults waits after recording, before answering
+        self.on_submit = on_submit  # called with each recorded submission (from the axon's thread)
         self.queue: deque[Task] = deque()
         self.miners: dict[str, MinerState] = {}
         self.received: list[Submission] = []
         self.requests: list[tuple[str, str]] = []  # (synapse name, miner hotkey) of every signed request
 
-        port = free_port()
+        self.port = free_port()
+        self.axon = self._axon()
+
+    def _axon(self) -> "bt.Axon":
         parser = argparse.ArgumentParser()
         bt.Axon.add_args(parser)
         # explicit args: with none, bittensor's Config parses sys.argv (pytest's own arguments)
-        config = bt.Config(parser, args=["--axon.port", str(port)])
-        self.axon = bt.Axon(wallet=self.wallet, config=config, ip=HOST, port=port, external_ip=HOST)
-        self.axon.fast_config.host = HOST  # Axon hard-codes 0.0.0.0; keep the test server on loopback
-        self.axon.attach(forward_fn=self.pull_task, blacklist_fn=self.blacklist_pull)
-        self.axon.attach(forward_fn=self.submit_results, blacklist_fn=self.blacklist_submit)
+        config = bt.Config(parser, args=["--axon.port", str(self.port)])
+        axon = bt.Axon(wallet=self.wallet, config=config, ip=HOST, port=self.port, external_ip=HOST)
+        axon.fast_config.host = HOST  # Axon hard-codes 0.0.0.0; keep the test server on loopback
+        axon.attach(forward_fn=self.pull_task, blacklist_fn=self.blacklist_pull)
+        axon.attach(forward_fn=self.submit_results, blacklist_fn=self.blacklist_submit)
+        return axon
 
     @property
     def hotkey(self) -> str:
@@ -118,6 +131,11 @@ class LocalValidator:
 
     def stop(self) -> None:
         self.axon.stop()
+
+    def restart(self) -> "LocalValidator":
+        """Up again on the same port with the same keys and memory (after ``stop``: a validator that was down)."""
+        self.axon = self._axon()
+        return self.start()
 
     def add_task(self, prompt: str, type: str = "text", id: str | None = None) -> Task:
         task = Task(type=type, prompt=prompt) if id is None else Task(type=type, prompt=prompt, id=id)
@@ -142,6 +160,12 @@ class LocalValidator:
     async def pull_task(self, synapse: PullTask) -> PullTask:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.rendezvous is not None:
+            try:
+                await asyncio.to_thread(self.rendezvous.wait)
+                self.met.append(True)
+            except threading.BrokenBarrierError:
+                self.met.append(False)
         miner = self.miners.setdefault(synapse.dendrite.hotkey, MinerState())
         synapse.validation_threshold = self.threshold
         synapse.throttle_period = self.throttle_period
@@ -180,12 +204,15 @@ class LocalValidator:
         self._record(synapse, signature_ok, outcome, score)
         miner.assigned = None
         miner.cooldown_until = int(time.time()) + self.task_cooldown + penalty
+        if self.submit_delay:  # received and counted, then slow to answer
+            await asyncio.sleep(self.submit_delay)
         return self._answer(synapse, miner, score if outcome == "accepted" else 0.0)
 
     def _record(self, synapse: SubmitResults, signature_ok: bool | None, outcome: str, score: float = 0.0) -> None:
-        self.received.append(
-            Submission(synapse.dendrite.hotkey, synapse.task_id, synapse.results, signature_ok, outcome, score)
-        )
+        submission = Submission(synapse.dendrite.hotkey, synapse.task_id, synapse.results, signature_ok, outcome, score)
+        self.received.append(submission)
+        if self.on_submit is not None:
+            self.on_submit(submission)
 
     def _answer(self, synapse: SubmitResults, miner: MinerState, score: float = 0.0) -> SubmitResults:
         synapse.results = synapse.signature = ""  # as the real validator: don't echo the payload back

@@ -4,11 +4,14 @@ Axon, records in a LocalStore. Needs the ``sn17`` extra (bittensor); skipped wit
 import asyncio
 import base64
 import gc
+import io
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 bt = pytest.importorskip("bittensor")
 
@@ -33,7 +36,15 @@ from .local_validator import HOST, LocalValidator, make_wallet
 
 
 RESULT = base64.b64encode(b"\x28\xb5\x2f\xfd stand-in SPZ bytes").decode()
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = _png()  # a real (tiny) PNG: image prompts must decode
 POLICY = ValidatorPolicy(min_stake=0.0, manual_blacklist=frozenset())
 
 
@@ -81,19 +92,20 @@ def run(client, scenario):
 
 
 def test_pulls_concurrently_and_queues_each_task_once(start, client, store):
-    (v1, n1), (v2, n2) = start(delay=0.5), start(delay=0.5)
+    # each validator holds its answer until the other's request has arrived too (or 10 s pass alone):
+    # both meet only if the two requests are in flight at the same time
+    meeting = threading.Barrier(2, timeout=10)
+    (v1, n1), (v2, n2) = start(rendezvous=meeting), start(rendezvous=meeting)
     t1, t2 = v1.add_task("a wooden chair"), v2.add_task("a red teapot")
     c, queue = client(), TaskQueue(store)
 
     async def scenario(c):
-        began = time.monotonic()
         first = await c.pull([n1, n2])
-        elapsed = time.monotonic() - began
-        v1.delay = v2.delay = 0
-        return first, elapsed, await c.pull([n1, n2])
+        v1.rendezvous = v2.rendezvous = None
+        return first, await c.pull([n1, n2])
 
-    first, elapsed, again = run(c, scenario)
-    assert elapsed < 1.0  # both answered within one another's delay: asked at once
+    first, again = run(c, scenario)
+    assert v1.met == v2.met == [True]  # asked at once, not one after the other
     assert {(p.validator_uid, p.task.id) for p in first} == {(0, t1.id), (1, t2.id)}
     assert all(p.validation_threshold == 0.6 for p in first)
     assert [queue.add(p) for p in first] == [True, True]
@@ -186,24 +198,26 @@ def test_timeouts_cool_down_then_blacklist_automatically(start, client):
         return rounds
 
     (r1, r2, r3, r4) = run(c, scenario)
-    assert r1[0] == [] and r1[2][n.uid].startswith("408")
+    assert r1[0] == [] and r1[2][n.uid].startswith("408 Request timeout")
     assert "our cooldown after a failure" in r2[1][n.uid]
     assert r3[0] == [] and n.uid in r3[2]
     assert r4[1][n.uid].startswith("blacklisted automatically: success 0%")
     record = c.book.record(slow.hotkey)
     assert (record.pulls, record.failures) == (2, 2)
     assert record.local_cooldown_until == t0 + 61 + 60
-    assert all(not ok and 0.3 <= s < 0.9 for _, s, ok in record.calls)
+    assert [ok for _, _, ok in record.calls] == [False, False]  # timed out: failures, not answers
 
 
 def test_submit_to_an_unreachable_validator_records_the_failure(client, store):
     dead = Neuron(7, "5Dead", 1.0, HOST, 9)  # nothing listens on port 9
     c = client()
+    before = time.time()
     outcome = run(c, lambda c: c.submit(dead, Task(prompt="x"), RESULT))
-    assert outcome.error.startswith("503") and not outcome.accepted and outcome.feedback is None
+    assert outcome.error.startswith("503 Service unavailable at") and not outcome.accepted and outcome.feedback is None
+    assert not outcome.sent  # refused: provably never left, so sending again cannot double it
     record = c.book.record("5Dead")
     assert (record.uid, record.failures, record.submissions) == (7, 1, 0)
-    assert outcome.cooldown_until == record.local_cooldown_until > time.time() + 250
+    assert outcome.cooldown_until == record.local_cooldown_until >= before + POLICY.failure_cooldown_s
 
 
 def test_manual_blacklist_is_never_asked(start, client):
