@@ -36,8 +36,10 @@ _END_HEADER = re.compile(rb"end_header[ \t]*\r?\n")
 _MAX_HEADER = 1 << 16
 
 
-class PlyError(SplatError):
-    """A PLY file that is not a readable gaussian splat; the message says why."""
+class PlyError(SplatError, RuntimeError):
+    """A PLY file that is not a readable gaussian splat; the message says why.
+
+    A ``ValueError`` like every splat error, and a ``RuntimeError`` like what pyspz raises."""
 
 
 @dataclass(frozen=True)

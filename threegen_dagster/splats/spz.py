@@ -25,7 +25,8 @@ import numpy as np
 import zstandard
 
 from .cloud import SH_COEFFS_FOR_DEGREE, GaussianCloud, SplatError
-from .ply import read_ply, write_ply
+from .ply import ply_header, read_ply
+from .spz_arith import LUT, expf, fma32, pack_rotations, pair_table, quantize_sh, round_half_away, to_i32, to_u8
 
 MAGIC = 0x5053474E  # "NGSP"
 VERSION = 2
@@ -37,11 +38,15 @@ MAX_DECODE_POINTS = 10_000_000
 _HEADER = struct.Struct("<IIIBBBB")
 _F = np.float32
 _COLOR_SCALE = _F(0.15)
+_CHUNK = 1 << 22
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class SpzError(SplatError):
-    """SPZ bytes that cannot be decoded, or a cloud that cannot be encoded; the message says why."""
+class SpzError(SplatError, RuntimeError):
+    """SPZ bytes that cannot be decoded, or a cloud that cannot be encoded; the message says why.
+
+    A ``ValueError`` like every splat error, and a ``RuntimeError`` like what pyspz raises, so code
+    written against either catches it."""
 
 
 def _bytes_per_point(sh_degree: int, version: int = VERSION) -> int:
@@ -50,79 +55,6 @@ def _bytes_per_point(sh_degree: int, version: int = VERSION) -> int:
 
 
 MAX_PAYLOAD = _HEADER.size + MAX_DECODE_POINTS * _bytes_per_point(3)
-
-
-# --- float32 arithmetic exactly as pyspz's C++ does it -------------------------------------------
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's ``roundf``: half away from zero (numpy's ``rint`` rounds half to even)."""
-    t = np.trunc(x)
-    frac = x - t  # exact, with the sign of x
-    t += frac >= _F(0.5)
-    t -= frac <= _F(-0.5)
-    return t
-
-
-def _to_u8(x: np.ndarray) -> np.ndarray:
-    """``uint8(clamp(round(x), 0, 255))``; NaN gives 0 as the x86 float-to-int conversion does."""
-    x = np.clip(x, _F(0), _F(255))  # NaN stays NaN and is zeroed below; -inf/+inf clamp
-    r = np.floor(x)
-    r += (x - r) >= _F(0.5)  # x >= 0 here, so this is half away from zero, exactly
-    r[np.isnan(r)] = 0
-    return r.astype(np.uint8)
-
-
-def _to_i32(x: np.ndarray) -> np.ndarray:
-    """``static_cast<int32_t>`` on x86: truncation, with INT_MIN for NaN and out-of-range values."""
-    bad = ~(np.abs(x) < 2.0**31)
-    out = np.where(bad, 0, x).astype(np.int32)
-    out[bad] = np.iinfo(np.int32).min
-    return out
-
-
-def _fma(a: np.ndarray, b: np.ndarray | np.float32, c: np.ndarray | np.float32) -> np.ndarray:
-    """float32 fused multiply-add (one rounding): pyspz's build contracts ``a * b + c`` into FMAs.
-
-    The float32 product is exact in float64, so only the final sum is rounded (twice, which
-    can differ from a true FMA in rare halfway cases; the vectors show none).
-    """
-    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(_F)
-
-
-def _expf(x: np.ndarray) -> np.ndarray:
-    """C ``expf`` (correctly rounded); numpy's float32 exp is off by an ulp on some inputs."""
-    with np.errstate(over="ignore"):
-        return np.exp(x.astype(np.float64)).astype(_F)
-
-
-def _decode_tables() -> dict[str, np.ndarray]:
-    """Decoded floats for the byte fields that need C's libm or an FMA to come out exact."""
-    b = np.arange(256, dtype=_F)
-    a = b / _F(255)
-    with np.errstate(divide="ignore"):
-        alpha = np.log((a / (_F(1) - a)).astype(np.float64)).astype(_F)  # C logf, correctly rounded
-    return {
-        "alpha": alpha,
-        "rotation": _fma(b, _F(1.0 / 127.5), _F(-1)),
-    }
-
-
-def _quantize_sh(x: np.ndarray, bucket: int) -> np.ndarray:
-    """pyspz's ``quantizeSH``: ``q = int(round(x * 128) + 128)``, rounded to a bucket centre, clamped.
-
-    Values whose ``q`` overflows int32 (or NaN) become INT_MIN in C and so clamp to 0, not 255.
-    """
-    v = np.multiply(x, _F(128))
-    lo, hi = v.min(initial=0), v.max(initial=0)
-    overflow = None if lo > -2.0**30 and hi < 2.0**30 else ~(np.abs(v) < _F(2.0**31 - 256))
-    np.clip(v, -512, 512, out=v)  # beyond this everything clamps alike
-    k = _round_half_away(v).astype(np.int16) + np.int16(128 + bucket // 2)
-    k >>= bucket.bit_length() - 1  # floor division by the power-of-two bucket (C's truncation
-    k <<= bucket.bit_length() - 1  # differs only below zero, which clamps to 0 either way)
-    np.clip(k, 0, 255, out=k)
-    if overflow is not None:
-        k[overflow] = 0
-    return k.astype(np.uint8)
 
 
 # --- packing -------------------------------------------------------------------------------------
@@ -150,12 +82,12 @@ def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
         out[at: at + flat.size] = flat
         at += flat.size
 
-    fixed = _to_i32(_round_half_away(cloud.positions * _F(1 << FRACTIONAL_BITS)))
+    fixed = to_i32(round_half_away(cloud.positions * _F(1 << FRACTIONAL_BITS)))
     put(fixed.astype("<i4").view(np.uint8).reshape(n, 3, 4)[:, :, :3])
-    put(_to_u8(_F(1) / (_F(1) + _expf(-cloud.opacity_logits)) * _F(255)))
-    put(_to_u8(_fma(cloud.sh_dc, _COLOR_SCALE * _F(255), _F(0.5 * 255))))
-    put(_to_u8((cloud.log_scales + _F(10)) * _F(16)))
-    put(_pack_rotations(cloud.rotations))
+    put(to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits)) * _F(255)))
+    put(to_u8(fma32(cloud.sh_dc, _COLOR_SCALE * _F(255), _F(0.5 * 255))))
+    put(to_u8((cloud.log_scales + _F(10)) * _F(16)))
+    put(pack_rotations(cloud.rotations))
     if k:
         put(_pack_sh(cloud.sh_rest.reshape(n, 3 * k)))
     return out
@@ -175,22 +107,11 @@ def _pack_sh(sh: np.ndarray) -> np.ndarray:
 
     def block(start: int) -> None:
         rows = sh[start: start + _SH_ROWS]
-        out[start: start + _SH_ROWS, :9] = _quantize_sh(rows[:, :9], 8)
-        out[start: start + _SH_ROWS, 9:] = _quantize_sh(rows[:, 9:], 16)
+        out[start: start + _SH_ROWS, :9] = quantize_sh(rows[:, :9], 8)
+        out[start: start + _SH_ROWS, 9:] = quantize_sh(rows[:, 9:], 16)
 
     list(_pool().map(block, range(0, len(sh), _SH_ROWS)))
     return out
-
-
-def _pack_rotations(wxyz: np.ndarray) -> np.ndarray:
-    """xyz bytes of the normalised quaternion with w made non-negative (pyspz's float32 steps)."""
-    x, y, z, w = wxyz[:, 1], wxyz[:, 2], wxyz[:, 3], wxyz[:, 0]
-    norm = np.sqrt(x * x + y * y + z * z + w * w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = _F(1) / norm
-        scale = np.where((w * inv) < 0, _F(-127.5), _F(127.5))
-        xyz = np.stack([x, y, z], axis=1) * inv[:, None]
-        return _to_u8(_fma(xyz, scale[:, None], _F(127.5)))
 
 
 def compress(ply: bytes, compression_level: int = 1, workers: int = -1) -> bytes:
@@ -206,13 +127,11 @@ def encode(cloud: GaussianCloud, compression_level: int = 1, workers: int = -1,
     return compressor.compress(_pack(cloud, antialiased))  # zstd reads the array's buffer: no copy
 
 
-_LUT = _decode_tables()
-
-
 # --- unpacking -----------------------------------------------------------------------------------
 
-def _read_payload(spz: bytes) -> tuple[tuple[int, ...], bytearray]:
-    """Decompress just enough of the frame to hold the header's promised arrays, never more."""
+def _read_payload(spz: bytes) -> tuple[tuple[int, ...], np.ndarray]:
+    """The header and the whole payload (header included) as uint8, decompressing no more than the
+    header promises, and never allocating much ahead of what the frame actually delivers."""
     if not spz:
         raise SpzError("empty SPZ data")
     if spz[:2] == b"\x1f\x8b":
@@ -228,23 +147,24 @@ def _read_payload(spz: bytes) -> tuple[tuple[int, ...], bytearray]:
         raise SpzError(f"zstd frame claims {params.content_size:,} bytes, more than any valid SPZ payload")
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(spz, read_across_frames=False)
-        head = reader.read(_HEADER.size)
-        if len(head) < _HEADER.size:
-            raise SpzError(f"SPZ payload is {len(head)} bytes, shorter than its 16-byte header")
-        header = _HEADER.unpack(head)
-        need = _check_header(header)
-        body = bytearray()
-        while len(body) < need:  # bounded by what the header promises, never by the frame
-            chunk = reader.read(min(need - len(body), 1 << 22))
+        chunks = [reader.read(_HEADER.size)]
+        if len(chunks[0]) < _HEADER.size:
+            raise SpzError(f"SPZ payload is {len(chunks[0])} bytes, shorter than its 16-byte header")
+        header = _HEADER.unpack(chunks[0])
+        total = _HEADER.size + _check_header(header)
+        got = _HEADER.size
+        while got < total:  # each read at most doubles what the frame has delivered so far
+            chunk = reader.read(min(total - got, max(got, _CHUNK)))
             if not chunk:
                 break
-            body += chunk
+            chunks.append(chunk)
+            got += len(chunk)
     except zstandard.ZstdError as exc:
         raise SpzError(f"corrupt or truncated zstd frame: {exc}") from None
-    if len(body) < need:
-        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {need:,} payload bytes after the "
-                       f"header, the frame holds {len(body):,}")
-    return header, body
+    if got < total:
+        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {total - _HEADER.size:,} payload "
+                       f"bytes after the header, the frame holds {got - _HEADER.size:,}")
+    return header, np.frombuffer(b"".join(chunks), np.uint8)
 
 
 def _check_header(header: tuple[int, ...]) -> int:
@@ -263,46 +183,96 @@ def _check_header(header: tuple[int, ...]) -> int:
     return n * _bytes_per_point(degree, version)
 
 
-def decode(spz: bytes) -> GaussianCloud:
-    """SN17 SPZ bytes to a cloud, with pyspz's exact float32 decoding."""
-    header, body = _read_payload(spz)
+_PAIRS = {name: pair_table(LUT[name]) for name in ("color", "scale", "rotation")}
+_MIN_BLOCK = 16384  # rows per task at least: below that, thread hand-off costs more than it saves
+
+
+def _unpack_rows(header: tuple[int, ...], raw: np.ndarray, include_normals: bool) -> np.ndarray:
+    """The decoded gaussians as the float32 rows of pyspz's PLY body (columns in its order).
+
+    Rows are split into one block per pool thread (numpy releases the GIL in every step); each
+    block writes its columns in place from the payload through views and byte-to-float tables."""
+    n, k = header[2], SH_COEFFS_FOR_DEGREE[header[3]]
+    dc = 6 if include_normals else 3
+    rows = np.empty((n, dc + 3 * k + 11), "<f4")
+    step = max(_MIN_BLOCK, -(-n // _pool()._max_workers))
+    if n <= step:
+        _unpack_block(header, raw, rows, dc, 0, n)
+    else:
+        list(_pool().map(lambda lo: _unpack_block(header, raw, rows, dc, lo, min(lo + step, n)),
+                         range(0, n, step)))
+    return rows
+
+
+def _unpack_block(header: tuple[int, ...], raw: np.ndarray, rows: np.ndarray, dc: int, lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of :func:`_unpack_rows`; ``dc`` is the first colour column."""
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
     k = SH_COEFFS_FOR_DEGREE[degree]
-    raw = np.frombuffer(body, dtype=np.uint8)
-    at = 0
+    m, op, stride = hi - lo, dc + 3 + 3 * k, rows.strides[0]
+    tmp32, tmp64 = np.empty(m, _F), np.empty(m, np.uint64)
 
-    def take(count: int) -> np.ndarray:
-        nonlocal at
-        at += count
-        return raw[at - count: at]
+    def column(first: int, dtype: str = "<f4") -> np.ndarray:  # one (or, as u8, two) floats per row
+        return np.ndarray((m,), dtype, buffer=rows, offset=lo * stride + 4 * first, strides=(stride,))
 
+    def source(start: int, dtype: str = "u1", step: int = 3) -> np.ndarray:  # payload bytes, strided
+        return np.ndarray((m,), dtype, buffer=raw, offset=start + lo * step, strides=(step,))
+
+    def three(start: int, first: int, lut: str) -> None:  # a u8 x 3 field: a byte pair, then one byte
+        column(first, "<u8")[...] = np.take(_PAIRS[lut], source(start, "<u2"), out=tmp64)
+        column(first + 2)[...] = np.take(LUT[lut], source(start + 2), out=tmp32)
+
+    at = _HEADER.size
     if version == 1:  # legacy float16 positions
-        positions = take(n * 6).view("<f2").astype(_F).reshape(n, 3)
-    else:
-        b = take(n * 9).reshape(n * 3, 3).astype(np.int32)
-        fixed = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        fixed -= (fixed & 0x800000) << 1  # sign-extend 24 bits
-        positions = (fixed.astype(_F) * _F(1.0 / (1 << fractional_bits))).reshape(n, 3)
-    alphas = take(n)
-    colors = take(n * 3).reshape(n, 3).astype(_F)
-    scales = take(n * 3).reshape(n, 3).astype(_F)
-    rot = _LUT["rotation"][take(n * 3).reshape(n, 3)]
-    sh = take(n * 3 * k).reshape(n, k, 3).astype(_F)
-    sh -= _F(128)
-    sh *= _F(1 / 128)  # exact: a power-of-two scale
-    x, y, z = rot[:, 0], rot[:, 1], rot[:, 2]
-    # w = sqrtf(max(0, 1 - |xyz|^2)) with the sum contracted as pyspz's build does: z*z + (x*x + y*y)
-    w = np.sqrt(np.maximum(_F(0), _F(1) - _fma(z, z, _fma(x, x, y * y))))
+        half = raw[at + 6 * lo: at + 6 * hi].view("<f2").reshape(m, 3)
+        for c in range(3):
+            column(c)[...] = half[:, c]
+        at += 6 * n
+    else:  # 24-bit fixed point: read 4 bytes ending at the value's top byte, shift out the extra one
+        scale, fixed = _F(1.0 / (1 << fractional_bits)), tmp64.view(np.int32)[:m]
+        for c in range(3):
+            np.right_shift(source(at + 3 * c - 1, "<i4", 9), 8, out=fixed)  # sign-extends, exactly
+            np.multiply(fixed, scale, out=column(c), dtype=_F)
+        at += 9 * n
+    if dc == 6:  # normals, written as zeros
+        column(3, "<u8").fill(0)
+        column(5).fill(0)
+    column(op)[...] = np.take(LUT["alpha"], source(at, step=1), out=tmp32)
+    three(at + n, dc, "color")
+    three(at + 4 * n, op + 1, "scale")
+    at += 7 * n
+    three(at, op + 5, "rotation")
+    # w = sqrtf(max(0, 1 - fma(z, z, fma(x, x, y*y)))): the inner FMA is a table over (x, y) bytes,
+    # the outer one a float64 sum that is never a float32 double-rounding case (see spz_arith)
+    w = np.take(LUT["xy_norm"], source(at, "<u2"), out=tmp64.view(np.float64))
+    w += np.take(LUT["z_square"], source(at + 2))
+    np.subtract(_F(1), w, out=tmp32, dtype=_F, casting="same_kind")
+    np.maximum(tmp32, _F(0), out=tmp32)
+    np.sqrt(tmp32, out=column(op + 4))
+    at += 3 * n
+    if k:  # coefficient-major, channel innermost in the payload; channel-major in the PLY
+        sh = raw[at + 3 * k * lo: at + 3 * k * hi].reshape(m, k, 3).transpose(0, 2, 1)
+        rows[lo:hi, dc + 3: op].reshape(m, 3, k)[...] = np.take(LUT["sh"], sh)
+
+
+def decode(spz: bytes) -> GaussianCloud:
+    """SN17 SPZ bytes to a cloud, with pyspz's exact float32 decoding."""
+    header, raw = _read_payload(spz)
+    rows = _unpack_rows(header, raw, include_normals=False)
+    k = SH_COEFFS_FOR_DEGREE[header[3]]
+    op = 6 + 3 * k
     return GaussianCloud(
-        positions=positions,
-        log_scales=scales / _F(16) - _F(10),
-        rotations=np.concatenate([w[:, None], rot], axis=1),
-        opacity_logits=_LUT["alpha"][alphas],
-        sh_dc=((colors / _F(255)) - _F(0.5)) / _COLOR_SCALE,
-        sh_rest=sh,
+        positions=rows[:, 0:3],
+        log_scales=rows[:, op + 1: op + 4],
+        rotations=rows[:, op + 4: op + 8],
+        opacity_logits=rows[:, op],
+        sh_dc=rows[:, 3:6],
+        sh_rest=rows[:, 6:op].reshape(len(rows), 3, k).transpose(0, 2, 1),
     )
 
 
 def decompress(spz: bytes, include_normals: bool = False) -> bytes:
     """``pyspz.decompress``: SN17 SPZ in, the gaussian PLY pyspz writes out (normals as zeros)."""
-    return write_ply(decode(spz), include_normals=include_normals)
+    header, raw = _read_payload(spz)
+    rows = _unpack_rows(header, raw, include_normals)
+    head = ply_header(header[2], SH_COEFFS_FOR_DEGREE[header[3]], include_normals)
+    return b"".join((head, rows.data))  # the one copy of the body

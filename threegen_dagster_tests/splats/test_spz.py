@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import struct
 import tracemalloc
 
@@ -172,3 +175,42 @@ def test_encode_refuses_an_empty_cloud() -> None:
 def test_antialiased_flag_is_written() -> None:
     payload = payload_of(spz.encode(random_cloud(10), antialiased=True))
     assert payload[14] == spz.FLAG_ANTIALIASED
+
+
+# --- pyspz's digests of large stress clouds (every SH degree, hard quaternions, rounding ties) ----
+
+STRESS = VECTORS.parent / "sn17-spz-stress"
+_spec = importlib.util.spec_from_file_location("stress_clouds", STRESS / "stress_clouds.py")
+stress_clouds = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stress_clouds)
+STRESS_EXPECTED = json.loads((STRESS / "expected.json").read_text())
+
+
+@pytest.fixture(scope="module", params=stress_clouds.CASES, ids=[case[0] for case in stress_clouds.CASES])
+def stress(request: pytest.FixtureRequest) -> tuple[str, bytes]:
+    """(case, our SPZ frame of the case's PLY); one cloud in memory at a time (up to 500k gaussians)."""
+    name, n, degree, normals, seed, shuffled = request.param
+    return name, spz.compress(stress_clouds.cloud(n, degree, normals, seed, shuffled))
+
+
+def test_stress_payload_matches_pyspz_digest(stress: tuple[str, bytes]) -> None:
+    name, frame = stress
+    assert hashlib.sha256(payload_of(frame)).hexdigest() == STRESS_EXPECTED[name]["payload"]
+
+
+def test_stress_decompress_matches_pyspz_digests(stress: tuple[str, bytes]) -> None:
+    name, frame = stress
+    assert hashlib.sha256(spz.decompress(frame)).hexdigest() == STRESS_EXPECTED[name]["decoded"]
+    assert hashlib.sha256(spz.decompress(frame, include_normals=True)).hexdigest() == STRESS_EXPECTED[name]["decoded_n"]
+
+
+# --- errors: ValueError like every splat error, RuntimeError like pyspz's --------------------------
+
+@pytest.mark.parametrize("caught", [ValueError, RuntimeError])
+def test_errors_are_caught_as_pyspz_errors_too(caught: type[Exception]) -> None:
+    with pytest.raises(caught, match="0 vertices"):
+        spz.compress((VECTORS / "rejected" / "zero_vertices.ply").read_bytes())
+    with pytest.raises(caught, match="gzip"):
+        spz.decompress((VECTORS / "rejected" / "not_zstd.spz").read_bytes())
+    with pytest.raises(caught, match="empty cloud"):
+        spz.encode(random_cloud(1).subset(np.zeros(1, bool)))
