@@ -1,0 +1,109 @@
+"""What the SN17 fault tests share: a miner's settings and wallet, pulling from LocalValidators with the
+real puller, sensor ticks through ``dg.build_sensor_context``, and a store that counts what it is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import bittensor as bt
+import dagster as dg
+
+from threegen_dagster.definitions import build_definitions
+from threegen_dagster.resources import StoreResource
+from threegen_dagster.settings import Settings
+from threegen_dagster.sn17.client import MinerClient
+from threegen_dagster.sn17.puller import TaskQueue, pull_once
+from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPolicy
+from threegen_dagster.sn17_jobs import INDEXED
+from threegen_dagster.storage import LocalStore, S3Store, parse_s3_uri
+
+from .local_validator import HOST
+
+POLICY = ValidatorPolicy(min_stake=0.0, manual_blacklist=frozenset())
+
+
+def miner_settings(root: Path, store: str | None = None, s3_endpoint: str | None = None, **sn17) -> Settings:
+    return Settings(store=store or str(root / "store"), inbox=root / "inbox", gaussians=8000, s3_endpoint=s3_endpoint,
+                    s3_region="us-east-1" if s3_endpoint else None,
+                    sn17={"wallet_name": "miner", "wallet_path": str(root / "wallets"), **sn17})
+
+
+def neurons(validators) -> list[Neuron]:
+    return [Neuron(n, v.hotkey, 1000.0, HOST, v.port) for n, v in enumerate(validators)]
+
+
+def pull(settings: Settings, miner, validators) -> dict:
+    """One round of the real puller against ``validators``, queueing into the settings' store."""
+    store = StoreResource.from_settings(settings).store()
+
+    async def main():
+        async with MinerClient(miner, ValidatorBook(store), POLICY, dendrite=bt.Dendrite(wallet=miner)) as client:
+            return await pull_once(client, neurons(validators), TaskQueue(store))
+
+    return asyncio.run(main())
+
+
+def resources(settings: Settings, store: StoreResource | None = None) -> dict:
+    definitions = build_definitions(settings)
+    return {"store": store or definitions.resources["store"], "sn17": definitions.resources["sn17"]}
+
+
+def tick(sensor, instance, resources: dict, cursor: str | None = INDEXED):
+    """One evaluation of ``sensor`` as the daemon makes it; its run requests (a list either way)."""
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        result = sensor(context)
+    return result.run_requests if isinstance(result, dg.SensorResult) else list(result or [])
+
+
+def queue_of(settings: Settings) -> TaskQueue:
+    return TaskQueue(StoreResource.from_settings(settings).store())
+
+
+def write_old_record(store, task_id: str, prompt: str, state: str = "pulled") -> str:
+    """A task record as the puller before the active index wrote it: under its raw id, with no marker."""
+    path = f"sn17/tasks/{task_id}.json"
+    store.write(path, json.dumps({
+        "task_id": task_id, "type": "text", "prompt": prompt, "validator_uid": 0, "validator_hotkey": "5Old",
+        "validator_ip": HOST, "validator_port": 1, "validation_threshold": 0.6, "pulled_at": 1.0,
+        "state": state, "reason": ""}).encode())
+    return path
+
+
+# --- a store that records what it is asked (a real LocalStore or S3Store underneath)
+CALLS: list[tuple[str, str]] = []  # (operation, path or prefix); module-level: Dagster may copy the resource
+
+
+class _Counting:
+    def read_tagged(self, relative):
+        CALLS.append(("read", relative))
+        return super().read_tagged(relative)
+
+    def read(self, relative):
+        CALLS.append(("read", relative))
+        return super().read(relative)
+
+    def stat(self, relative):
+        CALLS.append(("stat", relative))
+        return super().stat(relative)
+
+    def list(self, prefix):
+        CALLS.append(("list", prefix))
+        return super().list(prefix)
+
+
+class CountingLocalStore(_Counting, LocalStore):
+    pass
+
+
+class CountingS3Store(_Counting, S3Store):
+    pass
+
+
+class CountingStoreResource(StoreResource):
+    def store(self):
+        if self.uri.startswith("s3://"):
+            bucket, prefix = parse_s3_uri(self.uri)
+            return CountingS3Store(self.s3.get_client(), bucket, prefix)
+        return CountingLocalStore(self.uri)
