@@ -144,11 +144,17 @@ class LocalStore(Store):
         tag = _tag(data)
         if sha256 is not None and tag != sha256:
             raise StorageError(errno.EIO, f"refusing to write {target}: the bytes do not hash to {sha256}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot write {target}: {exc.strerror}") from exc
+        for attempt in range(20):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+                break
+            except (FileNotFoundError, FileExistsError) as exc:
+                # a delete pruned the emptied folder (or one above it) while we made it: make it again
+                if attempt == 19:
+                    raise StorageError(exc.errno, f"cannot write {target}: {exc.strerror}") from exc
+            except OSError as exc:
+                raise StorageError(exc.errno, f"cannot write {target}: {exc.strerror}") from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -235,6 +241,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return 0
         target.with_name(f".{target.name}.lock").unlink(missing_ok=True)
+        self._prune(target.parent)
         return freed
 
     def delete_prefix(self, prefix: str) -> int:
@@ -243,7 +250,18 @@ class LocalStore(Store):
             return 0
         freed = sum(info.size for info in self.list(prefix))
         shutil.rmtree(base)
+        self._prune(base.parent)
         return freed
+
+    def _prune(self, folder: Path) -> None:
+        """Remove ``folder`` and then its parents while they are empty, up to the root, so a released
+        hold or a dropped version leaves no empty folder behind (a writer racing it retries, see write)."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone already): the folders above are not empty either
+                return
+            folder = folder.parent
 
 
 class S3Store(Store):
