@@ -12,6 +12,8 @@ from pathlib import Path
 from .artifacts import ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
+from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
+from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import Generation, UnknownGeneration
 from .settings import Settings, SettingsError
@@ -23,9 +25,6 @@ def _store(settings: Settings):
 
     return StoreResource.from_settings(settings)
 
-QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
 def _prompt(args: argparse.Namespace) -> Prompt:
     if args.image:
         path = Path(args.image)
@@ -35,27 +34,6 @@ def _prompt(args: argparse.Namespace) -> Prompt:
     if args.prompt is None:
         raise PromptError("give a text prompt, or --image FILE")
     return Prompt.from_text(args.prompt)
-
-
-def register(prompt: Prompt, seed: int, source: str, settings: Settings, instance) -> tuple[Generation, bool]:
-    """Add (prompt, seed) to the ledger and the instance's `generations` partitions."""
-    entry, new = _store(settings).ledger().add(prompt, seed, source=source)
-    if not instance.has_dynamic_partition("generations", entry.key):
-        instance.add_dynamic_partitions("generations", [entry.key])
-    return entry, new
-
-
-def _report(artifacts: ArtifactStore, key: str) -> dict:
-    stages = {}
-    for stage in STAGES:
-        manifest = artifacts.latest(key, stage)
-        if manifest is not None:
-            stages[stage] = {"file": artifacts.store.uri(manifest.blob), "bytes": manifest.bytes,
-                             "version": manifest.version, "seconds": manifest.metadata.get("seconds")}
-    score = None
-    if "validation_score" in stages:
-        score = json.loads(artifacts.load(key, "validation_score")[1])
-    return {"stages": stages, "score": score}
 
 
 def _export(artifacts: ArtifactStore, key: str, folder: Path) -> list[Path]:
@@ -70,6 +48,13 @@ def _export(artifacts: ArtifactStore, key: str, folder: Path) -> list[Path]:
     return written
 
 
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from .cli_generate import generate
+
+    export = (lambda artifacts, key: _export(artifacts, key, Path(args.out))) if args.out else None
+    return generate(_prompt(args), args.seed, settings, as_json=args.json, export=export)
+
+
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from .instance import get_instance
 
@@ -79,53 +64,6 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"{'registered' if new else 'already registered'}: {entry.key}")
     return 0
-
-
-def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from .definitions import build_definitions
-    from .instance import get_instance
-
-    instance = get_instance()
-    entry, _ = register(_prompt(args), args.seed, "cli", settings, instance)
-    defs = build_definitions(settings)
-    if not args.json:
-        print(f"generation {entry.key}  (prompt: {entry.label!r}, seed {entry.seed})")
-    started = time.perf_counter()
-    result = defs.resolve_job_def("generate").execute_in_process(
-        instance=instance, partition_key=entry.key, run_config=QUIET_RUN, raise_on_error=False,
-        tags={"threegen/source": "cli"})
-    wall = time.perf_counter() - started
-    if result.success:
-        defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET_RUN,
-                                                                   tags={"threegen/source": "cli"})
-    artifacts = _store(settings).artifacts()
-    report = _report(artifacts, entry.key)
-    exported = [str(p) for p in _export(artifacts, entry.key, Path(args.out))] if args.out else []
-    failures = [ev.message for ev in result.all_events if ev.is_step_failure]
-    summary = {"key": entry.key, "run_id": result.run_id, "success": result.success, "seconds": round(wall, 2),
-               "store": settings.store, **report, "exported": exported, "errors": failures}
-    if args.json:
-        print(json.dumps(summary, indent=1, default=str))
-    else:
-        _print_human(summary)
-    return 0 if result.success else 1
-
-
-def _print_human(summary: dict) -> None:
-    for stage, info in summary["stages"].items():
-        print(f"  {stage:<18} {info['seconds'] or 0:6.2f} s  {info['bytes']:>10,} B  {info['file']}")
-    score = summary["score"]
-    if score:
-        verdict = "PASS" if score["passed"] and not score["checks"]["failures"] else "BELOW THRESHOLD"
-        parts = ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in score["parts"].items())
-        print(f"  score {score['score']:.3f} ({score['kind']}; threshold {score['threshold']}) {verdict}: {parts}")
-        for failure in score["checks"]["failures"]:
-            print(f"  check failed: {failure}")
-    if summary["exported"]:
-        print(f"  exported {len(summary['exported'])} files to {Path(summary['exported'][0]).parent}")
-    for error in summary["errors"]:
-        print(f"  error: {error}", file=sys.stderr)
-    print(f"{'done' if summary['success'] else 'FAILED'} in {summary['seconds']:.2f} s (run {summary['run_id']})")
 
 
 def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
@@ -378,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args, Settings.from_env())
-    except (PromptError, SettingsError, StorageError, UnknownGeneration, BackendError) as exc:
+    except (PromptError, SettingsError, StorageError, UnknownGeneration, BackendError, InstanceUnavailable) as exc:
         print(f"threegen: {exc}", file=sys.stderr)
         return 2
 

@@ -7,8 +7,19 @@ from pathlib import Path
 
 import dagster as dg
 
+from .failures import InstanceUnavailable, root_cause
+
 PROJECT_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
-FALLBACK_YAML = "concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n"
+FALLBACK_YAML = """\
+concurrency:
+  pools:
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  free_slots_after_run_end_seconds: 30
+telemetry:
+  enabled: false
+"""  # the essentials of the project's dagster.yaml (see there), for an install without the repository
 
 
 def ensure_home(home: Path | None = None) -> Path:
@@ -26,8 +37,11 @@ def ensure_home(home: Path | None = None) -> Path:
 
 
 def get_instance() -> dg.DagsterInstance:
-    ensure_home()
-    return dg.DagsterInstance.get()
+    home = ensure_home()
+    try:
+        return dg.DagsterInstance.get()
+    except Exception as exc:
+        raise InstanceUnavailable(f"cannot open the Dagster instance at {home}: {root_cause(exc)}") from exc
 
 
 if __name__ == "__main__":
