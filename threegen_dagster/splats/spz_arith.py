@@ -38,8 +38,9 @@ _F32_NORMAL_MIN = 2.0 ** -126
 
 
 def fma32(a: np.ndarray | np.float32, b: np.ndarray | np.float32, c: np.ndarray | np.float32) -> np.ndarray:
-    """float32 ``fma(a, b, c)``, correctly rounded (see the module docstring for the argument)."""
-    a, b, c = np.broadcast_arrays(np.asarray(a, F), np.asarray(b, F), np.asarray(c, F))
+    """float32 ``fma(a, b, c)``, correctly rounded, as an array of at least one dimension (see the
+    module docstring for why it is exact)."""
+    a, b, c = np.broadcast_arrays(np.atleast_1d(a).astype(F, copy=False), np.asarray(b, F), np.asarray(c, F))
     s = np.multiply(a, b, dtype=np.float64)
     s += c
     with np.errstate(over="ignore"):
