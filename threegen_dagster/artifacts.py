@@ -5,7 +5,10 @@ any generation, asset or run share one blob. Every materialization of (generatio
 new numbered version, a small JSON manifest naming its blob, format, size, hash, run and
 metadata (``generations/<key>/<asset>/v000003.json``; unpartitioned assets under
 ``catalog/<asset>/``). The blob is written before its manifest, so a manifest never points at
-bytes that are not there; reads re-hash and refuse bytes that do not match. No Dagster imports.
+bytes that are not there; reads re-hash and refuse bytes that do not match, and a write that
+finds its bytes' blob already stored checks it and replaces a bad copy. A manifest that cannot
+be read is a ``CorruptRecord`` naming it; whole-store views skip it and report it. No Dagster
+imports.
 """
 
 from __future__ import annotations
@@ -18,13 +21,26 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, NamedTuple
 
+from pydantic import Field, TypeAdapter
+from typing_extensions import TypedDict
+
+from .records import Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, corrupt, named_shas, parse
 from .storage import Conflict, ObjectInfo, Store, StorageError
 
 BLOBS = "blobs/sha256"
 CONTENT_TYPES = {"png": "image/png", "glb": "model/gltf-binary", "json": "application/json", "csv": "text/csv",
                  "ply": "application/octet-stream", "spz": "application/octet-stream"}
+# each asset's file type: local file names (``threegen get``) come from here, never from a stored record
+EXTENSIONS = {"generated_image": "png", "foreground_image": "png", "initial_mesh": "glb", "refined_mesh": "glb",
+              "gaussian_splat": "ply", "compressed_splat": "spz", "validation_score": "json",
+              "generation_catalog": "csv", "validator_records": "csv", "sn17_submissions": "csv"}
 LOOK_FIRST_BYTES = 8 * 2**20  # above this, a HEAD costs far less than re-uploading duplicate bytes
+# A blob collection (retention) holds this while it deletes; it names the blobs it condemned. A writer
+# whose new version uses one of them waits (at most GC_WAIT_S) for it to finish, then re-stores what is gone.
+GC_LOCK = "gc/lock.json"
+GC_WAIT_S = 300.0
 _VERSION = re.compile(r"v(\d{6,})\.json$")
 
 
@@ -44,16 +60,16 @@ def scope(key: str | None) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
-    asset: str
-    key: str | None  # the generation, None for unpartitioned assets
-    version: int
-    sha256: str
-    bytes: int
-    format: str  # file extension: png, glb, ply, spz, json, csv
+    asset: Name
+    key: GenerationKey | None  # the generation, None for unpartitioned assets
+    version: Annotated[int, Field(ge=1)]
+    sha256: Sha256
+    bytes: Count
+    format: Extension  # file extension: png, glb, ply, spz, json, csv
     run_id: str
     written_at: float
     metadata: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)  # ext -> {"sha256", "bytes"}: companion files (mesh PLY)
+    extras: dict[Extension, BlobRef] = field(default_factory=dict)  # companion files (mesh PLY)
     deduplicated: bool = False  # the blob was already stored when this version was written
     pruned_at: float | None = None  # retention dropped the blob, kept this record
 
@@ -67,7 +83,7 @@ class Manifest:
 
     @property
     def filename(self) -> str:
-        return f"{self.key or 'catalog'}-{self.asset}.{self.format}"
+        return f"{self.key or 'catalog'}-{self.asset}.{EXTENSIONS.get(self.asset, self.format)}"
 
     def blobs(self) -> list[str]:
         """The shas this version keeps alive (none once pruned)."""
@@ -79,9 +95,21 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True, default=str).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
-        raw = json.loads(data)
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+    def from_json(cls, data: bytes, path: str, uri: str = "") -> Manifest:
+        """The version stored at ``path``, or CorruptRecord: unparsable, off its schema, or not
+        the version its path says it is. Fields this code does not know are ignored."""
+        manifest = parse(_MANIFEST, data, path, uri or path)
+        if manifest.path != path:
+            raise corrupt(path, uri or path, f"it describes {manifest.path}, not the version stored here")
+        return manifest
+
+
+class BlobRef(TypedDict):
+    sha256: Sha256
+    bytes: Count
+
+
+_MANIFEST = TypeAdapter(Manifest)
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,15 @@ class BlobWrite:
     sha256: str
     bytes: int
     new: bool  # False: the same bytes were stored already (de-duplicated)
+    healed: bool = False  # a bad copy was stored under this hash: replaced by these bytes
+
+
+class Snapshot(NamedTuple):
+    """Every readable version, every blob, and the versions that could not be read."""
+
+    manifests: list[Manifest]
+    blobs: dict[str, ObjectInfo]
+    unreadable: list[CorruptRecord]
 
 
 class ArtifactStore:
@@ -101,17 +138,24 @@ class ArtifactStore:
 
     # -- blobs -------------------------------------------------------------------------------
     def put_blob(self, data: bytes, fmt: str = "") -> BlobWrite:
+        """Store ``data`` once. Bytes already stored under its hash are checked first (locally by
+        re-hashing them, on S3 by the SHA-256 the server recorded), and a bad copy is replaced,
+        so re-materializing over a corrupt blob heals it in one run."""
         sha = hashlib.sha256(data).hexdigest()
-        path = blob_path(sha)
+        path, size, content_type = blob_path(sha), len(data), CONTENT_TYPES.get(fmt)
         # look before uploading where a look is cheap next to the upload (local disk, big objects);
         # otherwise the create-only PUT itself says "already there"
-        if (self.store.cheap_stat or len(data) >= LOOK_FIRST_BYTES) and self.store.exists(path):
-            return BlobWrite(sha, len(data), new=False)
-        try:
-            self.store.write(path, data, if_absent=True, sha256=sha, content_type=CONTENT_TYPES.get(fmt))
-        except Conflict:  # another writer stored the same bytes first
-            return BlobWrite(sha, len(data), new=False)
-        return BlobWrite(sha, len(data), new=True)
+        held = self.store.holds(path, data, sha) if self.store.cheap_stat or size >= LOOK_FIRST_BYTES else None
+        if held is None:
+            try:
+                self.store.write(path, data, if_absent=True, sha256=sha, content_type=content_type)
+                return BlobWrite(sha, size, new=True)
+            except Conflict:  # another writer stored these bytes first, or a bad copy is there
+                held = self.store.holds(path, data, sha)
+        if held:
+            return BlobWrite(sha, size, new=False)
+        self.store.write(path, data, sha256=sha, content_type=content_type)
+        return BlobWrite(sha, size, new=True, healed=held is False)
 
     def get_blob(self, sha: str, what: str = "") -> bytes:
         path = blob_path(sha)
@@ -131,10 +175,31 @@ class ArtifactStore:
         return data
 
     # -- versions ----------------------------------------------------------------------------
-    def versions(self, key: str | None, asset: str) -> list[Manifest]:
-        """Every stored version of (key, asset), oldest first."""
-        return [Manifest.from_json(self.store.read(info.path))
-                for info in self._version_files(key, asset)]
+    def read_manifest(self, path: str) -> Manifest:
+        """The version at ``path``; CorruptRecord (naming it, and carrying the blobs its bytes
+        still name) if it cannot be read."""
+        data = self.store.read(path)
+        try:
+            return Manifest.from_json(data, path, self.store.uri(path))
+        except CorruptRecord as exc:
+            exc.named = named_shas(data)
+            raise
+
+    def _read_all(self, infos: list[ObjectInfo], unreadable: list[CorruptRecord] | None) -> list[Manifest]:
+        """The versions at ``infos``; a bad one is raised, or appended to ``unreadable`` if given."""
+        manifests = []
+        for info in infos:
+            try:
+                manifests.append(self.read_manifest(info.path))
+            except CorruptRecord as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append(exc)
+        return manifests
+
+    def versions(self, key: str | None, asset: str, unreadable: list[CorruptRecord] | None = None) -> list[Manifest]:
+        """Every stored version of (key, asset), oldest first (bad ones: see ``_read_all``)."""
+        return self._read_all(self._version_files(key, asset), unreadable)
 
     def _version_files(self, key: str | None, asset: str) -> list[ObjectInfo]:
         infos = [i for i in self.store.list(f"{scope(key)}/{asset}") if _VERSION.search(i.path)]
@@ -142,12 +207,13 @@ class ArtifactStore:
 
     def latest(self, key: str | None, asset: str, run_id: str | None = None) -> Manifest | None:
         """The newest version; with ``run_id``, the version that run wrote through this instance
-        if it wrote one (no listing: a chain reads back exactly what it wrote)."""
+        if it wrote one (no listing: a chain reads back exactly what it wrote). An unreadable
+        newest version is a CorruptRecord, never silently an older one."""
         known = self._known.get((key, asset))
         if run_id is not None and known is not None and known.run_id == run_id:
             return known
         files = self._version_files(key, asset)
-        return Manifest.from_json(self.store.read(files[-1].path)) if files else None
+        return self.read_manifest(files[-1].path) if files else None
 
     def manifest(self, key: str | None, asset: str, version: int | None = None,
                  run_id: str | None = None) -> Manifest:
@@ -155,7 +221,9 @@ class ArtifactStore:
             found = self.latest(key, asset, run_id=run_id)
         else:
             try:
-                found = Manifest.from_json(self.store.read(f"{scope(key)}/{asset}/v{version:06d}.json"))
+                found = self.read_manifest(f"{scope(key)}/{asset}/v{version:06d}.json")
+            except CorruptRecord:
+                raise
             except StorageError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
@@ -184,11 +252,47 @@ class ArtifactStore:
                                 metadata=metadata or {}, extras=extra_refs, deduplicated=not blob.new)
             try:
                 self.store.write(manifest.path, manifest.to_json(), if_absent=True, content_type="application/json")
-                self._known[(key, asset)] = manifest
-                return manifest
+                break
             except Conflict:  # a concurrent materialization took this number
                 version += 1
-        raise Conflict(errno.EAGAIN, f"could not allocate a version for {asset} of {key}")
+        else:
+            raise Conflict(errno.EAGAIN, f"could not allocate a version for {asset} of {key}")
+        self._outlive_collection({blob.sha256: (data, fmt), **{ref["sha256"]: (extras[ext], ext)
+                                                                for ext, ref in extra_refs.items()}})
+        self._known[(key, asset)] = manifest
+        return manifest
+
+    def _outlive_collection(self, payloads: dict[str, tuple[bytes, str]]) -> None:
+        """Make sure the blobs a version was just written for are still stored. A blob collection
+        condemns blobs under GC_LOCK, then re-reads the versions written since it planned and spares
+        what they use, then deletes: a version written before the lock is spared; one written after
+        it sees the lock here, waits for the collection to end, and stores again whatever is gone."""
+        try:
+            raw, tag = self.store.read_tagged(GC_LOCK)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raw = tag = None
+        if tag is not None:
+            try:
+                condemned = set(json.loads(raw)["doomed"])
+                if not all(isinstance(sha, str) for sha in condemned) or not isinstance(json.loads(raw)["doomed"], list):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):  # unreadable: assume the worst
+                condemned = set(payloads)
+            deadline = time.monotonic() + GC_WAIT_S
+            while condemned & payloads.keys() and time.monotonic() < deadline:
+                time.sleep(0.05)
+                try:
+                    if self.store.read_tagged(GC_LOCK)[1] != tag:
+                        break  # that collection ended (another may hold a new lock: it re-read our version)
+                except StorageError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+                    break
+        for sha, (data, fmt) in payloads.items():
+            if not self.store.exists(blob_path(sha)):
+                self.put_blob(data, fmt)
 
     def load(self, key: str | None, asset: str, version: int | None = None,
              run_id: str | None = None) -> tuple[Manifest, bytes]:
@@ -206,8 +310,8 @@ class ArtifactStore:
         return self.store.url(manifest.blob, expires_s, filename=manifest.filename)
 
     # -- whole-store views -------------------------------------------------------------------
-    def all_manifests(self) -> list[Manifest]:
-        return [Manifest.from_json(self.store.read(info.path)) for info in self.manifest_files()]
+    def all_manifests(self, unreadable: list[CorruptRecord] | None = None) -> list[Manifest]:
+        return self._read_all(self.manifest_files(), unreadable)
 
     def manifest_files(self) -> list[ObjectInfo]:
         return [i for root in ("generations", "catalog") for i in self.store.list(root) if _VERSION.search(i.path)]
@@ -215,15 +319,17 @@ class ArtifactStore:
     def blob_files(self) -> dict[str, ObjectInfo]:
         return {info.path.rsplit("/", 1)[-1]: info for info in self.store.list(BLOBS)}
 
-    def snapshot(self) -> tuple[list[Manifest], dict[str, ObjectInfo]]:
-        """Every version and every blob, read once, for views that need both (catalog, stats)."""
-        return self.all_manifests(), self.blob_files()
+    def snapshot(self) -> Snapshot:
+        """Every version and every blob, read once, for views that need both (catalog, stats,
+        retention); versions that cannot be read are listed, not raised."""
+        unreadable: list[CorruptRecord] = []
+        manifests = self.all_manifests(unreadable)
+        return Snapshot(manifests, self.blob_files(), unreadable)
 
-    def stats(self, status_of: dict[str, str] | None = None,
-              snapshot: tuple[list[Manifest], dict[str, ObjectInfo]] | None = None) -> dict:
+    def stats(self, status_of: dict[str, str] | None = None, snapshot: Snapshot | None = None) -> dict:
         """Counts and bytes: logical (what the versions refer to) against stored (unique blobs).
         ``status_of`` maps generation key -> status for the by-status table."""
-        manifests, blobs = snapshot or self.snapshot()
+        manifests, blobs, unreadable = snapshot or self.snapshot()
         live: set[str] = set()
         by_asset: dict[str, dict] = defaultdict(lambda: {"versions": 0, "logical_bytes": 0, "blobs": set()})
         by_status: dict[str, dict] = defaultdict(lambda: {"generations": set(), "versions": 0, "logical_bytes": 0})
@@ -255,4 +361,5 @@ class ArtifactStore:
             "unreferenced_blobs": len(set(blobs) - live), "unreferenced_bytes": stored - referenced,
             "dedup_ratio": round(logical / referenced, 3) if referenced else None,
             "missing_blobs": len(live - set(blobs)), "by_asset": assets, "by_status": statuses,
+            "unreadable_records": [str(error) for error in unreadable],
         }

@@ -1,5 +1,6 @@
 """The generation catalog: one row per ledger entry, read from the store (the store is the truth,
-not Dagster's materialization status). No Dagster imports."""
+not Dagster's materialization status); a ledger entry that cannot be read is a row with status
+"unreadable" saying why, and every other row is unaffected. No Dagster imports."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from .artifacts import ArtifactStore, Manifest
-from .ledger import Generation, Ledger
+from .artifacts import ArtifactStore, Manifest, Snapshot
+from .ledger import Generation, Ledger, key_of
+from .records import CorruptRecord
 
 STAGES = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat",
           "compressed_splat", "validation_score")
@@ -54,11 +56,17 @@ def catalog_row(entry: Generation, latest: dict, blobs: set[str]) -> dict:
     }
 
 
-def build_catalog(artifacts: ArtifactStore, ledger: Ledger, snapshot: tuple | None = None) -> pd.DataFrame:
-    """``snapshot``: ``artifacts.snapshot()`` when the caller has read it already."""
-    manifests, blob_files = snapshot or artifacts.snapshot()
-    latest, blobs = latest_manifests(manifests), set(blob_files)
-    return pd.DataFrame([catalog_row(entry, latest, blobs) for entry in ledger.all()], columns=COLUMNS)
+def unreadable_row(error: CorruptRecord) -> dict:
+    return {"key": key_of(error.path), "prompt": f"(ledger entry unreadable: {error.reason})", "status": "unreadable"}
+
+
+def build_catalog(artifacts: ArtifactStore, ledger: Ledger, snapshot: Snapshot | None = None) -> pd.DataFrame:
+    """``snapshot``: ``artifacts.snapshot()`` when the caller has read it already. Versions that
+    cannot be read are left out (``snapshot.unreadable`` lists them)."""
+    manifests, blob_files, _ = snapshot or artifacts.snapshot()
+    latest, blobs, bad = latest_manifests(manifests), set(blob_files), []
+    rows = [catalog_row(entry, latest, blobs) for entry in ledger.all(bad)] + [unreadable_row(e) for e in bad]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def statuses(frame: pd.DataFrame) -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts import ArtifactStore
+from .artifacts import EXTENSIONS, ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
@@ -36,16 +36,30 @@ def _prompt(args: argparse.Namespace) -> Prompt:
     return Prompt.from_text(args.prompt)
 
 
-def _export(artifacts: ArtifactStore, key: str, folder: Path) -> list[Path]:
-    """The latest version of each stage as a named file (``<asset>.<ext>``) in ``folder``."""
+def _export(artifacts: ArtifactStore, key: str, folder: Path, bad: list[StorageError] | None = None) -> list[Path]:
+    """The latest version of each stage as a named file (``<asset>.<ext>``; the extension is the
+    asset's, never a stored record's) in ``folder``. A stage whose record or bytes are bad is
+    raised, or, if ``bad`` is given, appended to it and skipped."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for stage in STAGES:
-        if artifacts.latest(key, stage) is not None:
-            manifest, data = artifacts.load(key, stage)
-            written.append(folder / f"{stage}.{manifest.format}")
-            written[-1].write_bytes(data)
+        try:
+            if artifacts.latest(key, stage) is None:
+                continue
+            _, data = artifacts.load(key, stage)
+        except StorageError as exc:
+            if bad is None:
+                raise
+            bad.append(exc)
+            continue
+        written.append(folder / f"{stage}.{EXTENSIONS[stage]}")
+        written[-1].write_bytes(data)
     return written
+
+
+def _warn(errors: list) -> None:
+    for error in errors:
+        print(f"threegen: {error}", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +90,10 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     from .catalog import build_catalog, markdown_table
 
     store = _store(settings)
-    frame = build_catalog(store.artifacts(), store.ledger())
+    snapshot = store.artifacts().snapshot()
+    frame = build_catalog(store.artifacts(), store.ledger(), snapshot)
     print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
+    _warn(snapshot.unreadable + [f"{row.key}: {row.prompt}" for row in frame.itertuples() if row.status == "unreadable"])
     return 0
 
 
@@ -88,13 +104,15 @@ def _when(ts: float) -> str:
 def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     store.ledger().get(args.key)
-    artifacts = store.artifacts()
-    rows = [m for asset in ([args.asset] if args.asset else STAGES) for m in artifacts.versions(args.key, asset)]
+    artifacts, bad = store.artifacts(), []
+    rows = [m for asset in ([args.asset] if args.asset else STAGES) for m in artifacts.versions(args.key, asset, bad)]
+    _warn(bad)  # a version that cannot be read is named, the others are listed
     if args.json:
-        print(json.dumps([{**m.__dict__, "blob": artifacts.store.uri(m.blob)} for m in rows], indent=1, default=str))
+        print(json.dumps([{**m.__dict__, "blob": artifacts.store.uri(m.blob)} for m in rows]
+                         + [{"unreadable": e.path, "error": str(e)} for e in bad], indent=1, default=str))
         return 0
     if not rows:
-        print(f"{args.key}: nothing materialized yet")
+        print(f"{args.key}: nothing {'readable ' if bad else ''}materialized yet")
         return 0
     print(f"{'asset':<18} {'ver':>4}  {'written':<19} {'bytes':>11}  {'sha256':<12}  {'run':<8}  note")
     for m in rows:
@@ -111,19 +129,22 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
     if args.asset is None:
         if args.version is not None:
             raise PromptError("--version needs an ASSET")
-        written = _export(artifacts, args.key, Path(args.output or args.key))
+        bad: list[StorageError] = []
+        written = _export(artifacts, args.key, Path(args.output or args.key), bad)
         for path in written:
             print(path)
-        return 0 if written else 1
+        _warn(bad)
+        return 0 if written and not bad else 1
     if args.asset not in STAGES:
         raise PromptError(f"unknown asset {args.asset!r}: one of {', '.join(STAGES)}")
     manifest, data = artifacts.load(args.key, args.asset, args.version)
     if args.output == "-":
         sys.stdout.buffer.write(data)
         return 0
-    target = Path(args.output or manifest.filename)
+    name = f"{args.key}-{args.asset}.{EXTENSIONS[args.asset]}"  # from the checked arguments, never the record
+    target = Path(args.output or name)
     if target.is_dir():
-        target = target / manifest.filename
+        target = target / name
     target.write_bytes(data)
     print(f"{target}  ({manifest.bytes:,} bytes, {args.asset} v{manifest.version}, sha256 {manifest.sha256[:12]}… verified)")
     return 0
@@ -145,6 +166,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  {totals['logical_bytes']:,} bytes referenced, {totals['stored_bytes']:,} stored; de-duplication {ratio}; "
           f"{totals['unreferenced_blobs']} unreferenced blobs ({totals['unreferenced_bytes']:,} bytes)"
           + (f"; {totals['missing_blobs']} MISSING blobs" if totals["missing_blobs"] else ""))
+    if totals["unreadable_records"]:
+        print(f"  {len(totals['unreadable_records'])} bad record(s) skipped (not counted above):")
+        for line in totals["unreadable_records"]:
+            print(f"    {line}")
     print(f"  {'asset':<20} {'versions':>8} {'blobs':>6} {'referenced':>14} {'stored':>14}")
     for name, row in totals["by_asset"].items():
         print(f"  {name:<20} {row['versions']:>8} {row['unique_blobs']:>6} {row['logical_bytes']:>14,} "

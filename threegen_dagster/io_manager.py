@@ -16,6 +16,7 @@ import pandas as pd
 import trimesh
 from PIL import Image
 
+from .artifacts import EXTENSIONS
 from .resources import StoreResource, open_image
 from .splats import read_ply, write_ply
 
@@ -54,18 +55,18 @@ def _csv(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode()
 
 
-FORMATS: dict[str, Format] = {
-    "generated_image": Format("png", _png, open_image),
-    "foreground_image": Format("png", _png, open_image),
-    "initial_mesh": Format("glb", _glb, _load_mesh, extras=(("ply", _mesh_ply),)),
-    "refined_mesh": Format("glb", _glb, _load_mesh),
-    "gaussian_splat": Format("ply", write_ply, read_ply),
-    "compressed_splat": Format("spz", bytes, bytes),
-    "validation_score": Format("json", _json, json.loads),
-    "generation_catalog": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
-    "validator_records": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
-    "sn17_submissions": Format("csv", _csv, lambda data: pd.read_csv(io.BytesIO(data))),
-}
+FORMATS: dict[str, Format] = {name: Format(EXTENSIONS[name], *how) for name, how in {  # one table of extensions
+    "generated_image": (_png, open_image),
+    "foreground_image": (_png, open_image),
+    "initial_mesh": (_glb, _load_mesh, (("ply", _mesh_ply),)),
+    "refined_mesh": (_glb, _load_mesh),
+    "gaussian_splat": (write_ply, read_ply),
+    "compressed_splat": (bytes, bytes),
+    "validation_score": (_json, json.loads),
+    "generation_catalog": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "validator_records": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "sn17_submissions": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
+}.items()}
 
 
 def _plain(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,9 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_SEED = 2**32 - 1
 SLUG_WORDS = 6
 SLUG_CHARS = 40
-HASH_CHARS = 10
-KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d}-s\d+$" % HASH_CHARS)
+HASH_CHARS = 10  # hex of the prompt's sha256 in a key; lengthened only to tell colliding prompts apart
+LONGER_HASH_CHARS = (16, 24, 32, 64)
+KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d,64}-s\d+$" % HASH_CHARS)
 
 
 class PromptError(ValueError):
@@ -95,18 +96,30 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def generation_key(prompt: Prompt, seed: int) -> str:
+def generation_key(prompt: Prompt, seed: int, hash_chars: int = HASH_CHARS) -> str:
     """The partition key of (prompt, seed); the same inputs always give the same key."""
     check_seed(seed)
     words = slug(prompt.text) if prompt.text else ""
     if prompt.kind == "image":
         words = f"img-{words}" if words else "img"
     stem = f"{words}-" if words else ""
-    return f"{stem}{prompt.digest[:HASH_CHARS]}-s{seed}"
+    return f"{stem}{prompt.digest[:hash_chars]}-s{seed}"
+
+
+def candidate_keys(prompt: Prompt, seed: int) -> list[str]:
+    """The key of (prompt, seed), then the same with more of the hash: the ledger gives a prompt
+    the first one not taken by a different prompt (two prompts whose first 10 hex collide)."""
+    return [generation_key(prompt, seed, chars) for chars in (HASH_CHARS, *LONGER_HASH_CHARS)]
+
+
+def key_fits(key: str, digest: str, seed: int) -> bool:
+    """Whether ``key`` can be the key of a prompt with sha256 ``digest`` and ``seed``."""
+    return is_generation_key(key) and digest.startswith(key.rsplit("-s", 1)[0].rsplit("-", 1)[-1]) \
+        and seed_of(key) == seed
 
 
 def is_generation_key(key: str) -> bool:
-    return bool(KEY_PATTERN.match(key))
+    return isinstance(key, str) and bool(KEY_PATTERN.fullmatch(key))
 
 
 def seed_of(key: str) -> int:

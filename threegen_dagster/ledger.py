@@ -5,18 +5,28 @@ One JSON object per generation (``ledger/<key>.json``; an image prompt's bytes b
 and two writers adding different generations never touch the same object. Adding is
 create-only and changes are compare-and-swap, so concurrent writers never lose an update.
 Holds (``ledger/holds/<key>/<name>.json``) protect a generation from retention while
-something, such as a pending submission, still needs it. No Dagster imports.
+something, such as a pending submission, still needs it.
+
+Every entry is checked when read: its schema, that it is stored under its own key, that its
+prompt hashes to that key, and an image prompt's bytes against their recorded sha256; a bad entry
+is a ``CorruptRecord`` naming it (``all`` can collect those instead). Two prompts whose keys
+collide never share a generation: the later one gets a key with more of its hash. No Dagster imports.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import re
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Annotated, Literal
 
-from .keys import Prompt, PromptError, generation_key, is_generation_key
+from pydantic import Field, StringConstraints, TypeAdapter
+
+from .keys import MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_fits, seed_of
+from .records import CorruptRecord, GenerationKey, corrupt, parse
 from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
@@ -25,19 +35,32 @@ HOLDS = f"{LEDGER}/holds"
 
 @dataclass(frozen=True)
 class Generation:
-    key: str
-    kind: str  # "text" | "image"
+    key: GenerationKey
+    kind: Literal["text", "image"]
     prompt: str  # the text, or the image's caption (may be empty)
-    seed: int
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     source: str  # "cli", "ui", "inbox", ...
     created_at: float  # unix seconds
     task_id: str = ""
-    image_sha256: str = ""
+    image_sha256: Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{64})?$")] = ""
     keep: bool = False
 
     @property
     def label(self) -> str:
         return self.prompt if self.kind == "text" else f"[image {self.image_sha256[:12]}] {self.prompt}".strip()
+
+    @property
+    def digest(self) -> str:
+        """sha256 of what the prompt is (as ``Prompt.digest``); "" for an image entry that did not record it."""
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest() if self.kind == "text" else self.image_sha256
+
+
+_GENERATION = TypeAdapter(Generation)
+
+
+def key_of(path: str) -> str:
+    """The generation key a ledger path (``ledger/<key>.json``) is about."""
+    return path.removeprefix(f"{LEDGER}/").removesuffix(".json")
 
 
 class UnknownGeneration(KeyError):
@@ -52,28 +75,48 @@ class Ledger:
 
     def add(self, prompt: Prompt, seed: int, source: str, task_id: str = "",
             now: float | None = None) -> tuple[Generation, bool]:
-        """Register (prompt, seed); returns the entry and whether it is new (adding twice is a no-op)."""
-        key = generation_key(prompt, seed)
-        existing = self.find(key)
-        if existing is not None:
-            return existing, False
-        entry = Generation(key=key, kind=prompt.kind, prompt=prompt.text, seed=seed, source=source,
-                           created_at=time.time() if now is None else now, task_id=task_id,
-                           image_sha256=prompt.digest if prompt.kind == "image" else "")
-        if prompt.kind == "image":  # same key, same bytes: a concurrent writer writes the same thing
-            self.store.write(f"{LEDGER}/{key}.image", prompt.image)
-        try:
-            self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(), if_absent=True,
-                             content_type="application/json")
-        except Conflict:  # another worker registered it between our look and our write
-            return self.get(key), False
-        return entry, True
+        """Register (prompt, seed); returns the entry and whether it is new (adding twice is a no-op).
+        The prompt gets the first of its candidate keys that no other prompt holds: the short key,
+        unless two prompts collide on it (same slug, same first 10 hex of their sha256)."""
+        for key in candidate_keys(prompt, seed):
+            existing = self.find(key)
+            if existing is None:
+                entry = Generation(key=key, kind=prompt.kind, prompt=prompt.text, seed=seed, source=source,
+                                   created_at=time.time() if now is None else now, task_id=task_id,
+                                   image_sha256=prompt.digest if prompt.kind == "image" else "")
+                if prompt.kind == "image":  # same key, same bytes: a concurrent writer writes the same thing
+                    self.store.write(f"{LEDGER}/{key}.image", prompt.image)
+                try:
+                    self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(),
+                                     if_absent=True, content_type="application/json")
+                    return entry, True
+                except Conflict:  # another worker registered this key between our look and our write
+                    existing = self.get(key)
+            if existing.kind == prompt.kind and (existing.digest or self._image_digest(key)) == prompt.digest:
+                return existing, False
+            # else a different prompt holds this key (their hashes collide): try a longer one
+        raise PromptError(f"every key of this prompt is held by another prompt ({key}): the ledger is damaged")
+
+    def _image_digest(self, key: str) -> str:
+        return hashlib.sha256(self.store.read(f"{LEDGER}/{key}.image")).hexdigest()
+
+    def _read(self, path: str) -> Generation:
+        """The entry at ``path``, checked: schema, stored under its own key, prompt hashing to it."""
+        uri = self.store.uri(path)
+        entry = parse(_GENERATION, self.store.read(path), path, uri)
+        if path != f"{LEDGER}/{entry.key}.json":
+            raise corrupt(path, uri, f"it is the entry of {entry.key}, not of the key it is stored under")
+        if not (key_fits(entry.key, entry.digest, entry.seed) if entry.digest else seed_of(entry.key) == entry.seed):
+            raise corrupt(path, uri, f"its prompt and seed do not hash to its key {entry.key}: the store was altered")
+        return entry
 
     def find(self, key: str) -> Generation | None:
         if not is_generation_key(key):
             raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
         try:
-            return Generation(**json.loads(self.store.read(f"{LEDGER}/{key}.json")))
+            return self._read(f"{LEDGER}/{key}.json")
+        except CorruptRecord:
+            raise
         except StorageError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -88,15 +131,29 @@ class Ledger:
     def prompt(self, key: str) -> Prompt:
         """The full prompt behind a key (image bytes included)."""
         entry = self.get(key)
-        if entry.kind == "image":
-            return Prompt("image", text=entry.prompt, image=self.store.read(f"{LEDGER}/{key}.image"))
-        return Prompt("text", text=entry.prompt)
+        if entry.kind == "text":
+            return Prompt("text", text=entry.prompt)
+        path = f"{LEDGER}/{key}.image"
+        image = self.store.read(path)
+        actual = hashlib.sha256(image).hexdigest()
+        if not key_fits(key, actual, entry.seed) or (entry.image_sha256 and actual != entry.image_sha256):
+            raise corrupt(path, self.store.uri(path), f"the ledger image for {key} does not match its recorded "
+                          f"sha256 (these bytes hash to {actual[:16]}…): the store was altered; register the "
+                          f"image again (`threegen add --image`)")
+        return Prompt("image", text=entry.prompt, image=image)
 
-    def all(self) -> list[Generation]:
+    def all(self, unreadable: list[CorruptRecord] | None = None) -> list[Generation]:
+        """Every entry, oldest first. A bad one is raised, or, if ``unreadable`` is given, appended
+        to it and skipped (``key_of(error.path)`` says whose it was)."""
         entries = []
         for info in self.store.list(LEDGER):
             if info.path.endswith(".json") and info.path.count("/") == 1:
-                entries.append(Generation(**json.loads(self.store.read(info.path))))
+                try:
+                    entries.append(self._read(info.path))
+                except CorruptRecord as exc:
+                    if unreadable is None:
+                        raise
+                    unreadable.append(exc)
         return sorted(entries, key=lambda e: (e.created_at, e.key))
 
     def set_keep(self, key: str, keep: bool = True) -> Generation:
@@ -123,8 +180,9 @@ class Ledger:
         """Generation key -> the names of its holds."""
         held: dict[str, list[str]] = {}
         for info in self.store.list(HOLDS):
-            key, name = info.path[len(HOLDS) + 1:].split("/", 1)
-            held.setdefault(key, []).append(name.removesuffix(".json"))
+            key, _, name = info.path[len(HOLDS) + 1:].partition("/")
+            if name:  # a stray file directly under holds/ holds nothing
+                held.setdefault(key, []).append(name.removesuffix(".json"))
         return held
 
     def entry_bytes(self, key: str) -> int:

@@ -6,9 +6,11 @@ The policy, per generation (age from its ledger entry):
 - older than ``slim_after_hours``: the heavy intermediates (images, meshes, the PLY splat) are
   pruned, while the compressed splat, the score and every version's record stay;
 - only the newest ``keep_versions`` versions of each asset are kept.
-A generation marked keep, or held (a pending submission), is never touched. Then blobs that no
-remaining version refers to are garbage-collected, once older than ``gc_grace_hours`` so that a
-writer that has stored a blob but not yet its manifest is not robbed.
+A generation marked keep, or held (a pending submission), is never touched, nor is one whose
+ledger entry cannot be read. Then blobs that no remaining version refers to are garbage-collected
+(``blob_gc``), once older than ``gc_grace_hours``; a concurrent writer that re-uses one is never
+robbed. A record that cannot be read (a version, a ledger entry, an SN17 task) is skipped and
+reported, and its blobs are kept: one bad record never stops the cleanup.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from .artifacts import ArtifactStore, Manifest
-from .ledger import Generation, Ledger
+from .blob_gc import collect
+from .ledger import Generation, Ledger, key_of
+from .records import CorruptRecord
 
 TASKS = "sn17/tasks"  # the SN17 task queue (sn17/queue.py)
 HEAVY = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat")
@@ -59,7 +63,8 @@ def _passed(manifests: list[Manifest]) -> bool:
 
 
 def plan_retention(entries: list[Generation], manifests: list[Manifest], holds: dict[str, list[str]],
-                   now: float, policy: RetentionPolicy) -> RetentionPlan:
+                   now: float, policy: RetentionPolicy, unreadable: frozenset[str] = frozenset()) -> RetentionPlan:
+    """``unreadable``: keys whose ledger entry cannot be read (unknown keep mark): kept like held ones."""
     plan = RetentionPlan()
     by_key: dict[str | None, list[Manifest]] = defaultdict(list)
     for m in manifests:
@@ -68,7 +73,7 @@ def plan_retention(entries: list[Generation], manifests: list[Manifest], holds: 
     for key, versions in by_key.items():  # versions whose generation left the ledger: age by last write
         if key is not None and key not in created:
             created[key] = max(m.written_at for m in versions)
-    kept = {e.key for e in entries if e.keep} | set(holds)
+    kept = {e.key for e in entries if e.keep} | set(holds) | set(unreadable)
     going: set[str] = set()
     for key, born in sorted(created.items()):
         age_h = (now - born) / 3600
@@ -108,6 +113,12 @@ class RetentionReport:
     blob_bytes_freed: int
     record_bytes_freed: int
     tasks_dropped: int = 0
+    unreadable: list[str] = field(default_factory=list)  # one line per record skipped
+    gc_note: str = ""  # why blob collection did not (fully) run
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.unreadable + ([self.gc_note] if self.gc_note else [])
 
     @property
     def freed_bytes(self) -> int:
@@ -118,21 +129,24 @@ class RetentionReport:
                 "generations_slimmed": len(self.slimmed), "versions_dropped": self.versions_dropped,
                 "protected": len(self.protected), "untouched": self.untouched, "blobs_deleted": self.blobs_deleted,
                 "freed_bytes": self.freed_bytes, "blob_bytes_freed": self.blob_bytes_freed,
-                "tasks_dropped": self.tasks_dropped}
+                "tasks_dropped": self.tasks_dropped, "unreadable_records": len(self.unreadable)}
 
 
 def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionPolicy, now: float | None = None,
                     dry_run: bool = False) -> RetentionReport:
     now = time.time() if now is None else now
-    started = time.time()
-    manifests = artifacts.all_manifests()
-    plan = plan_retention(ledger.all(), manifests, ledger.holds(), now, policy)
+    snapshot = artifacts.snapshot()  # versions that cannot be read are listed, not raised
+    bad_entries: list[CorruptRecord] = []
+    entries = ledger.all(bad_entries)
+    plan = plan_retention(entries, snapshot.manifests, ledger.holds(), now, policy,
+                          unreadable=frozenset(key_of(error.path) for error in bad_entries))
     store = artifacts.store
     record_bytes = 0
     gone = set(plan.remove) | {m.path for m in plan.drop}
     slim_paths = {m.path for m in plan.slim}
-    survivors = [m for m in manifests if m.key not in gone and m.path not in gone]
+    survivors = [m for m in snapshot.manifests if m.key not in gone and m.path not in gone]
     live = {sha for m in survivors if m.path not in slim_paths for sha in m.blobs()}
+    live |= {sha for error in snapshot.unreadable for sha in error.named}  # what a bad version may still name
     if not dry_run:
         for key in plan.remove:
             record_bytes += store.delete_prefix(f"generations/{key}") + ledger.remove(key)
@@ -144,24 +158,34 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
         for key in plan.remove:
             record_bytes += sum(i.size for i in store.list(f"generations/{key}")) + ledger.entry_bytes(key)
         record_bytes += sum(info.size for m in plan.drop if (info := store.stat(m.path)) is not None)
-    cutoff = now - policy.gc_grace_hours * 3600
-    doomed = {sha: info for sha, info in artifacts.blob_files().items() if sha not in live and info.modified < cutoff}
-    if not dry_run and doomed:
-        # a version written while we planned may have re-used a doomed blob (de-duplication): spare it
-        for info in artifacts.manifest_files():
-            if info.modified >= started - 5:
-                for sha in Manifest.from_json(store.read(info.path)).blobs():
-                    doomed.pop(sha, None)
-        for info in doomed.values():
-            store.delete(info.path)
-    # finished SN17 tasks (submitted, failed or rejected) leave the queue after max_age_hours
-    tasks = [i for i in store.list(TASKS) if i.modified < now - policy.max_age_hours * 3600
-             and json.loads(store.read(i.path)).get("state") in ("submitted", "failed", "rejected")]
+    known = {m.path for m in snapshot.manifests} | {error.path for error in snapshot.unreadable}
+    blobs = collect(artifacts, snapshot.blobs, known, live, policy.gc_grace_hours, dry_run=dry_run)
+    gone_blobs = blobs.doomed if dry_run else blobs.deleted
+    tasks, bad_tasks = _finished_tasks(store, now - policy.max_age_hours * 3600)
     record_bytes += sum(i.size for i in tasks)
     if not dry_run:
         for info in tasks:
             store.delete(info.path)
     return RetentionReport(dry_run=dry_run, removed=plan.remove, slimmed=plan.slimmed_keys, tasks_dropped=len(tasks),
                            versions_dropped=len(plan.drop), protected=plan.protected, untouched=plan.untouched,
-                           blobs_deleted=len(doomed), blob_bytes_freed=sum(i.size for i in doomed.values()),
-                           record_bytes_freed=record_bytes)
+                           blobs_deleted=len(gone_blobs), blob_bytes_freed=sum(i.size for i in gone_blobs.values()),
+                           record_bytes_freed=record_bytes, gc_note=blobs.note,
+                           unreadable=[str(e) for e in [*snapshot.unreadable, *bad_entries]] + bad_tasks)
+
+
+def _finished_tasks(store, before: float) -> tuple[list, list[str]]:
+    """SN17 tasks finished (submitted, failed or rejected) and last written before ``before``; and one
+    line per task record that cannot be read (skipped, left in place)."""
+    finished, bad = [], []
+    for info in store.list(TASKS):
+        if info.modified >= before:
+            continue
+        try:
+            state = json.loads(store.read(info.path)).get("state")
+        except (ValueError, AttributeError) as exc:  # not JSON, or not an object
+            bad.append(f"bad record {store.uri(info.path)}: not a task ({type(exc).__name__}); skipped, "
+                       f"fix or delete it")
+            continue
+        if state in ("submitted", "failed", "rejected"):
+            finished.append(info)
+    return finished, bad

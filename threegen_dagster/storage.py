@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -76,6 +77,25 @@ class Store:
 
     def stat(self, relative: str) -> ObjectInfo | None:
         raise NotImplementedError
+
+    def holds(self, relative: str, data: bytes, sha256: str) -> bool | None:
+        """Whether the object holds exactly ``data`` (whose SHA-256 is ``sha256``): None when it
+        is absent, False when it holds other bytes or cannot be verified cheaply."""
+        info = self.stat(relative)
+        if info is None:
+            return None
+        if info.size != len(data):
+            return False
+        try:
+            return self.read_hashed(relative)[1] == sha256
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def clock(self) -> float:
+        """Now on the store's own clock, the one its objects' ``modified`` times are on."""
+        return time.time()
 
     def exists(self, relative: str) -> bool:
         return self.stat(relative) is not None
@@ -358,11 +378,41 @@ class S3Store(Store):
             raise StorageError(errno.EINVAL, "compare-and-swap is for small objects (manifests, ledger)")
         if "IfNoneMatch" in args and self.stat(args["Key"][len(self.prefix) + 1 if self.prefix else 0:]):
             raise Conflict(errno.EEXIST, f"s3://{args['Bucket']}/{args['Key']} exists already")
-        chunk = max(5 * 2**20, min(16 * 2**20, self.multipart_threshold))  # S3's smallest part is 5 MiB
-        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=chunk)
+        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self._part_size)
         self.client.upload_fileobj(io.BytesIO(data), args["Bucket"], args["Key"], Config=config,
                                    ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra})
         return self.client.head_object(Bucket=args["Bucket"], Key=args["Key"])["ETag"]
+
+    @property
+    def _part_size(self) -> int:
+        return max(5 * 2**20, min(16 * 2**20, self.multipart_threshold))  # S3's smallest part is 5 MiB
+
+    def holds(self, relative: str, data: bytes, sha256: str) -> bool | None:
+        """One HEAD: the SHA-256 the server checked and recorded when the object was written
+        (for a multipart upload, the SHA-256 of its parts' SHA-256s), compared with ``data``'s."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(relative), ChecksumMode="ENABLED")
+        except Exception as exc:  # noqa: BLE001
+            error = self._error(exc, "check", relative)
+            if error.errno == errno.ENOENT:
+                return None
+            raise error from exc
+        if head["ContentLength"] != len(data):
+            return False
+        expected = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if len(data) > self.multipart_threshold:
+            parts = b"".join(hashlib.sha256(data[at:at + self._part_size]).digest()
+                             for at in range(0, len(data), self._part_size))
+            expected = f"{base64.b64encode(hashlib.sha256(parts).digest()).decode()}-{-(-len(data) // self._part_size)}"
+        return head.get("ChecksumSHA256") == expected
+
+    def clock(self) -> float:
+        """The server's Date header: LastModified times are on the server's clock, not ours."""
+        try:
+            response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._folder("blobs"), MaxKeys=1)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "list", "blobs") from exc
+        return parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
 
     def read_tagged(self, relative: str) -> tuple[bytes, str]:
         try:

@@ -1,8 +1,10 @@
 """Generation keys on nasty prompts: deterministic, short, path/CLI/S3/UI safe, or a clear refusal."""
 
+import io
 import re
 
 import pytest
+from PIL import Image
 
 from threegen_dagster.keys import (
     MAX_PROMPT_CHARS,
@@ -15,7 +17,16 @@ from threegen_dagster.keys import (
 )
 
 SAFE = re.compile(r"^[a-z0-9-]{1,64}$")
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+def png(rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real 4x4 PNG (image prompts must decode)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = png()
 
 NASTY = [
     "a wooden chair",
@@ -67,7 +78,7 @@ def test_bad_seeds_are_refused(seed) -> None:
 
 
 def test_image_prompts_hash_the_bytes() -> None:
-    a, b = Prompt.from_image(PNG + b"a"), Prompt.from_image(PNG + b"b")
+    a, b = Prompt.from_image(png((1, 2, 3))), Prompt.from_image(png((1, 2, 4)))
     assert generation_key(a, 0) != generation_key(b, 0)
     assert generation_key(a, 0).startswith("img-")
     assert generation_key(Prompt.from_image(PNG, caption="red mug"), 0).startswith("img-red-mug-")

@@ -148,8 +148,7 @@ def test_server_stopped_mid_run_fails_clearly_and_a_retry_succeeds(s3_env, s3_se
     assert artifacts.stats()["missing_blobs"] == 0
 
 
-def test_a_corrupted_object_is_detected_on_read_and_healed_by_rematerializing(s3_env, s3_server, s3_prefix,
-                                                                               instance) -> None:
+def test_a_corrupted_object_heals_in_one_run_and_is_detected_on_read(s3_env, s3_server, s3_prefix, instance) -> None:
     settings = s3_env
     key = _register(settings, instance, "a tall lamp", 4)
     definitions = build_definitions(settings)
@@ -159,12 +158,19 @@ def test_a_corrupted_object_is_detected_on_read_and_healed_by_rematerializing(s3
     blob = artifacts.latest(key, "foreground_image").blob
     s3_server.client().put_object(Bucket=BUCKET, Key=f"{s3_prefix}/{blob}", Body=b"\x89PNG not really")
 
+    # re-materializing writes the same bytes: the bad copy under their hash is replaced, not re-used
+    rerun = dg.materialize([*PIPELINE], selection=[foreground_image, initial_mesh], partition_key=key,
+                           instance=instance, resources=definitions.resources, run_config=QUIET)
+    assert rerun.success and not artifacts.latest(key, "foreground_image").deduplicated
+    for manifest in artifacts.all_manifests():
+        artifacts.load(manifest.key, manifest.asset, manifest.version)  # every version verifies
+
+    s3_server.client().put_object(Bucket=BUCKET, Key=f"{s3_prefix}/{blob}", Body=b"\x89PNG not really")
     only_mesh = dg.materialize([*PIPELINE], selection=[initial_mesh], partition_key=key, instance=instance,
                                resources=definitions.resources, run_config=QUIET, raise_on_error=False)
     assert not only_mesh.success
     error = str(next(e for e in only_mesh.all_events if e.is_step_failure).event_specific_data.error)
-    assert f"foreground_image v1 of {key}: blob s3://{BUCKET}/{s3_prefix}/{blob} is corrupt" in error
-
+    assert f"foreground_image v2 of {key}: blob s3://{BUCKET}/{s3_prefix}/{blob} is corrupt" in error
     healed = dg.materialize([*PIPELINE], selection=[foreground_image, initial_mesh], partition_key=key,
                             instance=instance, resources=definitions.resources, run_config=QUIET)
     assert healed.success and artifacts.load(key, "foreground_image")[1][:4] == b"\x89PNG"

@@ -1,13 +1,24 @@
 import errno
+import io
 import os
 
 import pytest
+from PIL import Image
 
 from threegen_dagster.keys import Prompt, PromptError
 from threegen_dagster.ledger import Ledger, UnknownGeneration
 from threegen_dagster.storage import LocalStore, StorageError
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+def png(rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real 4x4 PNG (image prompts must decode)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = png()
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path) -> None:

@@ -1,0 +1,123 @@
+"""Blob garbage collection against a writer that re-uses (de-duplicates onto) a blob while the
+collection runs, on a local folder and on the real S3 server. The interleavings are made
+deterministic by running the collection at the exact moment inside the writer's own store
+calls (a hook on the real store's method), or by driving the collection's steps one by one."""
+
+import json
+import os
+import time
+
+import pytest
+
+from threegen_dagster.artifacts import GC_LOCK, ArtifactStore
+from threegen_dagster.blob_gc import BlobCollector
+from threegen_dagster.ledger import Ledger
+from threegen_dagster.retention import RetentionPolicy, apply_retention
+from threegen_dagster.storage import LocalStore
+
+KEY = "a-chair-0123456789-s1"
+DATA = b"an intermediate stage's bytes, stored long ago and now used by nothing" * 50
+NOW = 1_800_000_000.0
+
+
+def _age(store, path: str, hours: float) -> None:
+    """Make an object older (locally; an S3 server's LastModified cannot be set)."""
+    if isinstance(store, LocalStore):
+        then = time.time() - hours * 3600
+        os.utime(store.path(path), (then, then))
+
+
+def test_a_collection_between_a_writers_blob_and_its_version_never_leaves_it_dangling(store, monkeypatch) -> None:
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    orphan = artifacts.put_blob(DATA)  # stored long ago, its versions since removed: garbage
+    blob = f"blobs/sha256/{orphan.sha256[:2]}/{orphan.sha256[2:4]}/{orphan.sha256}"
+    _age(store, blob, 2)
+    reports, write = [], store.write
+
+    def write_then_collect(relative: str, data: bytes, **kwargs):
+        if relative.startswith(f"generations/{KEY}/") and not reports:  # the writer's blob is in, its version not
+            reports.append(apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=0)))
+        return write(relative, data, **kwargs)
+
+    monkeypatch.setattr(store, "write", write_then_collect)
+    manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
+    assert manifest.deduplicated and reports[0].blobs_deleted == 1  # it found the blob, which then went
+    assert artifacts.load(KEY, "gaussian_splat")[1] == DATA  # ... and the writer stored it again
+    assert not store.exists(GC_LOCK)
+
+
+def test_a_writer_that_finds_its_blob_condemned_waits_for_the_collection_then_restores_it(store,
+                                                                                         monkeypatch) -> None:
+    artifacts = ArtifactStore(store)
+    orphan = artifacts.put_blob(DATA)
+    collector = BlobCollector(artifacts, known=set(), live=set(), grace_hours=0)
+    assert list(collector.plan(artifacts.blob_files())) == [orphan.sha256]
+    assert collector.condemn() and collector.spare() == set()  # no version uses it yet
+    assert json.loads(store.read(GC_LOCK))["doomed"] == [orphan.sha256]
+    events, read_tagged = [], store.read_tagged
+
+    def observe(relative: str):
+        if relative == GC_LOCK and "collection releases the lock" not in events:
+            events.append("writer reads the lock")
+            if events.count("writer reads the lock") == 2:  # the writer is waiting: the collection goes on
+                events.append(f"collection deletes {len(collector.delete())} blob(s)")
+                events.append("collection releases the lock")
+                collector.release()
+        return read_tagged(relative)
+
+    monkeypatch.setattr(store, "read_tagged", observe)
+    manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
+    assert manifest.deduplicated
+    assert events == ["writer reads the lock", "writer reads the lock", "collection deletes 1 blob(s)",
+                      "collection releases the lock"]
+    assert artifacts.load(KEY, "gaussian_splat")[1] == DATA  # stored again after the collection ended
+
+
+def test_a_version_written_before_the_lock_is_found_and_its_blob_spared(store) -> None:
+    artifacts = ArtifactStore(store)
+    artifacts.put_blob(DATA)
+    collector = BlobCollector(artifacts, known=set(), live=set(), grace_hours=0)
+    collector.plan(artifacts.blob_files())
+    manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")  # after the plan, before the lock
+    assert collector.condemn() and collector.spare() == {manifest.sha256}
+    assert collector.delete() == {}
+    collector.release()
+    assert artifacts.load(KEY, "gaussian_splat")[1] == DATA and not store.exists(GC_LOCK)
+
+
+def test_blob_ages_are_taken_on_the_stores_clock(store) -> None:
+    """A caller's clock far ahead (or a server's behind) must not make a fresh blob look old."""
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    fresh = artifacts.put_blob(b"uploaded a moment ago, its version not written yet")
+    report = apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=1), now=NOW * 2)
+    assert report.blobs_deleted == 0 and artifacts.get_blob(fresh.sha256)
+    if isinstance(store, LocalStore):
+        _age(store, f"blobs/sha256/{fresh.sha256[:2]}/{fresh.sha256[2:4]}/{fresh.sha256}", 2)
+        assert apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=1)).blobs_deleted == 1
+
+
+def test_one_collection_at_a_time_and_a_dead_ones_lock_is_taken_over(store) -> None:
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    orphan = artifacts.put_blob(DATA)
+    store.write(GC_LOCK, json.dumps({"doomed": [], "since": time.time()}).encode())  # another one is running
+    report = apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=0))
+    assert report.blobs_deleted == 0 and artifacts.get_blob(orphan.sha256)
+    assert report.warnings == [report.gc_note]
+    assert report.gc_note.startswith(f"blob collection skipped: another one holds {store.uri(GC_LOCK)} (for ")
+    if isinstance(store, LocalStore):
+        _age(store, GC_LOCK, 2)  # that collection died two hours ago
+        report = apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=0))
+        assert report.blobs_deleted == 1 and "took over" in report.gc_note and not store.exists(GC_LOCK)
+
+
+@pytest.mark.parametrize("lock", [b"{not json", json.dumps({"doomed": "everything"}).encode()])
+def test_a_writer_treats_an_unreadable_lock_as_condemning_its_blobs(store, monkeypatch, lock: bytes) -> None:
+    import threegen_dagster.artifacts as artifacts_module
+
+    artifacts, reads, read_tagged = ArtifactStore(store), [], store.read_tagged
+    store.write(GC_LOCK, lock)
+    monkeypatch.setattr(artifacts_module, "GC_WAIT_S", 0.2)  # a lock nobody releases: wait briefly, then go on
+    monkeypatch.setattr(store, "read_tagged", lambda relative: reads.append(relative) or read_tagged(relative))
+    manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
+    assert reads.count(GC_LOCK) >= 2  # it waited on the lock instead of trusting it
+    assert artifacts.load(KEY, "gaussian_splat")[1] == DATA and manifest.version == 1
