@@ -4,6 +4,8 @@ not Dagster's materialization status); a ledger entry that cannot be read is a r
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -82,5 +84,24 @@ def markdown_table(frame: pd.DataFrame, columns: tuple[str, ...] = ("key", "prom
     cols = [c for c in columns if c in frame.columns]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame[cols].iterrows():
-        rows.append("| " + " | ".join(str(row[c]).replace("|", "\\|")[:60] for c in cols) + " |")
+        rows.append("| " + " | ".join(md_cell(row[c]) for c in cols) + " |")
     return "\n".join(rows)
+
+
+_MARKDOWN = re.compile(r"[\\`*_\[\]<>|~&]")
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def md_cell(value: object, width: int = 60) -> str:
+    """One table cell, safe in the UI's markdown and in a terminal, whoever wrote the value: one line
+    of at most ``width`` characters, markdown punctuation escaped (a prompt cannot become a link, an
+    image, HTML or code), control characters (terminal escapes), undecodable bytes and bidi
+    overrides shown as ``\\x1b`` / ``\\u202e``."""
+    text = _MARKDOWN.sub(r"\\\g<0>", " ".join(str(value).split())[:width])
+    return "".join(_visible(c) for c in text)
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) not in ("Cc", "Cs") and char not in _BIDI:
+        return char
+    return f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}"

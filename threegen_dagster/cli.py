@@ -181,12 +181,16 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from .worker import StageRunner, WorkerClient, make_server
+    from .worker import StageRunner, WorkerClient
+    from .worker_http import LOOPBACK, Limits, bind, serve
 
     if args.status:
         print(json.dumps(WorkerClient(args.status).status(), indent=1))
         return 0
-    runner = StageRunner(settings.models, free_between_stages=settings.free_gpu_between_stages)
+    host = args.host or settings.worker_host
+    sock = bind(host, args.port)  # before loading models: a port in use fails at once
+    runner = StageRunner(settings.models, free_between_stages=settings.free_gpu_between_stages,
+                         max_image_pixels=settings.max_image_pixels)
     for stage, (backend, options) in runner.models.items():
         print(f"  {stage:<14} {backend:<11} {json.dumps(options) if options else ''}")
     try:
@@ -195,15 +199,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"threegen worker: {exc}", file=sys.stderr)
         return 2
     print("  loaded in " + ", ".join(f"{stage} {s:.1f} s" for stage, s in seconds.items()))
-    server = make_server(runner, args.host, args.port)
-    print(f"threegen worker serving on http://{args.host}:{server.server_port} "
-          f"(GET /health, GET /status, POST /v1/<stage>); Ctrl-C stops it", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    limits = Limits.from_settings(settings, host)
+    if host not in LOOPBACK:
+        print(f"threegen worker: WARNING: listening on {host}, not loopback: anything that reaches this "
+              f"address can run the models; keep it behind a firewall", file=sys.stderr, flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"threegen worker serving on http://{shown}:{sock.getsockname()[1]} (GET /health, GET /status, "
+          f"POST /v1/<stage>; bodies up to {settings.worker_max_body_mb} MB, arriving within "
+          f"{settings.worker_read_timeout_s:g} s); Ctrl-C stops it", flush=True)
+    serve(runner, limits, sock)
     return 0
 
 
@@ -327,7 +331,8 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--once", action="store_true", help="one round, then print its summary")
     pull.set_defaults(run=cmd_puller)
     work = sub.add_parser("worker", help="the warm GPU worker: load the configured models once, serve the stages")
-    work.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    work.add_argument("--host", help="address to bind (default THREEGEN_WORKER_HOST, 127.0.0.1); "
+                                     "anything else exposes the models to the network")
     work.add_argument("--port", type=int, default=8765)
     work.add_argument("--status", metavar="URL", help="print a running worker's status instead")
     work.set_defaults(run=cmd_worker)

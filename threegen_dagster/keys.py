@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from . import images
+
 MAX_PROMPT_CHARS = 10_000
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_SEED = 2**32 - 1
@@ -38,9 +40,7 @@ class Prompt:
 
     @staticmethod
     def from_text(text: str) -> Prompt:
-        if not isinstance(text, str):
-            raise PromptError(f"a text prompt must be a string, not {type(text).__name__}")
-        cleaned = " ".join(text.split())  # newlines, tabs and runs of spaces become one space
+        cleaned = clean_text(text, "prompt")
         if not cleaned:
             raise PromptError("the prompt is empty (or only whitespace): describe the object to generate")
         if len(cleaned) > MAX_PROMPT_CHARS:
@@ -48,14 +48,24 @@ class Prompt:
         return Prompt("text", text=cleaned)
 
     @staticmethod
-    def from_image(image: bytes, caption: str = "") -> Prompt:
+    def from_image(image: bytes, caption: str = "", max_pixels: int | None = None) -> Prompt:
+        """An image prompt, refused unless it decodes completely as PNG, JPEG or WebP within
+        ``max_pixels`` (None: THREEGEN_MAX_IMAGE_PIXELS) and converts to RGB/RGBA."""
         if not image:
             raise PromptError("the image prompt is empty: give a PNG, JPEG or WebP file")
         if len(image) > MAX_IMAGE_BYTES:
             raise PromptError(f"the image is {len(image):,} bytes; the limit is {MAX_IMAGE_BYTES:,}")
         if not _looks_like_image(image):
             raise PromptError("the image prompt is not a PNG, JPEG or WebP file")
-        return Prompt("image", text=" ".join(caption.split())[:MAX_PROMPT_CHARS], image=image)
+        if max_pixels is None:
+            from .settings import image_pixel_limit  # the setting, where no Settings is at hand (sensors)
+
+            max_pixels = image_pixel_limit()
+        try:
+            images.open_rgb(image, max_pixels)
+        except images.ImageError as exc:
+            raise PromptError(f"image prompt refused: {exc}") from None
+        return Prompt("image", text=clean_text(caption, "caption")[:MAX_PROMPT_CHARS], image=image)
 
     @property
     def digest(self) -> str:
@@ -69,6 +79,23 @@ class Prompt:
         if self.kind == "text":
             return self.text if len(self.text) <= 120 else self.text[:117] + "..."
         return f"image {self.digest[:12]}" + (f" ({self.text[:80]})" if self.text else "")
+
+
+def clean_text(text: str, what: str) -> str:
+    """``text`` with runs of whitespace (newlines, tabs) as one space; PromptError for anything that is
+    not printable text: a control character (ESC, NUL, ...) or bytes that were not UTF-8."""
+    if not isinstance(text, str):
+        raise PromptError(f"a text {what} must be a string, not {type(text).__name__}")
+    cleaned = " ".join(text.split())
+    for position, char in enumerate(cleaned):
+        category = unicodedata.category(char)
+        if category == "Cs":  # a lone surrogate: undecodable bytes (argv, JSON "\\udcff")
+            raise PromptError(f"the {what} is not valid UTF-8 text (an undecodable byte at character {position + 1}"
+                              + (f": 0x{ord(char) - 0xDC00:02x})" if 0xDC80 <= ord(char) <= 0xDCFF else ")"))
+        if category == "Cc":
+            raise PromptError(f"the {what} contains the control character U+{ord(char):04X} at character "
+                              f"{position + 1}: remove it (terminal escapes and NULs are not text)")
+    return cleaned
 
 
 def _looks_like_image(data: bytes) -> bool:

@@ -5,7 +5,6 @@ backend (no weights, no GPU). The real model backends plug in behind the same me
 """
 
 
-import io
 import time
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Literal
@@ -16,6 +15,7 @@ from PIL import Image
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
+from . import images
 from .artifacts import ArtifactStore
 from .backends import registry
 from .backends.gpu import free_gpu_memory, peak_gpu_memory
@@ -293,9 +293,9 @@ class SN17Resource(dg.ConfigurableResource):
 
 
 def open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image.convert("RGB")
+    """A stored PNG or an image prompt (bounded when it was registered) as 8-bit RGB, or RGBA when it
+    has transparency: 16-bit greyscale scaled, palettes and colour keys kept (``images.to_rgb``)."""
+    return images.to_rgb(images.decode(data, max_pixels=None))
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """The warm GPU worker: one long-lived process per GPU that loads the configured models once and
-serves the model stages over HTTP (loopback by default), and the client the pipeline uses.
+serves the model stages over HTTP (loopback unless told otherwise), and the client the pipeline uses.
 
     GET  /health               {"ok": true}
     GET  /status               loaded models, device, GPU memory in use and peak, queue, counts
@@ -11,13 +11,17 @@ serves the model stages over HTTP (loopback by default), and the client the pipe
          score                 {"spz_b64", "text", "image_b64", "png_b64" (foreground)}
                                                        -> {"result", "ring_png_b64", "meta"}
 
-Calls run one at a time (one GPU); others wait in the queue that /status reports. A backend
-failure is HTTP 422 with {"error": ...}, which the client raises as BackendError. No Dagster imports.
+Here: the typed request bodies (strict: a seed is an integer in [0, 2**32-1], never "3", 3.0 or
+true; a prompt is non-empty printable text; no unknown fields), the stage runner (images decoded
+as PNG within ``max_image_pixels``; calls run one at a time, one GPU, others wait in the queue
+that /status reports) and the client. The HTTP server, its limits and error answers are in
+``worker_http.py``. No Dagster imports.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
 import socket
@@ -25,14 +29,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 
 import trimesh
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import images
 from .backends.gpu import BackendError, free_gpu_memory, gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS, engine
+from .keys import MAX_SEED, Prompt, clean_text
 
 DEFAULT_PORT = 8765
 
@@ -62,12 +68,72 @@ def mesh_from_b64(data: str) -> trimesh.Trimesh:
                         process=False)
 
 
+# -- requests: typed, strict (no coercion: "3", 3.0 and true are not seeds), no unknown fields
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Base64 = Annotated[str, Field(min_length=1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextToImageBody(_Body):
+    prompt: str
+    seed: Seed
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return Prompt.from_text(value).text  # the pipeline's own rules: non-empty, printable, bounded
+
+
+class BackgroundBody(_Body):
+    png_b64: Base64
+
+
+class ImageToMeshBody(_Body):
+    png_b64: Base64
+    seed: Seed
+
+
+class RefineBody(_Body):
+    glb_b64: Base64
+
+
+class ScoreBody(_Body):
+    spz_b64: Base64
+    text: str = ""
+    image_b64: str = ""
+    png_b64: str = ""
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return clean_text(value, "text")
+
+
+def _bytes(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"cannot decode '{field}': not valid base64") from None
+
+
+def _image(value: str, field: str, max_pixels: int) -> Image.Image:
+    try:
+        return images.open_rgb(_bytes(value, field), max_pixels, formats=("PNG",))
+    except images.ImageError as exc:
+        raise BadRequest(f"cannot decode '{field}': {exc}") from None
+
+
 class StageRunner:
     """Runs stage calls on the configured engines, one at a time, measuring time and GPU memory."""
 
-    def __init__(self, models: dict[str, tuple[str, dict]], free_between_stages: bool = False) -> None:
+    def __init__(self, models: dict[str, tuple[str, dict]], free_between_stages: bool = False,
+                 max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> None:
         self.models = {stage: models.get(stage, (backends[0], {})) for stage, backends in STAGE_BACKENDS.items()}
         self.free_between_stages = free_between_stages
+        self.max_image_pixels = max_image_pixels
         self._gpu = threading.Lock()
         self._waiting = 0
         self._count = threading.Lock()
@@ -87,29 +153,30 @@ class StageRunner:
             seconds[stage] = round(time.perf_counter() - t, 3)
         return seconds
 
-    @staticmethod
-    def decode(stage: str, request: dict[str, Any]) -> tuple:
-        """The call's arguments; BadRequest when the request is malformed."""
+    def arguments(self, stage: str, body: BaseModel) -> tuple:
+        """The call's arguments, decoded and bounded; BadRequest when they cannot be."""
+        pixels = self.max_image_pixels
+        if stage == "text_to_image":
+            return body.prompt, body.seed
+        if stage == "background":
+            return (_image(body.png_b64, "png_b64", pixels),)
+        if stage == "image_to_mesh":
+            return _image(body.png_b64, "png_b64", pixels), body.seed
+        if stage == "score":
+            foreground = _image(body.png_b64, "png_b64", pixels) if body.png_b64 else None
+            image = _bytes(body.image_b64, "image_b64") if body.image_b64 else None
+            if image is not None:
+                try:
+                    images.decode(image, pixels)
+                except images.ImageError as exc:
+                    raise BadRequest(f"cannot decode 'image_b64': {exc}") from None
+            return _bytes(body.spz_b64, "spz_b64"), foreground, body.text, image
         try:
-            if stage == "text_to_image":
-                return str(request["prompt"]), int(request["seed"])
-            if stage == "background":
-                return (image_from_b64(request["png_b64"]),)
-            if stage == "image_to_mesh":
-                return image_from_b64(request["png_b64"]), int(request["seed"])
-            if stage == "score":
-                foreground = image_from_b64(request["png_b64"]) if request.get("png_b64") else None
-                image = base64.b64decode(request["image_b64"], validate=True) if request.get("image_b64") else None
-                return (base64.b64decode(request["spz_b64"], validate=True), foreground,
-                        str(request.get("text", "")), image)
-            return (mesh_from_b64(request["glb_b64"]),)
-        except KeyError as exc:
-            raise BadRequest(f"{stage} needs the field {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - undecodable base64, image or mesh
-            raise BadRequest(f"{stage}: cannot decode the request ({type(exc).__name__}: {exc})") from None
+            return (mesh_from_b64(body.glb_b64),)
+        except Exception as exc:  # noqa: BLE001 - not base64, not a GLB
+            raise BadRequest(f"cannot decode 'glb_b64' as a GLB mesh ({type(exc).__name__}: {exc})") from None
 
-    def run(self, stage: str, request: dict[str, Any]) -> dict[str, Any]:
-        args = self.decode(stage, request)
+    def run(self, stage: str, args: tuple) -> dict[str, Any]:
         with self._count:
             self._waiting += 1
         self._gpu.acquire()
@@ -142,6 +209,20 @@ class StageRunner:
                        "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "worker"}
         return out
 
+    def call(self, stage: str, body: BaseModel) -> tuple[int, dict[str, Any]]:
+        """One stage call as (HTTP status, JSON body): 200, or 400/422/500 with {"error": ...}."""
+        started = time.perf_counter()
+        try:
+            return 200, self.run(stage, self.arguments(stage, body))
+        except BadRequest as exc:
+            return 400, {"error": f"{stage}: {exc}"}
+        except (BackendError, ValueError) as exc:  # the backend's own verdict (no surface, no object, ...)
+            return 422, {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad call
+            return 500, {"error": f"{stage} failed: {type(exc).__name__}: {exc}"}
+        finally:
+            print(f"{time.strftime('%H:%M:%S')} {stage} {time.perf_counter() - started:.2f} s", flush=True)
+
     def status(self) -> dict[str, Any]:
         models = {}
         for stage, (backend, _) in self.models.items():
@@ -160,64 +241,6 @@ class StageRunner:
                 "uptime_s": round(time.time() - self.started, 1)}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    runner: StageRunner
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the worker prints its own lines
-        pass
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/health":
-            self._send(200, {"ok": True})
-        elif self.path == "/status":
-            self._send(200, self.runner.status())
-        else:
-            self._send(404, {"error": f"no such endpoint {self.path}"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        stage = self.path.removeprefix("/v1/")
-        if not self.path.startswith("/v1/") or stage not in STAGE_BACKENDS:
-            self._send(404, {"error": f"no such stage {self.path}: one of {', '.join(STAGE_BACKENDS)}"})
-            return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-            request = json.loads(self.rfile.read(length))
-            if not isinstance(request, dict):
-                raise ValueError("the body must be a JSON object")
-        except ValueError as exc:
-            self._send(400, {"error": f"bad request: {exc}"})
-            return
-        started = time.perf_counter()
-        try:
-            result = self.runner.run(stage, request)
-        except BadRequest as exc:
-            self._send(400, {"error": str(exc)})
-        except (BackendError, ValueError) as exc:  # the backend's own verdict (no surface, no object, ...)
-            self._send(422, {"error": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad call
-            self._send(500, {"error": f"{stage} failed: {type(exc).__name__}: {exc}"})
-        else:
-            self._send(200, result)
-        finally:
-            print(f"{time.strftime('%H:%M:%S')} {stage} {time.perf_counter() - started:.2f} s", flush=True)
-
-
-def make_server(runner: StageRunner, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"runner": runner})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
-
-
 class WorkerClient:
     """Calls a running worker; every failure is a BackendError that says what to do."""
 
@@ -233,9 +256,11 @@ class WorkerClient:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
-                detail = json.loads(exc.read()).get("error", "")
-            except ValueError:
-                detail = exc.reason
+                answer = json.loads(exc.read())
+                detail = answer.get("error") or answer.get("detail") or ""
+            except (ValueError, AttributeError):  # not the worker's JSON: uvicorn's own 503, a proxy, ...
+                detail = exc.reason + (" (more connections than THREEGEN_WORKER_MAX_CONNECTIONS: retry later)"
+                                       if exc.code == 503 else "")
             raise BackendError(f"GPU worker at {self.url} refused {path} (HTTP {exc.code}): {detail}") from None
         except (TimeoutError, socket.timeout):
             raise BackendError(f"GPU worker at {self.url} did not answer {path} within "

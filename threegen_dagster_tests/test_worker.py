@@ -36,7 +36,7 @@ class Worker:
             [sys.executable, "-m", "threegen_dagster.cli", "worker", "--port", str(self.port)],
             env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, stdout=self.log, stderr=subprocess.STDOUT)
         client = WorkerClient(self.url)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # loading models on a busy machine; not a measurement
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited: {self.output()}")
@@ -45,6 +45,7 @@ class Worker:
                     return
             except BackendError:
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError(f"the worker did not come up: {self.output()}")
 
     def output(self) -> str:
@@ -54,7 +55,11 @@ class Worker:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
 @pytest.fixture(scope="module")

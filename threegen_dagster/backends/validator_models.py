@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import images
 from ..splats.cloud import GaussianCloud
 from ..splats.render import VALIDATOR_RESOLUTION, VALIDATOR_VIEWS, preview_grid, render_views, validator_cameras
 from ..splats.validate import as_validator_loads, check_for_validator
@@ -342,11 +343,10 @@ class ValidatorModels:
 
 def _prompt_rgb(image: bytes) -> np.ndarray:
     """An image prompt as float RGB in [0, 1], transparency composited over white (the renders' background)."""
-    try:
-        with Image.open(io.BytesIO(image)) as opened:
-            rgba = opened.convert("RGBA")
-    except Exception as e:
-        raise BackendError(f"the image prompt cannot be read ({type(e).__name__}: {e})") from e
+    try:  # bounded when it was registered; to_rgb scales 16-bit greyscale (convert() would clip it white)
+        rgba = images.to_rgb(images.decode(image, max_pixels=None)).convert("RGBA")
+    except images.ImageError as e:
+        raise BackendError(f"the image prompt cannot be read: {e}") from e
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), np.float32) / 255.0
 
