@@ -9,6 +9,7 @@ Dagster's own hooks for testing that a daemon dying there loses nothing."""
 
 import argparse
 import logging
+import os
 import signal
 
 import dagster as dg
@@ -29,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     crash = {"inbox_sensor": {args.kill_at: signal.SIGKILL}} if args.kill_at else None
     target = InProcessTestWorkspaceLoadTarget(InProcessCodeLocationOrigin(LoadableTargetOrigin(
-        module_name="threegen_dagster.definitions", attribute="defs")))
+        module_name="threegen_dagster.definitions", attribute="defs", working_directory=os.getcwd())))
     with dg.DagsterInstance.get() as instance, freeze_time(args.at):
         with create_test_daemon_workspace_context(target, instance) as workspace:
             list(execute_sensor_iteration(workspace, logging.getLogger("daemon_tick"), threadpool_executor=None,
