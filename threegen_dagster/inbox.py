@@ -88,6 +88,8 @@ class Inbox:
 
     def read(self, name: str) -> Entry | None:
         """The entry's bytes, or None if it is gone; EntryError if it is not a task file we may read."""
+        if shown(name) != name:  # it names the run in a tag: text only
+            raise EntryError("the file name is not printable UTF-8 text; rename it")
         try:
             mode = os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode
         except FileNotFoundError:
@@ -173,3 +175,13 @@ def _exists(name: str, dir_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def shown(name: str) -> str:
+    """The name for logs and tags: as it is if it is printable UTF-8, else escaped (undecodable bytes in a
+    file name come back from the OS as lone surrogates, which no log or database would take)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii(name)
+    return name if name.isprintable() else ascii(name)

@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from .assets import PIPELINE, generation_catalog, generations, validator_records
-from .inbox import ACCEPTED, DUPLICATE, REJECTED, EntryError, Inbox, InboxError
+from .inbox import ACCEPTED, DUPLICATE, REJECTED, EntryError, Inbox, InboxError, shown
 from .resources import StoreResource
 from .retention import RetentionPolicy
 from .retention import apply_retention as apply_retention_to
@@ -60,8 +60,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
             try:
                 outcome = _take(context, box, name, ledger, claimed)
             except Exception as exc:  # not the file's fault (store, instance): it stays for the next tick
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                context.log.error(f"inbox: {name} left in place, will be retried: {type(exc).__name__}: {exc}")
+                errors.append(f"{shown(name)}: {type(exc).__name__}: {exc}")
+                context.log.error(f"inbox: {errors[-1]}; left in place, retried next tick")
                 budget -= 1
                 continue
             if isinstance(outcome, dg.RunRequest):
@@ -69,7 +69,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
                 keys.append(outcome.partition_key)
             elif outcome:
                 counts[outcome] += 1
-            budget -= outcome != "stuck"
+            if outcome != "stuck":
+                budget -= 1
     if requests or any(counts.values()):
         context.log.info(f"inbox: {len(requests)} run(s) requested, {counts[ACCEPTED]} file(s) accepted, "
                          f"{counts[REJECTED]} rejected, {counts[DUPLICATE]} duplicate, {counts['stuck']} stuck")
@@ -117,10 +118,10 @@ def _aside(context: dg.SensorEvaluationContext, box: Inbox, name: str, into: str
     try:
         moved = box.set_aside(name, into, reason)
     except InboxError as exc:
-        context.log.error(f"inbox: {name} stuck ({reason or note}): {exc.strerror}; it stays in the inbox")
+        context.log.error(f"inbox: {shown(name)} stuck ({reason or note}): {exc.strerror}; it stays in the inbox")
         return "stuck"
     log = context.log.info if into == ACCEPTED else context.log.warning
-    log(f"inbox: {into} {name}{f' as {moved}' if moved != name else ''}: {reason or note}")
+    log(f"inbox: {into} {shown(name)}{f' as {shown(moved)}' if moved != name else ''}: {reason or note}")
     return into
 
 

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def daemon_iteration(env: dict, at: float, kill_at: str = "", fifo: Path | None = None) -> None:
     """One sensor-daemon iteration in a fresh process (threegen_dagster_tests/daemon_tick.py), which must
-    exit cleanly, or by SIGKILL when ``kill_at`` is given. Its memory is capped, so following /dev/zero would fail it rather than the machine; if it
-    opens ``fifo`` for reading (it would block there for ever), it is killed."""
+    exit cleanly, or by SIGKILL when ``kill_at`` is given. Its memory is capped, so following /dev/zero
+    would fail it rather than the machine; if it opens ``fifo`` for reading (it would block there for
+    ever), it is killed."""
     args = [sys.executable, "-m", "threegen_dagster_tests.daemon_tick", "--at", str(at)]
     cap = lambda: resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))  # noqa: E731
     log = Path(env["DAGSTER_HOME"]) / f"daemon-{at:.0f}.log"

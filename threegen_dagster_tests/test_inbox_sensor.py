@@ -106,6 +106,10 @@ def test_bad_entries_are_set_aside_unopened_and_never_stop_the_good_ones(tmp_pat
     with open(inbox / "h-huge.json", "wb") as huge:
         huge.truncate(MAX_TASK_BYTES + 1)  # sparse: a real size, no disk
     task(inbox, "i-empty.json", b"")
+    good = json.dumps({"id": "task-name", "prompt": "a vase"}).encode()
+    task(inbox, "j-new\nline.json", good)  # a fine task, but its name would go into logs and run tags
+    with open(os.fsencode(inbox) + b"/k-\xff.json", "wb") as undecodable:
+        undecodable.write(good)
     png = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(png, format="PNG")
     task(inbox, "z-good.json", {"id": "task-z", "image_b64": base64.b64encode(png.getvalue()).decode()})
@@ -122,13 +126,14 @@ def test_bad_entries_are_set_aside_unopened_and_never_stop_the_good_ones(tmp_pat
     rejected = inbox / "rejected"
     why = {p.name.removesuffix(".error.txt"): p.read_text() for p in rejected.glob("*.error.txt")}
     assert set(why) == {"b-folder.json", "c-dangling.json", "d-deep.json", "e-zero.json", "f-fifo.json",
-                        "g-link.json", "h-huge.json", "i-empty.json"}
+                        "g-link.json", "h-huge.json", "i-empty.json", "j-new\nline.json", "k-\udcff.json"}
     assert why["b-folder.json"].startswith("a folder, not a task file")
     assert why["c-dangling.json"].startswith("a symbolic link (links are never followed)")
     assert why["e-zero.json"].startswith("a symbolic link") and why["g-link.json"].startswith("a symbolic link")
     assert why["f-fifo.json"].startswith("a FIFO")
     assert "nested too deeply" in why["d-deep.json"]
     assert f"over the {MAX_TASK_BYTES:,} limit" in why["h-huge.json"] and "not JSON" in why["i-empty.json"]
+    assert why["j-new\nline.json"] == why["k-\udcff.json"] == "the file name is not printable UTF-8 text; rename it\n"
     assert (rejected / "b-folder.json" / "inside.txt").read_text() == "kept"  # moved whole, as it was
     assert os.readlink(rejected / "e-zero.json") == "/dev/zero" and (rejected / "g-link.json").is_symlink()
     assert outside.is_file()  # a link's target is never moved or touched
@@ -142,7 +147,8 @@ def test_a_run_request_and_the_files_move_are_not_separable(instance, settings) 
     assert [r.run_key for r in first] == ["task:task-sep"]
     # the daemon died before creating the run, or creating it failed: the task is not taken
     again = tick(instance, settings).run_requests
-    assert [(r.run_key, r.partition_key, r.tags) for r in again] == [(r.run_key, r.partition_key, r.tags) for r in first]
+    same = lambda requests: [(r.run_key, r.partition_key, r.tags) for r in requests]  # noqa: E731
+    assert same(again) == same(first)
     assert listing(settings.inbox) == ["a.json"]
 
     # created but never launched (the daemon died in between): asking again makes the daemon launch it
@@ -217,7 +223,8 @@ def test_a_linked_subfolder_leaves_bad_entries_stuck_and_the_good_ones_run(tmp_p
     assert listing(elsewhere) == []  # nothing moved or written through the link
     assert listing(inbox) == ["a0.json", "a1.json", "a2.json", "b.json", "rejected"]
     err = capfd.readouterr().err
-    assert "a0.json stuck (not JSON" in err and "cannot use rejected/ in the inbox (not a folder; links are not followed)" in err
+    assert "a0.json stuck (not JSON" in err
+    assert "cannot use rejected/ in the inbox (not a folder; links are not followed)" in err
 
 
 def test_a_store_failure_leaves_the_file_for_the_next_tick_and_fails_the_tick(tmp_path, instance) -> None:
