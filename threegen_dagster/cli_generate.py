@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,8 +94,6 @@ def _report(artifacts: ArtifactStore, key: str) -> dict:
 
 def generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool = False,
              export: Callable[[ArtifactStore, str], list[Path]] | None = None) -> int:
-    from dagster._core.utils import make_new_run_id
-
     from .definitions import build_definitions
     from .instance import get_instance
     from .processes import identity_tags
@@ -109,7 +108,7 @@ def generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool = Fals
     if not as_json:
         print(f"generation {entry.key}  (prompt: {entry.label!r}, seed {entry.seed})", flush=True)
     tags = {"threegen/source": "cli", **identity_tags()}  # so a later threegen can tell if this process died
-    run_id = make_new_run_id()
+    run_id = str(uuid.uuid4())  # known before the run exists: the watch and the clean-up need it
     started = time.perf_counter()
     watch = PoolWatch(instance.get_ref(), run_id, say=note)
     watch.start()
