@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .assets import PIPELINE, generation_catalog, generations, validator_records
 from .inbox import ACCEPTED, DUPLICATE, REJECTED, EntryError, Inbox, InboxError, shown
+from .ledger import Ledger
 from .resources import StoreResource
 from .retention import RetentionPolicy
 from .retention import apply_retention as apply_retention_to
@@ -27,7 +28,7 @@ catalog_job = dg.define_asset_job("refresh_catalog", selection=dg.AssetSelection
 
 class InboxResource(dg.ConfigurableResource):
     path: str
-    max_per_tick: int = 20
+    max_per_tick: int = Field(20, ge=1, description="Task files read per tick (entries stuck in place not counted)")
 
     def folder(self) -> Path:
         return Path(self.path)
@@ -83,7 +84,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
     )
 
 
-def _take(context: dg.SensorEvaluationContext, box: Inbox, name: str, ledger, claimed: dict[str, str]):
+def _take(context: dg.SensorEvaluationContext, box: Inbox, name: str, ledger: Ledger, claimed: dict[str, str]):
     """One entry: a RunRequest, or what became of it (accepted, rejected, duplicate, stuck; None: gone)."""
     try:
         entry = box.read(name)
