@@ -199,26 +199,38 @@ class PoolWatch(threading.Thread):
         self.join(timeout=30)
 
     def run(self) -> None:
+        try:
+            instance = dg.DagsterInstance.from_ref(self.ref)
+        except Exception as exc:  # the run itself will say what is wrong with the instance
+            self.say(f"cannot watch the pools: {root_cause(exc)}")
+            return
+        with instance:
+            self._watch(instance)
+
+    def _watch(self, instance: dg.DagsterInstance) -> None:
         shown: list[str] = []
         shown_at = since = 0.0
-        with dg.DagsterInstance.from_ref(self.ref) as instance:
-            while not self._done.wait(self.interval_s):
-                try:
-                    for run in free_dead_runs(instance, skip=self.run_id):
-                        self.freed.append(run)
-                        self.say(run.line())
-                    lines = [wait.line() for wait in pool_waits(instance, self.run_id)]
-                except Exception as exc:  # a failed look must not stop the watch, nor the run
-                    self.say(f"could not look at the pools: {root_cause(exc)}")
-                    continue
-                now = time.monotonic()
-                if lines and not shown:
-                    since = now
-                if lines and (lines != shown or now - shown_at >= self.repeat_s):
-                    waited = f" (waiting {now - since:.0f} s)" if now > since + 1 else ""
-                    for line in lines:
-                        self.say(line + waited)
-                    shown_at = now
-                elif shown and not lines:
-                    self.say(f"got the pool slot after {now - since:.0f} s; going on")
-                shown = lines
+        failed = ""
+        while not self._done.wait(self.interval_s):
+            try:
+                for run in free_dead_runs(instance, skip=self.run_id):
+                    self.freed.append(run)
+                    self.say(run.line())
+                lines = [wait.line() for wait in pool_waits(instance, self.run_id)]
+            except Exception as exc:  # a failed look must not stop the watch, nor the run
+                if root_cause(exc) != failed:
+                    failed = root_cause(exc)
+                    self.say(f"could not look at the pools: {failed}")
+                continue
+            failed = ""
+            now = time.monotonic()
+            if lines and not shown:
+                since = now
+            if lines and (lines != shown or now - shown_at >= self.repeat_s):
+                waited = f" (waiting {now - since:.0f} s)" if now > since + 1 else ""
+                for line in lines:
+                    self.say(line + waited)
+                shown_at = now
+            elif shown and not lines:
+                self.say(f"got the pool slot after {now - since:.0f} s; going on")
+            shown = lines
