@@ -15,7 +15,7 @@ from .catalog import STAGES
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
-from .ledger import Generation, UnknownGeneration
+from .ledger import UnknownGeneration
 from .settings import Settings, SettingsError
 from .storage import StorageError
 
