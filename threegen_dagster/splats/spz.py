@@ -65,7 +65,7 @@ def pack(cloud: GaussianCloud, antialiased: bool = False) -> bytes:
 
 
 def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
-    n, k = len(cloud), cloud.sh_rest.shape[1]
+    n = len(cloud)
     if n == 0:
         raise SpzError("cannot encode an empty cloud: SPZ needs at least one gaussian")
     if n > MAX_DECODE_POINTS:
@@ -74,44 +74,40 @@ def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
                           FLAG_ANTIALIASED if antialiased else 0, 0)
     out = np.empty(_HEADER.size + n * _bytes_per_point(cloud.sh_degree), dtype=np.uint8)
     out[: _HEADER.size] = np.frombuffer(header, np.uint8)
-    at = _HEADER.size
-
-    def put(values: np.ndarray) -> None:
-        nonlocal at
-        flat = values.reshape(-1)
-        out[at: at + flat.size] = flat
-        at += flat.size
-
-    fixed = to_i32(round_half_away(cloud.positions * _F(1 << FRACTIONAL_BITS)))
-    put(fixed.astype("<i4").view(np.uint8).reshape(n, 3, 4)[:, :, :3])
-    put(to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits)) * _F(255)))
-    put(to_u8(fma32(cloud.sh_dc, _COLOR_SCALE * _F(255), _F(0.5 * 255))))
-    put(to_u8((cloud.log_scales + _F(10)) * _F(16)))
-    put(pack_rotations(cloud.rotations))
-    if k:
-        put(_pack_sh(cloud.sh_rest.reshape(n, 3 * k)))
+    list(_pool().map(lambda lo: _pack_block(cloud, out, lo, min(lo + _ROWS, n)), range(0, n, _ROWS)))
     return out
 
 
-_SH_ROWS = 16384  # rows per block: keeps the quantiser's passes in cache; blocks run on two threads
+_ROWS = 16384  # rows per block: small temporaries (in cache, and reused by malloc); blocks run on the pool
+_WORKERS = min(4, os.cpu_count() or 1)
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="spz")
+    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="spz")
 
 
-def _pack_sh(sh: np.ndarray) -> np.ndarray:
-    """SH bytes: degree-1 coefficients (the first 9 values) in 5-bit buckets, the rest in 4-bit."""
-    out = np.empty(sh.shape, np.uint8)
+def _pack_block(cloud: GaussianCloud, out: np.ndarray, lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of every attribute-major array of the payload ``out``."""
+    n, k = len(cloud), cloud.sh_rest.shape[1]
+    at = _HEADER.size
 
-    def block(start: int) -> None:
-        rows = sh[start: start + _SH_ROWS]
-        out[start: start + _SH_ROWS, :9] = quantize_sh(rows[:, :9], 8)
-        out[start: start + _SH_ROWS, 9:] = quantize_sh(rows[:, 9:], 16)
+    def put(bytes_per_row: int, values: np.ndarray) -> None:
+        nonlocal at
+        out[at + bytes_per_row * lo: at + bytes_per_row * hi] = values.reshape(-1)
+        at += bytes_per_row * n
 
-    list(_pool().map(block, range(0, len(sh), _SH_ROWS)))
-    return out
+    fixed = to_i32(round_half_away(cloud.positions[lo:hi] * _F(1 << FRACTIONAL_BITS)))
+    put(9, fixed.astype("<i4").view(np.uint8).reshape(hi - lo, 3, 4)[:, :, :3])
+    put(1, to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits[lo:hi])) * _F(255)))
+    put(3, to_u8(fma32(cloud.sh_dc[lo:hi], _COLOR_SCALE * _F(255), _F(0.5 * 255))))
+    put(3, to_u8((cloud.log_scales[lo:hi] + _F(10)) * _F(16)))
+    put(3, pack_rotations(cloud.rotations[lo:hi]))
+    if k:  # degree-1 coefficients (the first 9 values) in 5-bit buckets, the rest in 4-bit
+        sh = cloud.sh_rest[lo:hi].reshape(hi - lo, 3 * k)
+        dest = out[at + 3 * k * lo: at + 3 * k * hi].reshape(hi - lo, 3 * k)
+        dest[:, :9] = quantize_sh(sh[:, :9], 8)
+        dest[:, 9:] = quantize_sh(sh[:, 9:], 16)
 
 
 def compress(ply: bytes, compression_level: int = 1, workers: int = -1) -> bytes:
@@ -130,8 +126,8 @@ def encode(cloud: GaussianCloud, compression_level: int = 1, workers: int = -1,
 # --- unpacking -----------------------------------------------------------------------------------
 
 def _read_payload(spz: bytes) -> tuple[tuple[int, ...], np.ndarray]:
-    """The header and the whole payload (header included) as uint8, decompressing no more than the
-    header promises, and never allocating much ahead of what the frame actually delivers."""
+    """The header and the arrays after it (uint8), decompressing no more than the header promises,
+    and never allocating much ahead of what the frame actually delivers."""
     if not spz:
         raise SpzError("empty SPZ data")
     if spz[:2] == b"\x1f\x8b":
@@ -147,24 +143,24 @@ def _read_payload(spz: bytes) -> tuple[tuple[int, ...], np.ndarray]:
         raise SpzError(f"zstd frame claims {params.content_size:,} bytes, more than any valid SPZ payload")
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(spz, read_across_frames=False)
-        chunks = [reader.read(_HEADER.size)]
-        if len(chunks[0]) < _HEADER.size:
-            raise SpzError(f"SPZ payload is {len(chunks[0])} bytes, shorter than its 16-byte header")
-        header = _HEADER.unpack(chunks[0])
-        total = _HEADER.size + _check_header(header)
-        got = _HEADER.size
-        while got < total:  # each read at most doubles what the frame has delivered so far
-            chunk = reader.read(min(total - got, max(got, _CHUNK)))
+        head = reader.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            raise SpzError(f"SPZ payload is {len(head)} bytes, shorter than its 16-byte header")
+        header = _HEADER.unpack(head)
+        need = _check_header(header)
+        chunks, got = [], 0
+        while got < need:  # each read at most doubles what the frame has delivered so far
+            chunk = reader.read(min(need - got, max(got, _CHUNK)))
             if not chunk:
                 break
             chunks.append(chunk)
             got += len(chunk)
     except zstandard.ZstdError as exc:
         raise SpzError(f"corrupt or truncated zstd frame: {exc}") from None
-    if got < total:
-        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {total - _HEADER.size:,} payload "
-                       f"bytes after the header, the frame holds {got - _HEADER.size:,}")
-    return header, np.frombuffer(b"".join(chunks), np.uint8)
+    if got < need:
+        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {need:,} payload bytes after the "
+                       f"header, the frame holds {got:,}")
+    return header, np.frombuffer(chunks[0] if len(chunks) == 1 else b"".join(chunks), np.uint8)
 
 
 def _check_header(header: tuple[int, ...]) -> int:
@@ -195,7 +191,7 @@ def _unpack_rows(header: tuple[int, ...], raw: np.ndarray, include_normals: bool
     n, k = header[2], SH_COEFFS_FOR_DEGREE[header[3]]
     dc = 6 if include_normals else 3
     rows = np.empty((n, dc + 3 * k + 11), "<f4")
-    step = max(_MIN_BLOCK, -(-n // _pool()._max_workers))
+    step = max(_MIN_BLOCK, -(-n // _WORKERS))
     if n <= step:
         _unpack_block(header, raw, rows, dc, 0, n)
     else:
@@ -217,11 +213,14 @@ def _unpack_block(header: tuple[int, ...], raw: np.ndarray, rows: np.ndarray, dc
     def source(start: int, dtype: str = "u1", step: int = 3) -> np.ndarray:  # payload bytes, strided
         return np.ndarray((m,), dtype, buffer=raw, offset=start + lo * step, strides=(step,))
 
-    def three(start: int, first: int, lut: str) -> None:  # a u8 x 3 field: a byte pair, then one byte
-        column(first, "<u8")[...] = np.take(_PAIRS[lut], source(start, "<u2"), out=tmp64)
-        column(first + 2)[...] = np.take(LUT[lut], source(start + 2), out=tmp32)
+    def three(start: int, first: int, lut: str) -> tuple[np.ndarray, np.ndarray]:
+        """A u8 x 3 field: bytes 0-1 as a pair, byte 2 alone; gives the two index arrays."""
+        pair, last = source(start, "<u2").astype(np.intp), source(start + 2).astype(np.intp)
+        column(first, "<u8")[...] = np.take(_PAIRS[lut], pair, out=tmp64)
+        column(first + 2)[...] = np.take(LUT[lut], last, out=tmp32)
+        return pair, last
 
-    at = _HEADER.size
+    at = 0
     if version == 1:  # legacy float16 positions
         half = raw[at + 6 * lo: at + 6 * hi].view("<f2").reshape(m, 3)
         for c in range(3):
@@ -229,8 +228,9 @@ def _unpack_block(header: tuple[int, ...], raw: np.ndarray, rows: np.ndarray, dc
         at += 6 * n
     else:  # 24-bit fixed point: read 4 bytes ending at the value's top byte, shift out the extra one
         scale, fixed = _F(1.0 / (1 << fractional_bits)), tmp64.view(np.int32)[:m]
+        np.left_shift(source(at, "<i4", 9), 8, out=fixed)  # x has no byte before it: take the next one
         for c in range(3):
-            np.right_shift(source(at + 3 * c - 1, "<i4", 9), 8, out=fixed)  # sign-extends, exactly
+            np.right_shift(source(at + 3 * c - 1, "<i4", 9) if c else fixed, 8, out=fixed)  # sign-extends
             np.multiply(fixed, scale, out=column(c), dtype=_F)
         at += 9 * n
     if dc == 6:  # normals, written as zeros
@@ -240,18 +240,19 @@ def _unpack_block(header: tuple[int, ...], raw: np.ndarray, rows: np.ndarray, dc
     three(at + n, dc, "color")
     three(at + 4 * n, op + 1, "scale")
     at += 7 * n
-    three(at, op + 5, "rotation")
+    xy, z = three(at, op + 5, "rotation")
     # w = sqrtf(max(0, 1 - fma(z, z, fma(x, x, y*y)))): the inner FMA is a table over (x, y) bytes,
     # the outer one a float64 sum that is never a float32 double-rounding case (see spz_arith)
-    w = np.take(LUT["xy_norm"], source(at, "<u2"), out=tmp64.view(np.float64))
-    w += np.take(LUT["z_square"], source(at + 2))
+    w = np.take(LUT["xy_norm"], xy, out=tmp64.view(np.float64))
+    w += np.take(LUT["z_square"], z)
     np.subtract(_F(1), w, out=tmp32, dtype=_F, casting="same_kind")
     np.maximum(tmp32, _F(0), out=tmp32)
     np.sqrt(tmp32, out=column(op + 4))
     at += 3 * n
-    if k:  # coefficient-major, channel innermost in the payload; channel-major in the PLY
-        sh = raw[at + 3 * k * lo: at + 3 * k * hi].reshape(m, k, 3).transpose(0, 2, 1)
-        rows[lo:hi, dc + 3: op].reshape(m, 3, k)[...] = np.take(LUT["sh"], sh)
+    if k:  # (b - 128) / 128, exactly b * 2^-7 - 1; coefficient-major in the payload, channel-major in the PLY
+        sh = np.multiply(raw[at + 3 * k * lo: at + 3 * k * hi], _F(1 / 128), dtype=_F)
+        sh -= _F(1)
+        rows[lo:hi, dc + 3: op].reshape(m, 3, k)[...] = sh.reshape(m, k, 3).transpose(0, 2, 1)
 
 
 def decode(spz: bytes) -> GaussianCloud:

@@ -45,15 +45,17 @@ def fma32(a: np.ndarray | np.float32, b: np.ndarray | np.float32, c: np.ndarray 
     s += c
     with np.errstate(over="ignore"):
         r = s.astype(F)
+    hazard = np.abs(r) <= _F32_NORMAL_MIN  # a float32-subnormal result (or at its edge),
     bits = s.view(np.int64)
-    hazard = np.bitwise_and(bits, _MID_MASK) == _MID_BITS  # s is exactly a float32 midpoint,
-    hazard |= np.abs(r) <= _F32_NORMAL_MIN  # or r is float32-subnormal (or at its edge)
+    bits &= _MID_MASK  # (s is done with)
+    hazard |= bits == _MID_BITS  # or a float64 sum exactly on a float32 midpoint
     if hazard.any():
         at = np.unravel_index(np.flatnonzero(hazard), hazard.shape)  # (faster than nonzero in 2-D)
-        ps, cs, ss = np.multiply(a[at], b[at], dtype=np.float64), c[at].astype(np.float64), s[at]
+        ps, cs = np.multiply(a[at], b[at], dtype=np.float64), c[at].astype(np.float64)
+        ss = ps + cs  # the same float64 sums again
         back = ss - ps  # TwoSum: err = exact (ps + cs) - ss, computed exactly
         err = (ps - (ss - back)) + (cs - back)
-        odd = np.where((err != 0) & (ss.view(np.int64) & 1 == 0),  # round to odd: one step to the exact
+        odd = np.where((err != 0) & ((ss.view(np.int64) & 1) == 0),  # round to odd: a step to the exact sum
                        ss.view(np.int64) + np.where((err > 0) == (ss > 0), 1, -1), ss.view(np.int64))
         r[at] = odd.view(np.float64).astype(F)
     return r
@@ -141,7 +143,6 @@ def _decode_tables() -> dict[str, np.ndarray]:
         "alpha": alpha,
         "color": ((b / F(255)) - F(0.5)) / F(0.15),
         "scale": b / F(16) - F(10),
-        "sh": (b - F(128)) / F(128),
         "rotation": rot,
         "xy_norm": xy.astype(np.float64).ravel(),  # indexed by the little-endian u16 of bytes (x, y)
         "z_square": rot64 * rot64,  # exact in float64
