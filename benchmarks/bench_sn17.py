@@ -5,6 +5,7 @@ pull, the task sensor's tick, the submission sensor's tick, signing, and the sub
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -70,7 +71,8 @@ def main() -> None:
             instance.add_dynamic_partitions("generations", [request.partition_key])
             timed("generation (excluded)", lambda: generate.execute_in_process(
                 instance=instance, partition_key=request.partition_key, tags=request.tags, run_config=cli.QUIET_RUN))
-            with dg.build_sensor_context(instance=instance, resources={"store": store}) as context:
+            with dg.build_sensor_context(instance=instance, resources={
+                    "store": store, "sn17": definitions.resources["sn17"]}) as context:
                 (submit_request,) = timed("submission sensor", lambda: sn17_submission_sensor(context))
             timed("submit job", lambda: submit.execute_in_process(
                 instance=instance, run_config={**submit_request.run_config, **cli.QUIET_RUN}))
@@ -85,6 +87,52 @@ def main() -> None:
         print(f"  {name:<24} {median * 1e3:9.1f} ms")
     print(f"  {'overhead':<24} {overhead * 1e3:9.1f} ms   (pull + both sensor ticks + submit job; signing is inside it)")
     print(f"  accepted {sum(s.outcome == 'accepted' for s in validator.received)} of {len(validator.received)}")
+    history()
+
+
+def history(sizes=(0, 1000), active: int = 4, repeat: int = 5) -> None:
+    """A sensor tick against a queue holding a week of finished tasks: it should cost what is active."""
+    from threegen_dagster.settings import Settings as S
+    from threegen_dagster.sn17.client import PulledTask
+    from threegen_dagster.sn17.protocol import Task
+    from threegen_dagster.sn17_jobs import INDEXED
+    from threegen_dagster_tests.s3_server import BUCKET, S3Server
+    from threegen_dagster_tests.sn17.harness import CALLS, CountingStoreResource, write_old_record
+
+    print(f"SN17 sensor ticks with {active} active tasks and a history of finished ones, median of {repeat}")
+    with tempfile.TemporaryDirectory() as tmp, S3Server(tmp) as server:
+        for name, value in server.env().items():
+            os.environ[name] = value
+        for kind in ("local", "s3"):
+            for finished in sizes:
+                uri = str(Path(tmp) / f"{kind}-{finished}") if kind == "local" else f"s3://{BUCKET}/h{finished}"
+                settings = S(store=uri, inbox=Path(tmp) / "inbox", s3_endpoint=server.endpoint if kind == "s3" else None,
+                             s3_region="us-east-1" if kind == "s3" else None)
+                store = CountingStoreResource.from_settings(settings)
+                queue = TaskQueue(store.store())
+                for n in range(finished):
+                    write_old_record(store.store(), f"done-{n:05d}", "a chair", state="submitted")
+                for n in range(active):  # running, so a tick reads them but starts nothing
+                    queue.add(PulledTask(0, "5V", Task(prompt=f"busy {n}", id=f"busy-{n}"), 0.6, 1.0, HOST, 1))
+                    queue.set_state(f"busy-{n}", "running", keys=[], started_at=time.time())
+                with dg.instance_for_test() as instance:
+                    for sensor in (sn17_task_sensor, sn17_submission_sensor):
+                        times = []
+                        for _ in range(repeat):
+                            CALLS.clear()
+                            with dg.build_sensor_context(instance=instance, cursor=INDEXED, resources={
+                                    "store": store, "sn17": build_definitions(settings).resources["sn17"]}) as c:
+                                t = time.perf_counter()
+                                sensor(c)
+                                times.append(time.perf_counter() - t)
+                        reads = sum(op == "read" for op, _ in CALLS)
+                        print(f"  {kind:<5} {finished:>5} finished  {sensor.name:<24} "
+                              f"{statistics.median(times) * 1e3:8.1f} ms  {reads:3d} reads, "
+                              f"{sum(op == 'list' for op, _ in CALLS)} listing")
+                t = time.perf_counter()
+                queue.all()
+                print(f"  {kind:<5} {finished:>5} finished  {'(reading every record)':<24} "
+                      f"{(time.perf_counter() - t) * 1e3:8.1f} ms  what each tick read before the active index")
 
 
 if __name__ == "__main__":

@@ -76,21 +76,30 @@ CALLS: list[tuple[str, str]] = []  # (operation, path or prefix); module-level: 
 
 
 class _Counting:
+    """Records each outermost call (S3Store.read calls read_tagged: one request, counted once)."""
+
+    _depth = 0
+
+    def _count(self, operation: str, relative: str, call):
+        if self._depth == 0:
+            CALLS.append((operation, relative))
+        self._depth += 1
+        try:
+            return call()
+        finally:
+            self._depth -= 1
+
     def read_tagged(self, relative):
-        CALLS.append(("read", relative))
-        return super().read_tagged(relative)
+        return self._count("read", relative, lambda: super(_Counting, self).read_tagged(relative))
 
     def read(self, relative):
-        CALLS.append(("read", relative))
-        return super().read(relative)
+        return self._count("read", relative, lambda: super(_Counting, self).read(relative))
 
     def stat(self, relative):
-        CALLS.append(("stat", relative))
-        return super().stat(relative)
+        return self._count("stat", relative, lambda: super(_Counting, self).stat(relative))
 
     def list(self, prefix):
-        CALLS.append(("list", prefix))
-        return super().list(prefix)
+        return self._count("list", prefix, lambda: super(_Counting, self).list(prefix))
 
 
 class CountingLocalStore(_Counting, LocalStore):
