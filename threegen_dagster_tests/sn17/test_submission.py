@@ -191,3 +191,37 @@ def test_two_code_locations_submit_a_task_once(tmp_path, miner, validator):
     assert sorted(bool(out.get("skipped")) for out in outputs) == [False, True]
     assert queue_of(settings).get(task_id)["state"] == "submitted"
     assert [s.task_id for s in v.received] == [task_id]
+
+
+def test_a_submit_that_cannot_load_its_hotkey_fails_the_task_without_sending(tmp_path, miner, validator):
+    v = validator()
+    settings = miner_settings(tmp_path, submit_retries=1, submit_retry_delay_s=0.0)
+    with dg.instance_for_test() as instance:
+        task_id = claimed(settings, miner, v, instance)
+        (tmp_path / "wallets" / "miner" / "hotkeys" / "default").unlink()  # the hotkey file is gone
+        assert not submit(settings, instance, task_id).success
+        entry = queue_of(settings).get(task_id)
+        assert entry["state"] == "failed" and entry["reason"].startswith("not sent after 2 tries: ")
+        assert "attempt" not in entry and not held(settings, task_id)  # never claimed for a send
+    assert v.received == []
+
+
+def test_a_submit_run_cancelled_before_it_ran_fails_its_task(tmp_path, miner, validator):
+    v = validator()
+    settings = miner_settings(tmp_path)
+    with dg.instance_for_test() as instance:
+        task_id = claimed(settings, miner, v, instance)
+        definitions = build_definitions(settings)
+        # its generation run ended (failed); the submit run the sensor then asks for is cancelled in the UI
+        run = instance.create_run_for_job(job_def=definitions.resolve_job_def("generate"), tags={TAG_TASK: task_id})
+        instance.report_run_failed(run)
+        (request,) = tick(sn17_submission_sensor, instance, resources(settings))
+        queued = instance.create_run_for_job(job_def=definitions.resolve_job_def("submit"), tags=request.tags,
+                                             run_config=request.run_config)
+        instance.report_run_canceled(queued)
+        assert tick(sn17_submission_sensor, instance, resources(settings)) == []
+        entry = queue_of(settings).get(task_id)
+        assert entry["state"] == "failed"
+        assert entry["reason"] == f"the submit run {queued.run_id} ended CANCELED before sending; see its log"
+        assert not held(settings, task_id)
+    assert v.received == []
