@@ -58,14 +58,14 @@ def _index_once(context, queue: TaskQueue) -> None:
     if context.cursor == INDEXED:
         return
     after = queue.reindex(after=context.cursor or "", limit=REINDEX_PER_TICK)
-    for note in queue.healed:
+    for note in queue.notes:
         context.log.warning(f"sn17: {note}")
     context.update_cursor(INDEXED if after is None else after)
 
 
 def _active(context, queue: TaskQueue) -> list[dict]:
     entries = queue.active()
-    for note in queue.healed:
+    for note in queue.notes:
         context.log.warning(f"sn17: {note}")
     return entries
 
@@ -226,6 +226,23 @@ def _retry_or_fail(context, queue: TaskQueue, ledger, entry: dict, sn17: SN17Res
     raise dg.Failure(f"task {entry['task_id']} failed: {reason}", allow_retries=False)
 
 
+def _record_answer(context, queue: TaskQueue, task_id: str, check, record: dict) -> None:
+    """The validator's answer, in hand: a store hiccup must not lose it, so recording is tried a few times.
+    ``failed`` is accepted too: a sensor may have given the attempt up while the store was away."""
+    for delay in (*RECORD_DELAYS_S, None):
+        try:
+            queue.transition(task_id, ("submitting", "failed"), "submitted", check=check, **record)
+            return
+        except StorageError as exc:
+            if delay is None:
+                raise dg.Failure(f"task {task_id}: the validator answered (accepted={record['accepted']}, feedback "
+                                 f"{record['feedback']}) but recording it failed: {exc}. The task stays submitting "
+                                 "until the submission sensor fails it (outcome unknown); it is never sent again",
+                                 allow_retries=False) from exc
+            context.log.warning(f"task {task_id}: recording the answer failed ({exc}); trying again in {delay} s")
+            time.sleep(delay)
+
+
 @dg.op(description="Picks the best variant (or an empty result below the threshold), signs and sends "
                    "SubmitResults once, records the validator's feedback and cooldown")
 def submit_task(context: dg.OpExecutionContext, config: SubmitConfig, store: StoreResource, sn17: SN17Resource,
@@ -278,18 +295,7 @@ def submit_task(context: dg.OpExecutionContext, config: SubmitConfig, store: Sto
     record = {"decision": decision.reason, "submitted_key": decision.key, "score": decision.score,
               "accepted": outcome.accepted, "feedback": outcome.feedback, "cooldown_until": outcome.cooldown_until,
               "submit_seconds": round(outcome.seconds, 3), "submitted_at": time.time()}
-    for delay in (*RECORD_DELAYS_S, None):  # the answer is in hand: a store hiccup must not lose it
-        try:  # "failed" too: a sensor may have given this attempt up while the store was away
-            queue.transition(task_id, ("submitting", "failed"), "submitted", check=check, **record)
-            break
-        except StorageError as exc:
-            if delay is None:
-                raise dg.Failure(f"task {task_id}: the validator answered (accepted={outcome.accepted}, feedback "
-                                 f"{outcome.feedback}) but recording it failed: {exc}. The task stays submitting "
-                                 "until the submission sensor fails it (outcome unknown); it is never sent again",
-                                 allow_retries=False) from exc
-            context.log.warning(f"task {task_id}: recording the answer failed ({exc}); trying again in {delay} s")
-            time.sleep(delay)
+    _record_answer(context, queue, task_id, check, record)
     release_holds(ledger, entry)
     feedback = outcome.feedback or {}
     return dg.Output({"task_id": task_id, **record}, metadata={

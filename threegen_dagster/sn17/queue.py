@@ -10,7 +10,7 @@ Layout:
   work in flight, not the history: finished tasks (kept for days) are never read on a tick.
 
 The record is written before its marker and made terminal before its marker is removed, so a crash in
-between leaves at worst a stale marker (healed by ``active()``) or a pulled task without one (healed on
+between leaves at worst a stale marker (notes by ``active()``) or a pulled task without one (notes on
 its next re-pull, or once by ``reindex()``).
 
 States: pulled -> running -> submitting -> submitted | failed; rejected at the edge (malformed); failed
@@ -84,7 +84,7 @@ class TaskQueue:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.healed: list[str] = []  # what the last active() or reindex() repaired
+        self.notes: list[str] = []  # what the last active() or reindex() repaired
 
     @staticmethod
     def path(task_id: str) -> str:
@@ -139,15 +139,17 @@ class TaskQueue:
 
     def active(self) -> list[dict]:
         """The active entries (pulled, running, submitting), oldest pull first: one listing of the index
-        plus one read per active task. A marker whose record is gone or finished is removed; what was
-        healed is in ``healed`` (for the caller's log)."""
-        entries, self.healed = [], []
+        plus one read per active task. A marker whose record is gone or finished is removed; a record
+        that cannot be read is skipped; each is a line in ``notes`` (for the caller's log)."""
+        entries, self.notes = [], []
         for info in self.store.list(ACTIVE):
             path = _record(info.path)
-            entry = self._read(path)
-            if entry is None or entry.get("state") not in ACTIVE_STATES:
+            entry = self._checked(path)
+            if entry is False:
+                continue
+            if entry is None or entry["state"] not in ACTIVE_STATES:
                 self.store.delete(info.path)
-                self.healed.append(f"removed the stale index marker {info.path}")
+                self.notes.append(f"removed the stale index marker {info.path}")
             elif not self._reject_bad_id(path, entry):
                 entries.append(entry)
         return sorted(entries, key=lambda e: (e.get("pulled_at", 0), str(e.get("task_id"))))
@@ -158,20 +160,33 @@ class TaskQueue:
     def reindex(self, after: str = "", limit: int = 500) -> str | None:
         """Index active records that lack a marker (queued before the index existed, by a version whose
         id rule was looser: those are rejected here), reading at most ``limit`` records after the path
-        ``after``. Returns the path to continue after, or None when done; what it did is in ``healed``."""
-        self.healed, read = [], 0
+        ``after``. Returns the path to continue after, or None when done; what it did is in ``notes``."""
+        self.notes, read = [], 0
         for info in self.store.list(ROOT):
             if info.path <= after or not info.path.endswith(".json"):
                 continue
             if read == limit:
                 return after
-            entry, read, after = self._read(info.path), read + 1, info.path
-            if entry is None or entry.get("state") not in ACTIVE_STATES or self._reject_bad_id(info.path, entry):
+            entry, read, after = self._checked(info.path), read + 1, info.path
+            if not entry or entry["state"] not in ACTIVE_STATES or self._reject_bad_id(info.path, entry):
                 continue
             if not self.store.exists(_marker(info.path)):
                 self.store.write(_marker(info.path), b"")
-                self.healed.append(f"indexed task {entry['task_id']} ({entry['state']})")
+                self.notes.append(f"indexed task {entry['task_id']} ({entry['state']})")
         return None
+
+    def _checked(self, path: str) -> dict | None | bool:
+        """The record at ``path``; None if it is gone; False (and a note) if it cannot be read as one,
+        so that one damaged record never stops the others."""
+        try:
+            entry = self._read(path)
+            if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("state"), str)
+                                          and "task_id" in entry):
+                raise ValueError("not a task record (no task_id or state)")
+            return entry
+        except (StorageError, ValueError) as exc:
+            self.notes.append(f"skipped the task record {self.store.uri(path)}: {exc}")
+            return False
 
     def _reject_bad_id(self, path: str, entry: dict) -> bool:
         """An active record whose id breaks today's rule (an older version queued it): rejected, True."""
@@ -179,7 +194,7 @@ class TaskQueue:
             return False
         reason = f"task {str(entry.get('task_id'))[:100]!r}: not a usable task id (queued by an older version)"
         self._transition(path, ACTIVE_STATES, "rejected", None, {"reason": reason})
-        self.healed.append(reason)
+        self.notes.append(reason)
         return True
 
     def transition(self, task_id: str, expect: tuple[str, ...], state: str,

@@ -255,3 +255,19 @@ def test_one_claim_per_task_however_many_sensors_share_the_store(tmp_path, share
     keys = [r.run_key for rs in results for r in rs]
     assert sorted(keys) == sorted(f"sn17:{t}:{seed}" for t in ids for seed in range(2))  # each once, in all
     assert {queue.get(t)["state"] for t in ids} == {"running"}
+
+
+def test_a_damaged_task_record_is_reported_and_the_others_go_on(tmp_path, miner, validators, instance, capfd):
+    settings = miner_settings(tmp_path)
+    vs = validators(2)
+    damaged, fine = vs[0].add_task("a wooden chair"), vs[1].add_task("a red mug")
+    pull(settings, miner, vs)
+    store = resources(settings)["store"].store()
+    store.path(TaskQueue.path(damaged.id)).write_text('{"task_id": "' + damaged.id + '", "sta')  # cut short
+    # each tick reports it and goes on: the task sensor starts the other task, the submission sensor
+    # waits for that task's run
+    assert [r.tags[TAG_TASK] for r in tick(sn17_task_sensor, instance, resources(settings))] == [fine.id]
+    assert tick(sn17_submission_sensor, instance, resources(settings)) == []
+    logged = capfd.readouterr().err  # the ticks' log (Dagster's handler writes it to stderr)
+    assert logged.count(f"WARNING - sn17: skipped the task record {store.uri(TaskQueue.path(damaged.id))}: ") == 2
+    assert queue_of(settings).get(fine.id)["state"] == "running"
