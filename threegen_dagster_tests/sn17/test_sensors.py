@@ -64,8 +64,8 @@ def instance():
         yield instance
 
 
-def test_bad_ids_are_rejected_at_the_edge_and_answered(tmp_path, miner, validators, instance):
-    settings = miner_settings(tmp_path, variants=2)
+def test_bad_ids_are_rejected_at_the_edge_and_answered(tmp_path, miner, validators, instance, shared_store):
+    settings = miner_settings(tmp_path, variants=2, **shared_store)
     vs = validators(4)
     bad = ["task-1\n", "x" * 100, "a" * (TASK_ID_CHARS + 1)]  # a trailing newline passed `$`; 100+ broke holds
     for v, task_id in zip(vs, [*bad, GOOD_ID]):
@@ -88,6 +88,11 @@ def test_bad_ids_are_rejected_at_the_edge_and_answered(tmp_path, miner, validato
     assert sorted(holds) == sorted(r.partition_key for r in requests)
     assert all(names == [hold_name(GOOD_ID)] for names in holds.values())
     assert queue.get(GOOD_ID)["state"] == "running"
+    generate = build_definitions(settings).resolve_job_def("generate")
+    for r in requests:  # the daemon's step: the runs, with those tags and run keys, in the instance
+        instance.create_run_for_job(job_def=generate, tags={**r.tags, "dagster/run_key": r.run_key})
+    runs = instance.get_runs(dg.RunsFilter(tags={TAG_TASK: GOOD_ID}))
+    assert sorted(run.tags["dagster/run_key"] for run in runs) == sorted(r.run_key for r in requests)
 
 
 def test_records_left_by_an_older_version_are_indexed_or_rejected(tmp_path, miner, validators, instance):
