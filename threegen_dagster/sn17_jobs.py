@@ -16,7 +16,7 @@ from .catalog import markdown_table
 from .jobs import generate_job
 from .resources import ScoringResource, SN17Resource, StoreResource
 from .sn17.decision import Candidate, decide
-from .sn17.queue import TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
+from .sn17.queue import STATES, TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
 from .storage import StorageError
 from .tasks import TaskError
 
@@ -365,8 +365,9 @@ def sn17_submissions(store: StoreResource) -> dg.Output[pd.DataFrame]:
     rows = [{c: e.get(c) for c in columns} | {"fidelity": (e.get("feedback") or {}).get("task_fidelity_score")}
             for e in TaskQueue(store.store()).all()]
     frame = pd.DataFrame(rows, columns=[*columns, "fidelity"])
+    states = frame["state"].value_counts().to_dict() if len(frame) else {}
     return dg.Output(frame, metadata={
-        "tasks": len(frame), "submitted": int((frame["state"] == "submitted").sum()) if len(frame) else 0,
+        "tasks": len(frame), **{state: int(states.get(state, 0)) for state in STATES},
         "accepted": int(frame["accepted"].fillna(False).astype(bool).sum()) if len(frame) else 0,
         "table": dg.MetadataValue.md(markdown_table(frame, columns=(
-            "task_id", "validator_uid", "state", "score", "accepted", "fidelity", "decision")))})
+            "task_id", "validator_uid", "state", "score", "accepted", "fidelity", "decision", "reason")))})

@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 from bittensor.utils import networking
 
+from threegen_dagster import cli
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.sn17_jobs import TAG_TASK, hold_name, sn17_submission_sensor, sn17_task_sensor
 
@@ -116,6 +117,14 @@ def test_a_validator_down_for_good_fails_the_task_and_releases_its_holds(tmp_pat
         assert entry["reason"].startswith("not sent after 3 tries: 503 Service unavailable at")
         assert not held(settings, task_id) and queue_of(settings).active() == []
         assert tick(sn17_submission_sensor, instance, resources(settings)) == []
+        # the UI's sn17_submissions asset shows it, with the reason
+        catalog = build_definitions(settings).resolve_job_def("refresh_catalog").execute_in_process(
+            instance=instance, run_config=cli.QUIET_RUN)
+        (row,) = catalog.output_for_node("sn17_submissions").to_dict("records")
+        assert (row["state"], row["reason"]) == ("failed", entry["reason"])
+        (materialization,) = [e for e in catalog.get_asset_materialization_events()
+                              if e.asset_key == dg.AssetKey("sn17_submissions")]
+        assert materialization.materialization.metadata["failed"].value == 1
     assert v.received == []
 
 
