@@ -16,17 +16,20 @@ other's files.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache, partial
 
 import numpy as np
 import zstandard
 
 from .cloud import SH_COEFFS_FOR_DEGREE, GaussianCloud, SplatError
 from .ply import ply_header, read_ply
-from .spz_arith import LUT, expf, fma32, pack_rotations, pair_table, quantize_sh, round_half_away, to_i32, to_u8
+from . import spz_unpack as unpack
+from .spz_arith import expf, fma32, pack_rotations, quantize_sh, round_half_away, to_i32, to_u8
 
 MAGIC = 0x5053474E  # "NGSP"
 VERSION = 2
@@ -65,7 +68,7 @@ def pack(cloud: GaussianCloud, antialiased: bool = False) -> bytes:
 
 
 def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
-    n = len(cloud)
+    n, k = len(cloud), cloud.sh_rest.shape[1]
     if n == 0:
         raise SpzError("cannot encode an empty cloud: SPZ needs at least one gaussian")
     if n > MAX_DECODE_POINTS:
@@ -74,11 +77,30 @@ def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
                           FLAG_ANTIALIASED if antialiased else 0, 0)
     out = np.empty(_HEADER.size + n * _bytes_per_point(cloud.sh_degree), dtype=np.uint8)
     out[: _HEADER.size] = np.frombuffer(header, np.uint8)
-    list(_pool().map(lambda lo: _pack_block(cloud, out, lo, min(lo + _ROWS, n)), range(0, n, _ROWS)))
+    at = _HEADER.size
+
+    def put(values: np.ndarray) -> None:  # (n, width) bytes; column by column unless contiguous
+        nonlocal at
+        dest = out[at: at + values.size].reshape(values.shape)
+        if values.flags.c_contiguous:
+            dest[...] = values
+        else:
+            for j in range(values.shape[1]):
+                dest[:, j] = values[:, j]
+        at += values.size
+
+    fixed = to_i32(round_half_away(cloud.positions * _F(1 << FRACTIONAL_BITS)))
+    put(fixed.astype("<i4", copy=False).view(np.uint8).reshape(3 * n, 4)[:, :3])  # 24-bit little-endian
+    put(to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits)) * _F(255)))
+    put(to_u8(fma32(cloud.sh_dc, _COLOR_SCALE * _F(255), _F(0.5 * 255))))  # c * (0.15f * 255) + 127.5f, fused
+    put(to_u8((cloud.log_scales + _F(10)) * _F(16)))
+    put(pack_rotations(cloud.rotations))
+    if k:
+        _pack_sh(cloud.sh_rest.reshape(n, 3 * k), out[at:].reshape(n, 3 * k))
     return out
 
 
-_ROWS = 16384  # rows per block: small temporaries (in cache, and reused by malloc); blocks run on the pool
+_SH_ROWS = 16384  # rows per block: keeps the quantiser's passes in cache; blocks run on the pool
 _WORKERS = min(4, os.cpu_count() or 1)
 
 
@@ -87,27 +109,15 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="spz")
 
 
-def _pack_block(cloud: GaussianCloud, out: np.ndarray, lo: int, hi: int) -> None:
-    """Rows ``lo:hi`` of every attribute-major array of the payload ``out``."""
-    n, k = len(cloud), cloud.sh_rest.shape[1]
-    at = _HEADER.size
+def _pack_sh(sh: np.ndarray, out: np.ndarray) -> None:
+    """SH bytes: degree-1 coefficients (the first 9 values) in 5-bit buckets, the rest in 4-bit."""
 
-    def put(bytes_per_row: int, values: np.ndarray) -> None:
-        nonlocal at
-        out[at + bytes_per_row * lo: at + bytes_per_row * hi] = values.reshape(-1)
-        at += bytes_per_row * n
+    def block(start: int) -> None:
+        rows = sh[start: start + _SH_ROWS]
+        out[start: start + _SH_ROWS, :9] = quantize_sh(rows[:, :9], 8)
+        out[start: start + _SH_ROWS, 9:] = quantize_sh(rows[:, 9:], 16)
 
-    fixed = to_i32(round_half_away(cloud.positions[lo:hi] * _F(1 << FRACTIONAL_BITS)))
-    put(9, fixed.astype("<i4").view(np.uint8).reshape(hi - lo, 3, 4)[:, :, :3])
-    put(1, to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits[lo:hi])) * _F(255)))
-    put(3, to_u8(fma32(cloud.sh_dc[lo:hi], _COLOR_SCALE * _F(255), _F(0.5 * 255))))
-    put(3, to_u8((cloud.log_scales[lo:hi] + _F(10)) * _F(16)))
-    put(3, pack_rotations(cloud.rotations[lo:hi]))
-    if k:  # degree-1 coefficients (the first 9 values) in 5-bit buckets, the rest in 4-bit
-        sh = cloud.sh_rest[lo:hi].reshape(hi - lo, 3 * k)
-        dest = out[at + 3 * k * lo: at + 3 * k * hi].reshape(hi - lo, 3 * k)
-        dest[:, :9] = quantize_sh(sh[:, :9], 8)
-        dest[:, 9:] = quantize_sh(sh[:, 9:], 16)
+    list(_pool().map(block, range(0, len(sh), _SH_ROWS)))
 
 
 def compress(ply: bytes, compression_level: int = 1, workers: int = -1) -> bytes:
@@ -125,9 +135,8 @@ def encode(cloud: GaussianCloud, compression_level: int = 1, workers: int = -1,
 
 # --- unpacking -----------------------------------------------------------------------------------
 
-def _read_payload(spz: bytes) -> tuple[tuple[int, ...], np.ndarray]:
-    """The header and the arrays after it (uint8), decompressing no more than the header promises,
-    and never allocating much ahead of what the frame actually delivers."""
+def _open(spz: bytes) -> tuple[tuple[int, ...], zstandard.ZstdDecompressionReader]:
+    """The checked payload header, and the reader positioned after it."""
     if not spz:
         raise SpzError("empty SPZ data")
     if spz[:2] == b"\x1f\x8b":
@@ -144,23 +153,13 @@ def _read_payload(spz: bytes) -> tuple[tuple[int, ...], np.ndarray]:
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(spz, read_across_frames=False)
         head = reader.read(_HEADER.size)
-        if len(head) < _HEADER.size:
-            raise SpzError(f"SPZ payload is {len(head)} bytes, shorter than its 16-byte header")
-        header = _HEADER.unpack(head)
-        need = _check_header(header)
-        chunks, got = [], 0
-        while got < need:  # each read at most doubles what the frame has delivered so far
-            chunk = reader.read(min(need - got, max(got, _CHUNK)))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
     except zstandard.ZstdError as exc:
         raise SpzError(f"corrupt or truncated zstd frame: {exc}") from None
-    if got < need:
-        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {need:,} payload bytes after the "
-                       f"header, the frame holds {got:,}")
-    return header, np.frombuffer(chunks[0] if len(chunks) == 1 else b"".join(chunks), np.uint8)
+    if len(head) < _HEADER.size:
+        raise SpzError(f"SPZ payload is {len(head)} bytes, shorter than its 16-byte header")
+    header = _HEADER.unpack(head)
+    _check_header(header)
+    return header, reader
 
 
 def _check_header(header: tuple[int, ...]) -> int:
@@ -179,88 +178,70 @@ def _check_header(header: tuple[int, ...]) -> int:
     return n * _bytes_per_point(degree, version)
 
 
-_PAIRS = {name: pair_table(LUT[name]) for name in ("color", "scale", "rotation")}
 _MIN_BLOCK = 16384  # rows per task at least: below that, thread hand-off costs more than it saves
 
 
-def _unpack_rows(header: tuple[int, ...], raw: np.ndarray, include_normals: bool) -> np.ndarray:
-    """The decoded gaussians as the float32 rows of pyspz's PLY body (columns in its order).
+def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout], np.ndarray]) -> None:
+    """Decode an SPZ frame into the float32 rows of pyspz's PLY body that ``allocate`` gives.
 
-    Rows are split into one block per pool thread (numpy releases the GIL in every step); each
-    block writes its columns in place from the payload through views and byte-to-float tables."""
-    n, k = header[2], SH_COEFFS_FOR_DEGREE[header[3]]
-    dc = 6 if include_normals else 3
-    rows = np.empty((n, dc + 3 * k + 11), "<f4")
-    step = max(_MIN_BLOCK, -(-n // _WORKERS))
-    if n <= step:
-        _unpack_block(header, raw, rows, dc, 0, n)
-    else:
-        list(_pool().map(lambda lo: _unpack_block(header, raw, rows, dc, lo, min(lo + step, n)),
-                         range(0, n, step)))
-    return rows
-
-
-def _unpack_block(header: tuple[int, ...], raw: np.ndarray, rows: np.ndarray, dc: int, lo: int, hi: int) -> None:
-    """Rows ``lo:hi`` of :func:`_unpack_rows`; ``dc`` is the first colour column."""
+    The payload is decompressed section by section (positions, then alpha/colour/scale, rotation
+    and SH), each read at most doubling what the frame has delivered so far, so a frame cannot
+    make us allocate far ahead of its real content: the rows (a few times the position bytes)
+    only once the positions have arrived. While zstd decompresses a section (it releases the
+    GIL), the pool's threads already write the rows of the ones before it."""
+    header, reader = _open(spz)
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
-    k = SH_COEFFS_FOR_DEGREE[degree]
-    m, op, stride = hi - lo, dc + 3 + 3 * k, rows.strides[0]
-    tmp32, tmp64 = np.empty(m, _F), np.empty(m, np.uint64)
+    lay = unpack.Layout(n, SH_COEFFS_FOR_DEGREE[degree], include_normals)
+    sections = [((6 if version == 1 else 9) * n, partial(unpack.positions, version=version,
+                                                          fractional_bits=fractional_bits)),
+                (7 * n, unpack.attributes), (3 * n, unpack.rotations), (3 * lay.k * n, unpack.sh)]
+    step = max(_MIN_BLOCK, -(-n // _WORKERS))
+    rows, pending, got, need = None, [], 0, _check_header(header)
+    try:
+        for size, write in sections:
+            if not size:
+                continue
+            data = _read(reader, size, got, need, n)
+            got += size
+            rows = allocate(lay) if rows is None else rows
+            for lo in range(0, n, step):
+                task = partial(write, unpack.Block(data, rows, lo, min(lo + step, n)), lay)
+                pending.append(_pool().submit(task) if step < n else task())
+    finally:
+        for task in pending:
+            if isinstance(task, Future):
+                task.result()
 
-    def column(first: int, dtype: str = "<f4") -> np.ndarray:  # one (or, as u8, two) floats per row
-        return np.ndarray((m,), dtype, buffer=rows, offset=lo * stride + 4 * first, strides=(stride,))
 
-    def source(start: int, dtype: str = "u1", step: int = 3) -> np.ndarray:  # payload bytes, strided
-        return np.ndarray((m,), dtype, buffer=raw, offset=start + lo * step, strides=(step,))
-
-    def three(start: int, first: int, lut: str) -> tuple[np.ndarray, np.ndarray]:
-        """A u8 x 3 field: bytes 0-1 as a pair, byte 2 alone; gives the two index arrays."""
-        pair, last = source(start, "<u2").astype(np.intp), source(start + 2).astype(np.intp)
-        column(first, "<u8")[...] = np.take(_PAIRS[lut], pair, out=tmp64)
-        column(first + 2)[...] = np.take(LUT[lut], last, out=tmp32)
-        return pair, last
-
-    at = 0
-    if version == 1:  # legacy float16 positions
-        half = raw[at + 6 * lo: at + 6 * hi].view("<f2").reshape(m, 3)
-        for c in range(3):
-            column(c)[...] = half[:, c]
-        at += 6 * n
-    else:  # 24-bit fixed point: read 4 bytes ending at the value's top byte, shift out the extra one
-        scale, fixed = _F(1.0 / (1 << fractional_bits)), tmp64.view(np.int32)[:m]
-        np.left_shift(source(at, "<i4", 9), 8, out=fixed)  # x has no byte before it: take the next one
-        for c in range(3):
-            np.right_shift(source(at + 3 * c - 1, "<i4", 9) if c else fixed, 8, out=fixed)  # sign-extends
-            np.multiply(fixed, scale, out=column(c), dtype=_F)
-        at += 9 * n
-    if dc == 6:  # normals, written as zeros
-        column(3, "<u8").fill(0)
-        column(5).fill(0)
-    column(op)[...] = np.take(LUT["alpha"], source(at, step=1), out=tmp32)
-    three(at + n, dc, "color")
-    three(at + 4 * n, op + 1, "scale")
-    at += 7 * n
-    xy, z = three(at, op + 5, "rotation")
-    # w = sqrtf(max(0, 1 - fma(z, z, fma(x, x, y*y)))): the inner FMA is a table over (x, y) bytes,
-    # the outer one a float64 sum that is never a float32 double-rounding case (see spz_arith)
-    w = np.take(LUT["xy_norm"], xy, out=tmp64.view(np.float64))
-    w += np.take(LUT["z_square"], z)
-    np.subtract(_F(1), w, out=tmp32, dtype=_F, casting="same_kind")
-    np.maximum(tmp32, _F(0), out=tmp32)
-    np.sqrt(tmp32, out=column(op + 4))
-    at += 3 * n
-    if k:  # (b - 128) / 128, exactly b * 2^-7 - 1; coefficient-major in the payload, channel-major in the PLY
-        sh = np.multiply(raw[at + 3 * k * lo: at + 3 * k * hi], _F(1 / 128), dtype=_F)
-        sh -= _F(1)
-        rows[lo:hi, dc + 3: op].reshape(m, 3, k)[...] = sh.reshape(m, k, 3).transpose(0, 2, 1)
+def _read(reader: zstandard.ZstdDecompressionReader, size: int, got: int, need: int, n: int) -> np.ndarray:
+    """The next ``size`` payload bytes, in reads that each at most double what has arrived."""
+    chunks, have = [], 0
+    try:
+        while have < size:
+            chunk = reader.read(min(size - have, max(got + have, _CHUNK)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            have += len(chunk)
+    except zstandard.ZstdError as exc:
+        raise SpzError(f"corrupt or truncated zstd frame: {exc}") from None
+    if have < size:
+        raise SpzError(f"truncated SPZ: {n:,} gaussians need {need:,} payload bytes after the header, "
+                       f"the frame holds {got + have:,}")
+    return np.frombuffer(chunks[0] if len(chunks) == 1 else b"".join(chunks), np.uint8)
 
 
 def decode(spz: bytes) -> GaussianCloud:
     """SN17 SPZ bytes to a cloud, with pyspz's exact float32 decoding."""
-    header, raw = _read_payload(spz)
-    rows = _unpack_rows(header, raw, include_normals=False)
-    k = SH_COEFFS_FOR_DEGREE[header[3]]
-    op = 6 + 3 * k
+    made: list[np.ndarray] = []
+
+    def allocate(lay: unpack.Layout) -> np.ndarray:
+        made.append(np.empty((lay.n, lay.width), "<f4"))
+        return made[0]
+
+    _unpack(spz, False, allocate)
+    rows = made[0]
+    k, op = (rows.shape[1] - 14) // 3, rows.shape[1] - 8
     return GaussianCloud(
         positions=rows[:, 0:3],
         log_scales=rows[:, op + 1: op + 4],
@@ -273,7 +254,31 @@ def decode(spz: bytes) -> GaussianCloud:
 
 def decompress(spz: bytes, include_normals: bool = False) -> bytes:
     """``pyspz.decompress``: SN17 SPZ in, the gaussian PLY pyspz writes out (normals as zeros)."""
-    header, raw = _read_payload(spz)
-    rows = _unpack_rows(header, raw, include_normals)
-    head = ply_header(header[2], SH_COEFFS_FOR_DEGREE[header[3]], include_normals)
-    return b"".join((head, rows.data))  # the one copy of the body
+    made: list[bytes] = []
+
+    def allocate(lay: unpack.Layout) -> np.ndarray:  # the PLY itself: header, then the rows in place
+        head = ply_header(lay.n, lay.k, include_normals)
+        out, view = _new_bytes(len(head) + 4 * lay.width * lay.n)
+        view[: len(head)] = np.frombuffer(head, np.uint8)
+        made.append(out)
+        return np.ndarray((lay.n, lay.width), "<f4", buffer=view, offset=len(head))
+
+    _unpack(spz, include_normals, allocate)
+    return made[0]
+
+
+_bytes_from_size = ctypes.pythonapi.PyBytes_FromStringAndSize
+_bytes_from_size.argtypes, _bytes_from_size.restype = (ctypes.c_void_p, ctypes.c_ssize_t), ctypes.py_object
+_bytes_address = ctypes.pythonapi.PyBytes_AsString
+_bytes_address.argtypes, _bytes_address.restype = (ctypes.py_object,), ctypes.c_void_p
+
+
+def _new_bytes(size: int) -> tuple[bytes, np.ndarray]:
+    """A new ``bytes`` of ``size`` bytes, not yet filled, and a writable uint8 view of its contents.
+
+    CPython's C API lets a bytes object just made by ``PyBytes_FromStringAndSize(NULL, size)`` be
+    filled in place before it is shared; decompress writes the PLY straight into the object it
+    returns, so the rows are neither built elsewhere nor copied (5.6 MB per 100k SH0 gaussians).
+    The view must not outlive the filling."""
+    out = _bytes_from_size(None, size)
+    return out, np.frombuffer((ctypes.c_char * size).from_address(_bytes_address(out)), np.uint8)

@@ -72,15 +72,18 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 def to_u8(x: np.ndarray) -> np.ndarray:
     """``uint8(clamp(round(x), 0, 255))``; NaN gives 0 as the x86 float-to-int conversion does."""
-    x = np.clip(x, F(0), F(255))  # NaN stays NaN and is zeroed below; -inf/+inf clamp
+    x = np.fmax(x, F(0))  # negatives and NaN to 0
+    np.minimum(x, F(255), out=x)
     r = np.floor(x)
-    r += (x - r) >= F(0.5)  # x >= 0 here, so this is half away from zero, exactly
-    r[np.isnan(r)] = 0
+    x -= r  # the fraction, exactly
+    r += x >= F(0.5)  # x >= 0 here, so this is half away from zero
     return r.astype(np.uint8)
 
 
 def to_i32(x: np.ndarray) -> np.ndarray:
     """``static_cast<int32_t>`` on x86: truncation, with INT_MIN for NaN and out-of-range values."""
+    if x.size and -(2.0**31) < x.min() and x.max() < 2.0**31:  # (False with NaN)
+        return x.astype(np.int32)
     bad = ~(np.abs(x) < 2.0**31)
     out = np.where(bad, 0, x).astype(np.int32)
     out[bad] = np.iinfo(np.int32).min
@@ -112,7 +115,7 @@ def quantize_sh(x: np.ndarray, bucket: int) -> np.ndarray:
 
 
 def pack_rotations(wxyz: np.ndarray) -> np.ndarray:
-    """(N, 3) xyz bytes of the normalised quaternion with w made non-negative, as pyspz packs them.
+    """(N, 3) xyz bytes (a transposed view) of the normalised quaternion with w made non-negative, as pyspz packs them.
 
     pyspz holds the quaternion as ``v = (x, y, z, w) = (rot_1, rot_2, rot_3, rot_0)`` and computes
     ``norm = sqrtf(v0*v0 + v1*v1 + v2*v2 + v3*v3)``, contracted by GCC (it fuses each product
@@ -122,11 +125,12 @@ def pack_rotations(wxyz: np.ndarray) -> np.ndarray:
     overflow (huge components: inf norm, q = 0) and underflow (tiny ones: zero norm, q = inf, or
     NaN for a zero quaternion, which packs as 0) follow from doing every step in float32.
     """
-    w, x, y, z = (wxyz[:, i] for i in range(4))
+    v = wxyz.T  # component-major, so every step runs along all N quaternions at once
+    w, x, y, z = v
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         norm = np.sqrt(fma32(w, w, fma32(z, z, fma32(x, x, y * y))))
-        scale = np.where(w / norm < 0, F(-127.5), F(127.5))[:, None]
-        return to_u8(fma32(wxyz[:, 1:] / norm[:, None], scale, F(127.5)))
+        scale = np.where(w / norm < 0, F(-127.5), F(127.5))
+        return to_u8(fma32(v[1:] / norm, scale, F(127.5))).T
 
 
 # --- decode tables (byte -> float exactly as pyspz's unpack computes it) -------------------------

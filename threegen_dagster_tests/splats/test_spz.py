@@ -7,6 +7,7 @@ import importlib.util
 import json
 import struct
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -214,3 +215,31 @@ def test_errors_are_caught_as_pyspz_errors_too(caught: type[Exception]) -> None:
         spz.decompress((VECTORS / "rejected" / "not_zstd.spz").read_bytes())
     with pytest.raises(caught, match="empty cloud"):
         spz.encode(random_cloud(1).subset(np.zeros(1, bool)))
+
+
+# --- decompress writes the PLY in place, on the pool's threads -------------------------------------
+
+def test_decompress_gives_independent_plain_bytes() -> None:
+    frame = vector("large_20000_sh3.spz")
+    first, second = spz.decompress(frame), spz.decompress(frame)
+    assert type(first) is bytes and first == second == vector("large_20000_sh3.decoded.ply")
+    assert first is not second and hash(first) == hash(second)
+    spz.decompress(vector("inria_1000_sh1.spz"))  # a later call does not touch earlier results
+    assert first == vector("large_20000_sh3.decoded.ply")
+
+
+def test_concurrent_decompress_calls_share_the_pool_safely() -> None:
+    frames = [spz.encode(random_cloud(40_000, sh_degree=d, seed=d)) for d in (0, 1, 2, 3)] * 2
+    expected = [spz.decompress(f, include_normals=bool(i % 2)) for i, f in enumerate(frames)]
+    with ThreadPoolExecutor(max_workers=len(frames)) as callers:
+        got = list(callers.map(lambda i: spz.decompress(frames[i], include_normals=bool(i % 2)), range(len(frames))))
+    assert got == expected
+
+
+@pytest.mark.parametrize("section", ["positions", "colours", "rotations", "sh"])
+def test_a_payload_cut_in_any_section_is_refused(section: str) -> None:
+    n = 40_000  # rows split over the pool's threads
+    payload = spz.pack(random_cloud(n, sh_degree=1))
+    cut = 16 + {"positions": 4 * n, "colours": 12 * n, "rotations": 17 * n, "sh": 23 * n}[section]
+    with pytest.raises(SpzError, match="truncated SPZ: 40,000 gaussians need"):
+        spz.decompress(zstandard.ZstdCompressor().compress(payload[:cut]))
