@@ -275,11 +275,11 @@ class ArtifactStore:
             raw = tag = None
         if tag is not None:
             try:
-                condemned = set(json.loads(raw)["doomed"])
-                if not all(isinstance(sha, str) for sha in condemned) or not isinstance(json.loads(raw)["doomed"], list):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):  # unreadable: assume the worst
-                condemned = set(payloads)
+                named = json.loads(raw)["doomed"]
+            except (ValueError, KeyError, TypeError):
+                named = None
+            ok = isinstance(named, list) and all(isinstance(sha, str) for sha in named)
+            condemned = set(named) if ok else set(payloads)  # an unreadable lock: assume the worst
             deadline = time.monotonic() + GC_WAIT_S
             while condemned & payloads.keys() and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -188,6 +188,7 @@ def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
         "store": totals["store"], "versions": totals["versions"], "blobs": totals["blobs"],
         "stored_bytes": totals["stored_bytes"], "logical_bytes": totals["logical_bytes"],
         "dedup_ratio": totals["dedup_ratio"] or 0.0,
+        "unreadable_records": "\n".join(totals["unreadable_records"][:50]) or "none",  # skipped, named
         "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
     })
 

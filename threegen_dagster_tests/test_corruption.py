@@ -164,6 +164,14 @@ def test_the_cleanup_job_succeeds_and_warns_about_a_bad_record(tmp_path) -> None
         assert report["unreadable_records"] == 1 and m.path in report["warnings"][0]
         logged = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]  # WARNING and up
         assert any(m.path in message and "bad record" in message for message in logged)
+        assert artifacts.store.exists(m.path)  # not cleaned away: left for a person, still reported
+
+        from threegen_dagster.assets import generation_catalog
+
+        catalog = dg.materialize([generation_catalog], instance=instance,
+                                 resources=build_definitions(settings).resources)
+        metadata = catalog.asset_materializations_for_node("generation_catalog")[0].metadata
+        assert catalog.success and m.path in metadata["unreadable_records"].value
 
 
 # -- corrupt blobs heal in one run -------------------------------------------------------------
