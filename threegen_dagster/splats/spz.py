@@ -29,7 +29,7 @@ import zstandard
 from .cloud import SH_COEFFS_FOR_DEGREE, GaussianCloud, SplatError
 from .ply import ply_header, read_ply
 from . import spz_unpack as unpack
-from .spz_arith import expf, fma32, pack_rotations, quantize_sh, round_half_away, to_i32, to_u8
+from .spz_arith import COLOR_FACTOR, expf, pack_rotations, quantize_sh, round_half_away, to_i32, to_u8, u8_of_fma
 
 MAGIC = 0x5053474E  # "NGSP"
 VERSION = 2
@@ -40,7 +40,6 @@ MAX_DECODE_POINTS = 10_000_000
 
 _HEADER = struct.Struct("<IIIBBBB")
 _F = np.float32
-_COLOR_SCALE = _F(0.15)
 _CHUNK = 1 << 22
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -92,7 +91,7 @@ def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
     fixed = to_i32(round_half_away(cloud.positions * _F(1 << FRACTIONAL_BITS)))
     put(fixed.astype("<i4", copy=False).view(np.uint8).reshape(3 * n, 4)[:, :3])  # 24-bit little-endian
     put(to_u8(_F(1) / (_F(1) + expf(-cloud.opacity_logits)) * _F(255)))
-    put(to_u8(fma32(cloud.sh_dc, _COLOR_SCALE * _F(255), _F(0.5 * 255))))  # c * (0.15f * 255) + 127.5f, fused
+    put(u8_of_fma(cloud.sh_dc, COLOR_FACTOR, _F(0.5 * 255)))  # c * (0.15f * 255) + 127.5f, fused
     put(to_u8((cloud.log_scales + _F(10)) * _F(16)))
     put(pack_rotations(cloud.rotations))
     if k:

@@ -130,7 +130,35 @@ def pack_rotations(wxyz: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         norm = np.sqrt(fma32(w, w, fma32(z, z, fma32(x, x, y * y))))
         scale = np.where(w / norm < 0, F(-127.5), F(127.5))
-        return to_u8(fma32(v[1:] / norm, scale, F(127.5))).T
+        return u8_of_fma(v[1:] / norm, scale, F(127.5)).T
+
+
+COLOR_FACTOR = F(0.15) * F(255)  # pyspz's colorScale * 255.0f
+
+
+def u8_of_fma(a: np.ndarray, b: np.ndarray | np.float32, c: np.float32) -> np.ndarray:
+    """``toUint8(fma(a, b, 127.5))`` for pyspz's colour and rotation bytes: ``b`` is
+    ``COLOR_FACTOR`` or +-127.5 and ``c`` is 127.5. Computed as the float64 sum rounded to float32,
+    with no double-rounding check, because for these constants it gives the same byte for every
+    float32 ``a``:
+
+    * ``a*b + 127.5`` is exact in float64 unless ``|a| < 2^-19`` (the product has at most 32
+      significant bits; the sum needs more than 53 only when they reach far below 127.5's) or
+      ``|a*b| > 2^49`` (the byte saturates at 0 or 255 either way); so only sums within 2^-11 of
+      127.5 can round twice, and the only byte threshold there is 127.5 itself.
+    * There the byte is 128 exactly when the float32 sum is >= 127.5, i.e. when the sum reaches the
+      float32 midpoint ``127.5 - 2^-18``. Rounding to float64 first could only move a sum in
+      ``[127.5 - 2^-18 - 2^-47, 127.5 - 2^-18)`` onto it, which needs ``a*b = -(2^-18 + k 2^-49)``
+      (or ``k 2^-50``) with k in 1..4 (1..8): for ``b = 127.5 = 255/2`` that is ``255 m = 2^31 + k``
+      or ``2^32 + k`` for an integer float32 mantissa m, for ``b = 38.25 = 153/4`` it is
+      ``153 m = 2^31 + k``; 2^31 = 128 and 2^32 = 1 (mod 255), 2^31 = 128 (mod 153), so no k fits.
+
+    ``test_spz_arith`` checks every float32 near every rounding threshold against :func:`fma32`.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = np.multiply(a, b, dtype=np.float64)
+        s += c
+        return to_u8(s.astype(F))
 
 
 # --- decode tables (byte -> float exactly as pyspz's unpack computes it) -------------------------

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from threegen_dagster.splats import spz, spz_arith
-from threegen_dagster.splats.spz_arith import LUT, fma32, pack_rotations
+from threegen_dagster.splats.spz_arith import LUT, fma32, pack_rotations, u8_of_fma
 
 from .conftest import random_cloud
 
@@ -171,9 +171,27 @@ def test_colour_bytes_match_pyspz_at_the_rounding_steps() -> None:
     steps = (np.arange(-20, 276) + 0.5 - 127.5) / F(38.25)
     dc = np.concatenate([steps, np.nextafter(steps.astype(F), UP), np.nextafter(steps.astype(F), DOWN),
                          [0, -0.0, 3.3333333, -3.3333333, 1e30, -1e30, 1e-30]]).astype(F)
-    scale = F(0.15) * F(255)
-    expected = [c_to_u8(exact_fma(c, scale, F(127.5))) for c in dc]
-    assert spz_arith.to_u8(fma32(dc, scale, F(127.5))).tolist() == expected
+    expected = [c_to_u8(exact_fma(c, spz_arith.COLOR_FACTOR, F(127.5))) for c in dc]
+    assert u8_of_fma(dc, spz_arith.COLOR_FACTOR, F(127.5)).tolist() == expected
+
+
+def _around(x: np.ndarray, ulps: int) -> np.ndarray:
+    """Every float32 within ``ulps`` steps of each value."""
+    out, up, down = [x], x, x
+    for _ in range(ulps):
+        up, down = np.nextafter(up, UP), np.nextafter(down, DOWN)
+        out += [up, down]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("b", [spz_arith.COLOR_FACTOR, F(127.5), F(-127.5)])
+def test_u8_of_fma_needs_no_double_rounding_check(b: np.float32) -> None:
+    """Its bytes equal the correctly rounded FMA's next to every byte threshold k + 0.5, and where a
+    float64 sum can land on the float32 midpoint below 127.5 (a*b near -2^-18)."""
+    thresholds = ((np.arange(256) + 0.5 - 127.5) / np.float64(b)).astype(F)
+    near_midpoint = np.array([-(2.0**-18) / b, 2.0**-18 / b], F)
+    a = np.concatenate([_around(thresholds, 40), _around(near_midpoint, 4096)])
+    np.testing.assert_array_equal(u8_of_fma(a, b, F(127.5)), spz_arith.to_u8(fma32(a, b, F(127.5))))
 
 
 # --- the decoder's tables ------------------------------------------------------------------------
