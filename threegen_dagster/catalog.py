@@ -59,7 +59,7 @@ def catalog_row(entry: Generation, latest: dict, blobs: set[str]) -> dict:
 
 
 def unreadable_row(error: CorruptRecord) -> dict:
-    return {"key": key_of(error.path), "prompt": f"(ledger entry unreadable: {error.reason})", "status": "unreadable"}
+    return {"key": key_of(error.path), "prompt": str(error), "status": "unreadable"}  # the error names the file
 
 
 def build_catalog(artifacts: ArtifactStore, ledger: Ledger, snapshot: Snapshot | None = None) -> pd.DataFrame:

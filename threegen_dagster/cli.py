@@ -93,7 +93,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     snapshot = store.artifacts().snapshot()
     frame = build_catalog(store.artifacts(), store.ledger(), snapshot)
     print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
-    _warn(snapshot.unreadable + [f"{row.key}: {row.prompt}" for row in frame.itertuples() if row.status == "unreadable"])
+    _warn(snapshot.unreadable + [row.prompt for row in frame.itertuples() if row.status == "unreadable"])
     return 0
 
 

@@ -134,7 +134,8 @@ def test_cli_lists_around_bad_records_and_names_them(tmp_path, monkeypatch, caps
     out, err = capsys.readouterr()
     rows = {row["key"]: row for row in json.loads(out)}
     assert rows[good.key]["status"] == "partial (1/7)" and rows[broken.key]["status"] == "unreadable"
-    assert v2.path in err and f"ledger/{broken.key}.json" not in out  # the row says it; stderr names the file
+    assert rows[broken.key]["prompt"].startswith(f"bad record {tmp_path / 'store' / 'ledger' / broken.key}.json: ")
+    assert v2.path in err and f"ledger/{broken.key}.json: Invalid JSON" in err
     assert cli.main(["stats", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["versions"] == 2 and v2.path in stats["unreadable_records"][0]
