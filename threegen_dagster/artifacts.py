@@ -26,7 +26,8 @@ from typing import Annotated, NamedTuple
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from .records import Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, corrupt, named_shas, parse
+from .records import (Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size, corrupt, named_shas,
+                      parse)
 from .storage import Conflict, ObjectInfo, Store, StorageError
 
 BLOBS = "blobs/sha256"
@@ -175,9 +176,10 @@ class ArtifactStore:
         return data
 
     # -- versions ----------------------------------------------------------------------------
-    def read_manifest(self, path: str) -> Manifest:
-        """The version at ``path``; CorruptRecord (naming it, and carrying the blobs its bytes
-        still name) if it cannot be read."""
+    def read_manifest(self, path: str, size: int | None = None) -> Manifest:
+        """The version at ``path`` (``size``: from a listing); CorruptRecord (naming it, and carrying
+        the blobs its bytes still name) if it cannot be read."""
+        check_size(size, path, self.store.uri(path))
         data = self.store.read(path)
         try:
             return Manifest.from_json(data, path, self.store.uri(path))
@@ -190,7 +192,7 @@ class ArtifactStore:
         manifests = []
         for info in infos:
             try:
-                manifests.append(self.read_manifest(info.path))
+                manifests.append(self.read_manifest(info.path, info.size))
             except CorruptRecord as exc:
                 if unreadable is None:
                     raise
@@ -213,7 +215,7 @@ class ArtifactStore:
         if run_id is not None and known is not None and known.run_id == run_id:
             return known
         files = self._version_files(key, asset)
-        return self.read_manifest(files[-1].path) if files else None
+        return self.read_manifest(files[-1].path, files[-1].size) if files else None
 
     def manifest(self, key: str | None, asset: str, version: int | None = None,
                  run_id: str | None = None) -> Manifest:

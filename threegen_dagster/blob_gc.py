@@ -88,7 +88,7 @@ class BlobCollector:
             if info.path in self.known:
                 continue
             try:
-                shas = set(self.artifacts.read_manifest(info.path).blobs())
+                shas = set(self.artifacts.read_manifest(info.path, info.size).blobs())
             except CorruptRecord as exc:
                 shas = set(exc.named)
             except StorageError as exc:

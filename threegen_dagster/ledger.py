@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, TypeAdapter
 
 from .keys import MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_fits, seed_of
-from .records import CorruptRecord, GenerationKey, corrupt, parse
+from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse
 from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
@@ -100,9 +100,10 @@ class Ledger:
     def _image_digest(self, key: str) -> str:
         return hashlib.sha256(self.store.read(f"{LEDGER}/{key}.image")).hexdigest()
 
-    def _read(self, path: str) -> Generation:
+    def _read(self, path: str, size: int | None = None) -> Generation:
         """The entry at ``path``, checked: schema, stored under its own key, prompt hashing to it."""
         uri = self.store.uri(path)
+        check_size(size, path, uri)
         entry = parse(_GENERATION, self.store.read(path), path, uri)
         if path != f"{LEDGER}/{entry.key}.json":
             raise corrupt(path, uri, f"it is the entry of {entry.key}, not of the key it is stored under")
@@ -149,7 +150,7 @@ class Ledger:
         for info in self.store.list(LEDGER):
             if info.path.endswith(".json") and info.path.count("/") == 1:
                 try:
-                    entries.append(self._read(info.path))
+                    entries.append(self._read(info.path, info.size))
                 except CorruptRecord as exc:
                     if unreadable is None:
                         raise

@@ -23,6 +23,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,100}$")]  # an as
 Extension = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,8}$")]
 Count = Annotated[int, Field(ge=0)]
 GenerationKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN.pattern)]
+MAX_RECORD_BYTES = 2**20  # a version record or ledger entry is a few KB; a larger object here is not one
 _SHA_IN_TEXT = re.compile(rb"[0-9a-f]{64}")
 
 
@@ -43,6 +44,12 @@ def corrupt(path: str, uri: str, reason: str) -> CorruptRecord:
                                          f"(the rest of the store is unaffected)")
     error.path, error.reason = path, reason
     return error
+
+
+def check_size(size: int | None, path: str, uri: str) -> None:
+    """Refuse a record too large to be one before reading it (``size`` from a listing)."""
+    if size is not None and size > MAX_RECORD_BYTES:
+        raise corrupt(path, uri, f"it is {size:,} bytes, not a record (at most {MAX_RECORD_BYTES:,}); not read")
 
 
 def parse(adapter: TypeAdapter[T], data: bytes, path: str, uri: str) -> T:

@@ -96,6 +96,42 @@ def test_a_damaged_ledger_entry_is_named_and_the_ledger_still_lists(store) -> No
         ledger.get(good.key)
 
 
+GARBAGE = {"empty": b"", "binary": b"\xff\xfe\x00 not text", "a list": b"[1]", "null": b"null",
+           "nested": b"[" * 100_000, "duplicate keys": b'{"key": 1, "key": 2}'}
+
+
+@pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())
+def test_any_garbage_in_a_record_is_a_bad_record(store, garbage: bytes) -> None:
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    entry, _ = ledger.add(Prompt.from_text("a chair"), 1, "test")
+    m = artifacts.record(entry.key, "compressed_splat", b"spz", "spz", "r")
+    for path in (m.path, f"ledger/{entry.key}.json"):
+        store.write(path, garbage)
+    with pytest.raises(CorruptRecord, match=f"^bad record {re.escape(store.uri(m.path))}: "):
+        artifacts.load(entry.key, "compressed_splat")
+    with pytest.raises(CorruptRecord, match=f"^bad record {re.escape(store.uri(f'ledger/{entry.key}.json'))}: "):
+        ledger.get(entry.key)
+    snapshot, bad = artifacts.snapshot(), []
+    assert snapshot.manifests == [] and len(snapshot.unreadable) == 1 and ledger.all(bad) == [] and len(bad) == 1
+
+
+def test_an_object_too_large_to_be_a_record_is_not_read(store, monkeypatch) -> None:
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    entry, _ = ledger.add(Prompt.from_text("a chair"), 1, "test")
+    m = artifacts.record(entry.key, "compressed_splat", b"spz", "spz", "r")
+    big = b" " * (2**20) + m.to_json()  # valid JSON, but a blob's size: listings skip it unread
+    store.write(m.path, big)
+    store.write(f"ledger/{entry.key}.json", b" " * (2**20) + store.read(f"ledger/{entry.key}.json"))
+    reads, read = [], store.read
+    monkeypatch.setattr(store, "read", lambda relative: reads.append(relative) or read(relative))
+    snapshot, bad = artifacts.snapshot(), []
+    assert ledger.all(bad) == [] and "bytes, not a record (at most 1,048,576); not read" in str(bad[0])
+    assert snapshot.manifests == [] and f"it is {len(big):,} bytes, not a record" in str(snapshot.unreadable[0])
+    with pytest.raises(CorruptRecord, match="not a record"):
+        artifacts.load(entry.key, "compressed_splat")
+    assert reads == []
+
+
 def test_cleanup_carries_on_past_bad_records_and_reports_each(store) -> None:
     artifacts, ledger = ArtifactStore(store), Ledger(store)
     old = _generation(ledger, artifacts, "old thing", 100, passed=False)  # due for removal
