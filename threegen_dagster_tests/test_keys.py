@@ -10,8 +10,10 @@ from threegen_dagster.keys import (
     MAX_PROMPT_CHARS,
     Prompt,
     PromptError,
+    candidate_keys,
     generation_key,
     is_generation_key,
+    key_fits,
     seed_of,
     slug,
 )
@@ -96,3 +98,20 @@ def test_slug_is_bounded() -> None:
 def test_seed_of_rejects_non_keys() -> None:
     with pytest.raises(PromptError):
         seed_of("not a key")
+
+
+def test_longer_keys_for_colliding_prompts_are_keys_too() -> None:
+    chair = Prompt.from_text("a wooden chair")
+    keys = candidate_keys(chair, 3)
+    assert keys[0] == generation_key(chair, 3) and len(set(keys)) == len(keys) == 5
+    assert keys[-1] == f"a-wooden-chair-{chair.digest}-s3"  # the whole sha256 last
+    for key in keys:
+        assert is_generation_key(key) and re.fullmatch(r"[a-z0-9-]{1,130}", key) and seed_of(key) == 3
+        assert key_fits(key, chair.digest, 3)
+        assert not key_fits(key, Prompt.from_text("a steel chair").digest, 3) and not key_fits(key, chair.digest, 4)
+
+
+@pytest.mark.parametrize("key", ["a-chair-0123456789-s1\n", "a-chair-012345678-s1", "a-chair-" + "0" * 65 + "-s1",
+                                 "a-chair-0123456789-s1/../x", "A-chair-0123456789-s1"])
+def test_near_keys_are_not_keys(key: str) -> None:
+    assert not is_generation_key(key)
