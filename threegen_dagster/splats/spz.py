@@ -20,15 +20,15 @@ import ctypes
 import os
 import struct
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache, partial
 
 import numpy as np
 import zstandard
 
+from . import spz_unpack as unpack
 from .cloud import SH_COEFFS_FOR_DEGREE, GaussianCloud, SplatError
 from .ply import ply_header, read_ply
-from . import spz_unpack as unpack
 from .spz_arith import COLOR_FACTOR, expf, pack_rotations, quantize_sh, round_half_away, to_i32, to_u8, u8_of_fma
 
 MAGIC = 0x5053474E  # "NGSP"
@@ -185,9 +185,9 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
 
     The payload is decompressed section by section (positions, then alpha/colour/scale, rotation
     and SH), each read at most doubling what the frame has delivered so far, so a frame cannot
-    make us allocate far ahead of its real content: the rows (a few times the position bytes)
+    make us allocate far ahead of its real content: the rows (6 to 28 times the position bytes)
     only once the positions have arrived. While zstd decompresses a section (it releases the
-    GIL), the pool's threads already write the rows of the ones before it."""
+    GIL), the pool's threads already write the rows of the sections before it."""
     header, reader = _open(spz)
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
     lay = unpack.Layout(n, SH_COEFFS_FOR_DEGREE[degree], include_normals)
@@ -205,11 +205,14 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
             rows = allocate(lay) if rows is None else rows
             for lo in range(0, n, step):
                 task = partial(write, unpack.Block(data, rows, lo, min(lo + step, n)), lay)
-                pending.append(_pool().submit(task) if step < n else task())
+                if step < n:
+                    pending.append(_pool().submit(task))
+                else:
+                    task()
     finally:
-        for task in pending:
-            if isinstance(task, Future):
-                task.result()
+        wait(pending)  # every block has finished writing before the rows can be dropped
+    for future in pending:
+        future.result()
 
 
 def _read(reader: zstandard.ZstdDecompressionReader, size: int, got: int, need: int, n: int) -> np.ndarray:
@@ -280,4 +283,6 @@ def _new_bytes(size: int) -> tuple[bytes, np.ndarray]:
     returns, so the rows are neither built elsewhere nor copied (5.6 MB per 100k SH0 gaussians).
     The view must not outlive the filling."""
     out = _bytes_from_size(None, size)
-    return out, np.frombuffer((ctypes.c_char * size).from_address(_bytes_address(out)), np.uint8)
+    contents = (ctypes.c_char * size).from_address(_bytes_address(out))
+    contents.owner = out  # views keep the bytes alive
+    return out, np.frombuffer(contents, np.uint8)
