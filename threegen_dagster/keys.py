@@ -23,7 +23,7 @@ SLUG_WORDS = 6
 SLUG_CHARS = 40
 HASH_CHARS = 10  # hex of the prompt's sha256 in a key; lengthened only to tell colliding prompts apart
 LONGER_HASH_CHARS = (16, 24, 32, 64)
-KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d,64}-s\d+$" % HASH_CHARS)
+KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d,64}-s[0-9]+$" % HASH_CHARS)
 
 
 class PromptError(ValueError):

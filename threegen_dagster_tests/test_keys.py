@@ -112,6 +112,7 @@ def test_longer_keys_for_colliding_prompts_are_keys_too() -> None:
 
 
 @pytest.mark.parametrize("key", ["a-chair-0123456789-s1\n", "a-chair-012345678-s1", "a-chair-" + "0" * 65 + "-s1",
-                                 "a-chair-0123456789-s1/../x", "A-chair-0123456789-s1"])
+                                 "a-chair-0123456789-s1/../x", "A-chair-0123456789-s1",
+                                 "a-chair-0123456789-s\u0663"])  # ARABIC-INDIC DIGIT THREE: \d would take it
 def test_near_keys_are_not_keys(key: str) -> None:
     assert not is_generation_key(key)
