@@ -176,7 +176,7 @@ def _decode_tables() -> dict[str, np.ndarray]:
         "color": ((b / F(255)) - F(0.5)) / F(0.15),
         "scale": b / F(16) - F(10),
         "rotation": rot,
-        "xy_norm": xy.astype(np.float64).ravel(),  # indexed by the little-endian u16 of bytes (x, y)
+        "xy_norm": xy.ravel(),  # indexed by the little-endian u16 of bytes (x, y)
         "z_square": rot64 * rot64,  # exact in float64
     }
 

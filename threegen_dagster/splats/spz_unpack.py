@@ -94,8 +94,8 @@ def rotations(block: Block, lay: Layout) -> None:
     xy, z = block.three(0, lay.opacity + 5, "rotation")
     # the inner FMA is a table over the (x, y) bytes, the outer one a float64 sum that is never a
     # float32 double-rounding case (checked for all 2^24 byte triples in the tests)
-    w = np.take(LUT["xy_norm"], xy, out=block.u64.view(np.float64))
-    w += np.take(LUT["z_square"], z)
+    xy_norm = np.take(LUT["xy_norm"], xy, out=block.f32)
+    w = np.add(xy_norm, np.take(LUT["z_square"], z), out=block.u64.view(np.float64))
     np.subtract(F(1), w, out=block.f32, dtype=F, casting="same_kind")
     np.maximum(block.f32, F(0), out=block.f32)
     np.sqrt(block.f32, out=block.column(lay.opacity + 4))
@@ -107,5 +107,6 @@ def sh(block: Block, lay: Layout) -> None:
     k, lo, hi = lay.k, block.lo, block.lo + block.m
     values = np.multiply(block.data[3 * k * lo: 3 * k * hi], F(1 / 128), dtype=F)
     values -= F(1)
-    block.rows[lo:hi, lay.dc + 3: lay.opacity].reshape(block.m, 3, k)[...] = values.reshape(block.m, k, 3).transpose(0, 2, 1)
+    dest = block.rows[lo:hi, lay.dc + 3: lay.opacity].reshape(block.m, 3, k)
+    dest[...] = values.reshape(block.m, k, 3).transpose(0, 2, 1)
 
