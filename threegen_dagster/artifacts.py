@@ -39,7 +39,8 @@ EXTENSIONS = {"generated_image": "png", "foreground_image": "png", "initial_mesh
               "generation_catalog": "csv", "validator_records": "csv", "sn17_submissions": "csv"}
 LOOK_FIRST_BYTES = 8 * 2**20  # above this, a HEAD costs far less than re-uploading duplicate bytes
 # A blob collection (retention) holds this while it deletes; it names the blobs it condemned. A writer
-# whose new version uses one of them waits (at most GC_WAIT_S) for it to finish, then re-stores what is gone.
+# whose new version uses one of them waits for it to finish (at most until the lock is GC_WAIT_S old,
+# by the store's clock), then re-stores what is gone.
 GC_LOCK = "gc/lock.json"
 GC_WAIT_S = 300.0
 _VERSION = re.compile(r"v(\d{6,})\.json$")
@@ -282,7 +283,11 @@ class ArtifactStore:
                 named = None
             ok = isinstance(named, list) and all(isinstance(sha, str) for sha in named)
             condemned = set(named) if ok else set(payloads)  # an unreadable lock: assume the worst
-            deadline = time.monotonic() + GC_WAIT_S
+            info = self.store.stat(GC_LOCK) if condemned & payloads.keys() else None
+            # a collection stops deleting well within GC_WAIT_S of taking the lock: an older lock
+            # (its collection died) holds no one up
+            left = GC_WAIT_S - (self.store.clock() - info.modified) if info else 0.0
+            deadline = time.monotonic() + left
             while condemned & payloads.keys() and time.monotonic() < deadline:
                 time.sleep(0.05)
                 try:

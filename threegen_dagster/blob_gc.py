@@ -28,8 +28,8 @@ from .artifacts import GC_LOCK, GC_WAIT_S, ArtifactStore
 from .records import CorruptRecord
 from .storage import Conflict, ObjectInfo, StorageError
 
-DELETE_BUDGET_S = GC_WAIT_S / 2
-STALE_LOCK_S = 3600.0  # a lock this old was left by a collection that died: taken over
+DELETE_BUDGET_S = GC_WAIT_S / 2  # from taking the lock; half, so a delete in flight ends before writers go on
+STALE_LOCK_S = GC_WAIT_S  # a lock this old deletes nothing any more (its collection died or gave up): taken over
 
 
 @dataclass
@@ -73,7 +73,7 @@ class BlobCollector:
             try:
                 _, tag = self.store.read_tagged(GC_LOCK)
                 self._tag = self.store.write(GC_LOCK, body, if_match=tag, content_type="application/json")
-                self.result.note = f"took over {self.store.uri(GC_LOCK)}, left {age / 3600:.1f} h ago by a " \
+                self.result.note = f"took over {self.store.uri(GC_LOCK)}, left {age:.0f} s ago by a " \
                                    f"collection that did not finish"
                 return True
             except StorageError:

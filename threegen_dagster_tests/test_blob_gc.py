@@ -116,8 +116,21 @@ def test_a_writer_treats_an_unreadable_lock_as_condemning_its_blobs(store, monke
 
     artifacts, reads, read_tagged = ArtifactStore(store), [], store.read_tagged
     store.write(GC_LOCK, lock)
-    monkeypatch.setattr(artifacts_module, "GC_WAIT_S", 0.2)  # a lock nobody releases: wait briefly, then go on
+    # a lock nobody releases: wait until it is GC_WAIT_S old (S3 times have 1 s steps), then go on
+    monkeypatch.setattr(artifacts_module, "GC_WAIT_S", 3.0)
     monkeypatch.setattr(store, "read_tagged", lambda relative: reads.append(relative) or read_tagged(relative))
     manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
     assert reads.count(GC_LOCK) >= 2  # it waited on the lock instead of trusting it
     assert artifacts.load(KEY, "gaussian_splat")[1] == DATA and manifest.version == 1
+
+
+def test_a_lock_left_by_a_dead_collection_holds_no_writer_up(tmp_path, monkeypatch) -> None:
+    store = LocalStore(tmp_path)  # a local lock can be made old; an S3 object's LastModified cannot
+    artifacts, reads, read_tagged = ArtifactStore(store), [], store.read_tagged
+    orphan = artifacts.put_blob(DATA)
+    store.write(GC_LOCK, json.dumps({"doomed": [orphan.sha256], "since": 0}).encode())
+    _age(store, GC_LOCK, 1)  # its collection died an hour ago (it stopped deleting long before)
+    monkeypatch.setattr(store, "read_tagged", lambda relative: reads.append(relative) or read_tagged(relative))
+    assert artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1").deduplicated
+    assert reads.count(GC_LOCK) == 1  # read once, not waited on
+    assert artifacts.load(KEY, "gaussian_splat")[1] == DATA

@@ -13,7 +13,6 @@ from PIL import Image
 
 from threegen_dagster import cli
 from threegen_dagster.artifacts import ArtifactStore
-from threegen_dagster.catalog import build_catalog
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt, generation_key, is_generation_key
 from threegen_dagster.ledger import Ledger
