@@ -185,7 +185,7 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
 
     The payload is decompressed section by section (positions, then alpha/colour/scale, rotation
     and SH), each read at most doubling what the frame has delivered so far, so a frame cannot
-    make us allocate far ahead of its real content: the rows (6 to 28 times the position bytes)
+    make us allocate far ahead of its real content: the rows (at most 42 times the position bytes)
     only once the positions have arrived. While zstd decompresses a section (it releases the
     GIL), the pool's threads already write the rows of the sections before it."""
     header, reader = _open(spz)
