@@ -108,6 +108,9 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="spz")
 
 
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the parent's threads
+
+
 def _pack_sh(sh: np.ndarray, out: np.ndarray) -> None:
     """SH bytes: degree-1 coefficients (the first 9 values) in 5-bit buckets, the rest in 4-bit."""
 

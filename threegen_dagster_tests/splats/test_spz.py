@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import multiprocessing
 import struct
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -243,3 +244,17 @@ def test_a_payload_cut_in_any_section_is_refused(section: str) -> None:
     cut = 16 + {"positions": 4 * n, "colours": 12 * n, "rotations": 17 * n, "sh": 23 * n}[section]
     with pytest.raises(SpzError, match="truncated SPZ: 40,000 gaussians need"):
         spz.decompress(zstandard.ZstdCompressor().compress(payload[:cut]))
+
+
+def _decompressed_digest(frame: bytes) -> str:
+    return hashlib.sha256(spz.decompress(frame)).hexdigest()
+
+
+def test_a_forked_child_decodes_on_a_pool_of_its_own() -> None:
+    """The parent's pool threads do not exist in a forked child; reusing that pool would hang."""
+    frame = spz.encode(random_cloud(40_000, sh_degree=1))
+    expected = _decompressed_digest(frame)  # the parent's pool is running now
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        assert child.apply_async(_decompressed_digest, (frame,)).get(timeout=60) == expected
+        assert child.apply_async(spz.compress, (vector("inria_1000_sh3.ply"),)).get(timeout=60) == \
+            spz.compress(vector("inria_1000_sh3.ply"))
