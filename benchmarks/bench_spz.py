@@ -67,9 +67,9 @@ def main() -> None:
         return _time_case(args.case, args.repeat)
 
     print(f"SPZ codec, {N:,} gaussians, level 1, single-threaded zstd; {machine()}")
-    print(f"  each case in a fresh process; per call over {args.repeat} calls (compress: {args.repeat // 5})")
+    print(f"  each case in a fresh process; per call over {args.repeat} calls (compress: {max(1, args.repeat // 5)})")
     for case, (label, reference) in CASES.items():
-        repeat = args.repeat // 5 if case.startswith("compress") else args.repeat
+        repeat = max(1, args.repeat // 5) if case.startswith("compress") else args.repeat
         out = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(repeat)],
                              check=True, capture_output=True, text=True).stdout
         t = json.loads(out)
