@@ -44,19 +44,26 @@ def main() -> None:
             os.environ.update(tiny_env(Path(tmp)))
         from threegen_dagster.backends.gpu import gpu_memory
         from threegen_dagster.settings import Settings
-        from threegen_dagster.worker import StageRunner
+        from threegen_dagster.worker import BODIES, StageRunner
 
         runner = StageRunner(Settings.from_env().models)
+
+        def call(stage: str, body: dict) -> dict:  # as POST /v1/<stage> runs it, without HTTP
+            status, out = runner.call(stage, BODIES[stage].model_validate(body))
+            if status != 200:
+                raise SystemExit(f"{stage}: HTTP {status}: {out['error']}")
+            return out
+
         print(f"model stages ({machine()}{', tiny random models' if args.tiny else ''})")
         t = time.perf_counter()
         loads = runner.load_all()
         print(f"  cold load: {time.perf_counter() - t:.2f} s ({', '.join(f'{k} {v:.2f} s' for k, v in loads.items())})")
         for label in ("first call", "warm"):
             total, peak = 0.0, 0.0
-            image = runner.run("text_to_image", {"prompt": args.prompt, "seed": 42})
-            cut = runner.run("background", {"png_b64": image["png_b64"]})
-            mesh = runner.run("image_to_mesh", {"png_b64": cut["png_b64"], "seed": 42})
-            refined = runner.run("refine", {"glb_b64": mesh["glb_b64"]})
+            image = call("text_to_image", {"prompt": args.prompt, "seed": 42})
+            cut = call("background", {"png_b64": image["png_b64"]})
+            mesh = call("image_to_mesh", {"png_b64": cut["png_b64"], "seed": 42})
+            refined = call("refine", {"glb_b64": mesh["glb_b64"]})
             for stage, out in zip(("text_to_image", "background", "image_to_mesh", "refine"),
                                   (image, cut, mesh, refined)):
                 meta = out["meta"]

@@ -16,16 +16,16 @@ from PIL import Image
 
 from .catalog import build_catalog, markdown_table, statuses
 from .ledger import Generation
+from .codecs import stored_image
 from .resources import (
-    BackgroundRemovalResource,
+    BackgroundResource,
     ImageToMeshResource,
-    RefinerResource,
-    ScoringResource,
+    RefineResource,
+    ScoreResource,
     SplatResource,
     StoreResource,
     TextToImageResource,
     ValidatorPolicyResource,
-    open_image,
     stopwatch,
 )
 from .sn17.validators import ValidatorBook, records_table
@@ -67,14 +67,14 @@ def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
     entry = _entry(context, store)
     prompt = store.ledger().prompt(entry.key)
     with stopwatch() as t:
-        image = open_image(prompt.image) if prompt.kind == "image" else text_to_image.generate(prompt.text, entry.seed)
+        image = stored_image(prompt.image) if prompt.kind == "image" else text_to_image.generate(prompt.text, entry.seed)
     backend = {"backend": "given image"} if prompt.kind == "image" else text_to_image.describe()
     return dg.Output(image, metadata={**describe(entry), **backend, "seconds": t["seconds"],
                                       "width": image.width, "height": image.height, "preview": preview(image)})
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
-def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: BackgroundRemovalResource,
+def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: BackgroundResource,
                      generated_image: Image.Image) -> dg.Output[Image.Image]:
     """The object cut out of the generated image (RGBA, background transparent)."""
     with stopwatch() as t:
@@ -102,12 +102,12 @@ def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"glb"})
-def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refiner: RefinerResource,
+def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refine: RefineResource,
                  initial_mesh: trimesh.Trimesh) -> dg.Output[trimesh.Trimesh]:
     """The mesh made lighter and smoother, colours kept."""
     with stopwatch() as t:
-        mesh = refiner.refine(initial_mesh)
-    return dg.Output(mesh, metadata={**describe(_entry(context, store)), **refiner.describe(),
+        mesh = refine.refine(initial_mesh)
+    return dg.Output(mesh, metadata={**describe(_entry(context, store)), **refine.describe(),
                                      "seconds": t["seconds"], **_mesh_metadata(mesh)})
 
 
@@ -151,16 +151,16 @@ with warnings.catch_warnings():  # partitioned checks are a Dagster "preview" fe
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"json"},
           check_specs=[SCORE_CHECK_SPEC])
-def validation_score(context: dg.AssetExecutionContext, store: StoreResource, scoring: ScoringResource,
+def validation_score(context: dg.AssetExecutionContext, store: StoreResource, score: ScoreResource,
                      compressed_splat: bytes, foreground_image: Image.Image):
     """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
     with stopwatch() as t:
-        result, ring_png = scoring.score(compressed_splat, foreground_image,
+        result, ring_png = score.score(compressed_splat, foreground_image,
                                          store.ledger().prompt(context.partition_key))
     result["seconds"] = t["seconds"]
     parts = {"score": result["score"], **result["parts"]}
     failures = result["checks"]["failures"]
-    yield dg.Output(result, metadata={**describe(_entry(context, store)), **scoring.describe(), **parts,
+    yield dg.Output(result, metadata={**describe(_entry(context, store)), **score.describe(), **parts,
                                       "seconds": t["seconds"],
                                       "kind": result["kind"], "threshold": result["threshold"],
                                       "passed": result["passed"], "check_failures": len(failures),

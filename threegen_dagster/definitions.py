@@ -18,10 +18,10 @@ from .jobs import (
     inbox_sensor,
 )
 from .resources import (
-    BackgroundRemovalResource,
+    BackgroundResource,
     ImageToMeshResource,
-    RefinerResource,
-    ScoringResource,
+    RefineResource,
+    ScoreResource,
     SN17Resource,
     SplatResource,
     StoreResource,
@@ -34,6 +34,7 @@ from .sn17_jobs import sn17_submission_sensor, sn17_submissions, sn17_task_senso
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
+    score = ScoreResource.from_settings(settings, threshold=settings.score_threshold)
     return dg.Definitions(
         assets=[*PIPELINE, generation_catalog, validator_records, sn17_submissions],
         jobs=[generate_job, catalog_job, cleanup, submit],
@@ -50,11 +51,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
             "text_to_image": TextToImageResource.from_settings(settings),
-            "background": BackgroundRemovalResource.from_settings(settings),
+            "background": BackgroundResource.from_settings(settings),
             "image_to_mesh": ImageToMeshResource.from_settings(settings),
-            "refiner": RefinerResource.from_settings(settings),
+            "refine": RefineResource.from_settings(settings),
             "splats": SplatResource(gaussians=settings.gaussians, frame=settings.frame),
-            "scoring": ScoringResource.from_settings(settings, threshold=settings.score_threshold),
+            "score": score,
+            "scoring": score,  # sn17_jobs.py's key for the same resource, until it moves into its room
         },
     )
 

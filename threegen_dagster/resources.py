@@ -1,7 +1,9 @@
-"""Typed Dagster resources: the store, and one resource per pipeline stage.
+"""Typed Dagster resources: the store, one resource per model stage (keyed by the stage's name,
+``backends/stages.py``), the splat settings, the SN17 validator policy and identity.
 
-Each stage resource names its backend in config; today every stage has its embedded CPU
-backend (no weights, no GPU). The real model backends plug in behind the same methods.
+A stage resource names its backend (one of the registry's) and the backend's options; the
+embedded CPU backends are the defaults (no weights, no GPU), the model backends sit behind the
+same typed call.
 """
 
 
@@ -13,16 +15,17 @@ import dagster as dg
 import trimesh
 from PIL import Image
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
-from . import images
 from .artifacts import ArtifactStore
 from .backends import registry
 from .backends.gpu import free_gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS
-from .backends.validator_models import CLIP_MODEL, DINO_MODEL
+from .backends.stages import Engine
+from .codecs import stored_image
 from .keys import Prompt
 from .ledger import Ledger
+from .settings import DEFAULT_POLICY, Settings
 from .sn17.validators import ValidatorPolicy
 from .splats import GaussianCloud
 from .splats.mesh import mesh_to_gaussians
@@ -42,7 +45,7 @@ class StoreResource(dg.ConfigurableResource):
     uri: str = Field(description="A directory, or s3://BUCKET[/PREFIX]")
     s3: S3Resource = Field(default_factory=lambda: S3Resource(max_attempts=3),
                            description="Endpoint, region and retries for s3:// stores")
-    presign_seconds: int = Field(86_400, ge=60, le=604_800, description="Lifetime of the download links in metadata")
+    presign_seconds: int = Field(Settings.presign_seconds, ge=60, le=604_800, description="Lifetime of the download links in metadata")
     multipart_threshold_mb: int = Field(64, ge=5, description="Objects larger than this go up as multipart uploads")
 
     _opened: Store | None = PrivateAttr(default=None)
@@ -73,41 +76,49 @@ class StoreResource(dg.ConfigurableResource):
 
 
 class _StageResource(dg.ConfigurableResource):
-    """A model stage: run in this process on the configured backend (loaded once per process),
-    or sent to a warm GPU worker (`threegen worker`) when ``worker_url`` is set."""
+    """A model stage (``backends/stages.py``): run in this process on the configured backend (loaded
+    once per process), or sent to a warm GPU worker (`threegen worker`) when ``worker_url`` is set.
+    The resource key is the stage's name; ``options`` are the backend's own (its class's options,
+    checked by name here; unset ones keep the backend's defaults)."""
 
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="The backend's options (e.g. flux: model, revision, steps, size, "
+                                                "dtype, device); unset ones keep its defaults")
     worker_url: str = Field("", description="URL of a running `threegen worker`; empty: run in this process")
     worker_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the worker's answer")
     free_gpu_between_stages: bool = Field(False, description="Return cached GPU memory after the stage")
 
     _last: dict = PrivateAttr(default_factory=dict)
     stage: ClassVar[str] = ""
+    backend: str
 
-    def options(self) -> dict[str, Any]:
-        """The backend's options from this resource's fields."""
-        return {}
+    @model_validator(mode="after")
+    def _known_options(self) -> "_StageResource":
+        known = registry.backend_class(self.stage, self.backend).option_names()
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise ValueError(f"{self.stage} backend {self.backend!r} has no option {', '.join(unknown)} "
+                             f"(its options: {', '.join(known) or 'none'})")
+        return self
 
     @classmethod
     def from_settings(cls, settings, **overrides: Any) -> "_StageResource":
         backend, options = settings.models.get(cls.stage, (STAGE_BACKENDS[cls.stage][0], {}))
-        fields = {f"{backend}_{k}" if f"{backend}_{k}" in cls.model_fields else k: v for k, v in options.items()}
-        return cls(backend=backend, worker_url=settings.worker_url, worker_timeout_s=settings.worker_timeout_s,
-                   free_gpu_between_stages=settings.free_gpu_between_stages,
-                   **{k: v for k, v in fields.items() if k in cls.model_fields}, **overrides)
+        return cls(backend=backend, options=options, worker_url=settings.worker_url,
+                   worker_timeout_s=settings.worker_timeout_s,
+                   free_gpu_between_stages=settings.free_gpu_between_stages, **overrides)
 
-    def engine(self):
-        return registry.engine(self.stage, self.backend, self.options())
+    def engine(self) -> Engine:
+        return registry.engine(self.stage, self.backend, self.options)
 
-    def _on_worker(self) -> bool:
-        return bool(self.worker_url)
-
-    def _run(self, method: str, *args: Any) -> Any:
-        if self._on_worker():
-            result, self._last = getattr(WorkerClient(self.worker_url, self.worker_timeout_s), self.stage)(*args)
+    def _run(self, *args: Any) -> Any:
+        """The stage's call (the contract's arguments), on the worker or here."""
+        if self.worker_url and registry.backend_class(self.stage, self.backend).on_worker:
+            result, self._last = WorkerClient(self.worker_url, self.worker_timeout_s).call(self.stage, *args)
             return result
         eng = self.engine()
         with peak_gpu_memory() as memory:
-            result = getattr(eng, method)(*args)
+            result = eng(*args)
         if self.free_gpu_between_stages:
             free_gpu_memory()
         self._last = {**eng.describe(), "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "in-process"}
@@ -120,88 +131,47 @@ class _StageResource(dg.ConfigurableResource):
         return {"backend": self.backend}
 
 
+def _backends(stage: str) -> Any:
+    """The stage's backend names as a Literal (the UI offers them), from the registry."""
+    return Literal[STAGE_BACKENDS[stage]]
+
+
 class TextToImageResource(_StageResource):
     stage: ClassVar[str] = "text_to_image"
-    backend: Literal["procedural", "flux"] = Field("procedural", description="'procedural' (embedded CPU) or 'flux'")
-    size: int = Field(512, ge=64, le=2048, description="Square output size in pixels (FLUX: rounded to 16)")
-    flux_model: str = Field("black-forest-labs/FLUX.1-schnell", description="FLUX diffusers folder or hub id")
-    flux_revision: str | None = None
-    flux_variant: Literal["schnell", "dev"] = "schnell"
-    flux_steps: int | None = Field(None, description="None: 4 for schnell, 28 for dev")
-    flux_dtype: str = "bfloat16"
-    flux_cpu_offload: bool = False
-    prompt_template: str = Field("{prompt}, 3D render, single object, centred, plain white background")
-    device: str = "auto"
-
-    def options(self) -> dict[str, Any]:
-        if self.backend == "procedural":
-            return {"size": self.size}
-        return {"model": self.flux_model, "revision": self.flux_revision, "variant": self.flux_variant,
-                "steps": self.flux_steps, "size": self.size, "dtype": self.flux_dtype,
-                "cpu_offload": self.flux_cpu_offload, "prompt_template": self.prompt_template, "device": self.device}
+    backend: _backends("text_to_image") = Field("procedural", description="'procedural' (embedded CPU) or 'flux'")
 
     def generate(self, prompt: str, seed: int) -> Image.Image:
-        return self._run("generate", prompt, seed)
+        return self._run(prompt, seed)
 
 
-class BackgroundRemovalResource(_StageResource):
+class BackgroundResource(_StageResource):
     stage: ClassVar[str] = "background"
-    backend: Literal["flood_fill", "rembg"] = "flood_fill"
-    tolerance: float = Field(28.0, gt=0, description="flood_fill: RGB distance from the border colour")
-    min_fraction: float = Field(0.02, ge=0, le=1, description="flood_fill: keep parts at least this of the largest")
-    rembg_model: str = Field("u2netp", description="rembg session: u2net, u2netp, birefnet-general, ...")
-    rembg_model_home: str | None = Field(None, description="Folder with <model>.onnx (rembg's U2NET_HOME)")
-
-    def options(self) -> dict[str, Any]:
-        if self.backend == "flood_fill":
-            return {"tolerance": self.tolerance, "min_fraction": self.min_fraction}
-        return {"model": self.rembg_model, "model_home": self.rembg_model_home}
+    backend: _backends("background") = Field("flood_fill", description="'flood_fill' (embedded CPU) or 'rembg'")
 
     def remove(self, image: Image.Image) -> Image.Image:
-        return self._run("remove", image)
+        return self._run(image)
 
 
 class ImageToMeshResource(_StageResource):
     stage: ClassVar[str] = "image_to_mesh"
-    backend: Literal["inflate", "hunyuan"] = "inflate"
-    resolution: int = Field(128, ge=16, le=512, description="inflate: grid cells along the longer image side")
-    depth_ratio: float = Field(0.6, gt=0, description="inflate: depth relative to the silhouette's thickness")
-    hunyuan_model: str = Field("tencent/Hunyuan3D-2", description="Hunyuan3D-2 folder or hub id")
-    hunyuan_subfolder: str = "hunyuan3d-dit-v2-0"
-    hunyuan_steps: int | None = None
-    hunyuan_octree_resolution: int | None = None
-    hunyuan_dtype: str = "float16"
-    device: str = "auto"
-
-    def options(self) -> dict[str, Any]:
-        if self.backend == "inflate":
-            return {"resolution": self.resolution, "depth_ratio": self.depth_ratio}
-        return {"model": self.hunyuan_model, "subfolder": self.hunyuan_subfolder, "steps": self.hunyuan_steps,
-                "octree_resolution": self.hunyuan_octree_resolution, "dtype": self.hunyuan_dtype,
-                "device": self.device}
+    backend: _backends("image_to_mesh") = Field("inflate", description="'inflate' (embedded CPU) or 'hunyuan'")
 
     def mesh(self, foreground: Image.Image, seed: int) -> trimesh.Trimesh:
-        return self._run("mesh", foreground, seed)
+        return self._run(foreground, seed)
 
 
-class RefinerResource(_StageResource):
+class RefineResource(_StageResource):
     stage: ClassVar[str] = "refine"
-    backend: Literal["decimate", "bpt"] = "decimate"
-    target_faces: int = Field(20_000, ge=4)
-    smoothing_iterations: int = Field(5, ge=0)
-
-    def options(self) -> dict[str, Any]:
-        return {"target_faces": self.target_faces, "smoothing_iterations": self.smoothing_iterations} \
-            if self.backend == "decimate" else {}
+    backend: _backends("refine") = Field("decimate", description="'decimate' (embedded CPU) or 'bpt' (not installable)")
 
     def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-        return self._run("refine", mesh)
+        return self._run(mesh)
 
 
 class SplatResource(dg.ConfigurableResource):
     """How a mesh becomes the splat a validator receives."""
 
-    gaussians: int = Field(50_000, ge=1, le=10_000_000)
+    gaussians: int = Field(Settings.gaussians, ge=1, le=10_000_000)
     max_extent: float = Field(1.5, gt=0, description="Largest bounding-box side after normalisation")
     frame: Literal["y_up", "y_down"] = Field("y_up", description="Output frame the validator renders in")
     remove_floaters: bool = False
@@ -212,53 +182,39 @@ class SplatResource(dg.ConfigurableResource):
                                        remove_floaters=self.remove_floaters)
 
 
-class ScoringResource(_StageResource):
+class ScoreResource(_StageResource):
     """Pre-validation of the SPZ a validator would receive: the embedded proxy, SN17's scoring
     models in process (or on the worker), or a running SN17 validation server."""
 
     stage: ClassVar[str] = "score"
-    backend: Literal["proxy", "models", "validation_server"] = Field(
+    backend: _backends("score") = Field(
         "proxy", description="'proxy': checks + geometric proxy, no models; 'models': OpenCLIP + DINOv2 as the "
                              "validator scores; 'validation_server': SN17's own server")
-    threshold: float = Field(0.6, ge=0, le=1, description="Scores below this fail the blocking check")
-    validation_url: str = Field("http://127.0.0.1:8094", description="validation_server: SN17 validation server")
-    timeout_s: float = Field(120.0, gt=0, description="validation_server: seconds to wait for its answer")
-    clip_model: str = Field(CLIP_MODEL, description="models: OpenCLIP folder (open_clip_config.json + weights) or hf-hub: id")
-    dino_model: str = Field(DINO_MODEL, description="models: DINOv2 transformers folder or hub id")
-    quality_head: str = Field("", description="models: the validator's DINOv2 score head (.safetensors or .pt)")
-    models_dtype: str = Field("float32", description="models: float32, float16 or bfloat16")
-    render_size: int = Field(518, ge=32, le=2048, description="models: ring view size (the validator's is 518)")
-    device: str = "auto"
-
-    def _on_worker(self) -> bool:
-        # only the scoring models need the GPU; the proxy and the validation server are called from here
-        return bool(self.worker_url) and self.backend == "models"
-
-    def options(self) -> dict[str, Any]:
-        if self.backend == "validation_server":
-            return {"url": self.validation_url, "timeout_s": self.timeout_s}
-        if self.backend == "models":
-            return {"clip_model": self.clip_model, "dino_model": self.dino_model, "quality_head": self.quality_head,
-                    "dtype": self.models_dtype, "render_size": self.render_size, "device": self.device}
-        return {}
+    threshold: float = Field(Settings.score_threshold, ge=0, le=1, description="Scores below this fail the blocking check")
 
     def score(self, spz: bytes, foreground: Image.Image | None = None,
               prompt: Prompt | None = None) -> tuple[dict, bytes]:
         """The score as JSON-ready parts (``parts``: what it is made of), and a PNG of the 16-view ring."""
         text = prompt.text if prompt is not None and prompt.kind == "text" else ""
         image = prompt.image if prompt is not None and prompt.kind == "image" else None
-        out, ring = self._run("score", spz, foreground, text, image)
+        out, ring = self._run(spz, foreground, text, image)
         return {**out, "threshold": self.threshold, "passed": out["score"] >= self.threshold}, ring
+
+
+ScoringResource = ScoreResource  # the old name, until sn17_jobs.py moves into its room
 
 
 class ValidatorPolicyResource(dg.ConfigurableResource):
     """Which SN17 validators to pull from (see ``sn17/validators.py``)."""
 
-    min_stake: float = Field(1000.0, ge=0, description="Skip validators with less stake")
-    blacklist: list[int] = Field([180], description="UIDs never pulled from (the CLI can add and remove)")
-    min_success_rate: float = Field(0.3, ge=0, le=1, description="Auto-blacklist below this success rate")
-    max_mean_response_s: float = Field(120.0, gt=0, description="Auto-blacklist above this mean response time")
-    window: int = Field(20, ge=1, description="Calls the automatic blacklist looks back over")
+    min_stake: float = Field(DEFAULT_POLICY.min_stake, ge=0, description="Skip validators with less stake")
+    blacklist: list[int] = Field(sorted(DEFAULT_POLICY.manual_blacklist),
+                                 description="UIDs never pulled from (the CLI can add and remove)")
+    min_success_rate: float = Field(DEFAULT_POLICY.min_success_rate, ge=0, le=1,
+                                    description="Auto-blacklist below this success rate")
+    max_mean_response_s: float = Field(DEFAULT_POLICY.max_mean_response_s, gt=0,
+                                       description="Auto-blacklist above this mean response time")
+    window: int = Field(DEFAULT_POLICY.window, ge=1, description="Calls the automatic blacklist looks back over")
 
     @classmethod
     def from_policy(cls, policy: ValidatorPolicy) -> "ValidatorPolicyResource":
@@ -292,10 +248,7 @@ class SN17Resource(dg.ConfigurableResource):
         return Wallet(name=self.wallet_name, hotkey=self.wallet_hotkey, path=self.wallet_path)
 
 
-def open_image(data: bytes) -> Image.Image:
-    """A stored PNG or an image prompt (bounded when it was registered) as 8-bit RGB, or RGBA when it
-    has transparency: 16-bit greyscale scaled, palettes and colour keys kept (``images.to_rgb``)."""
-    return images.to_rgb(images.decode(data, max_pixels=None))
+open_image = stored_image  # the I/O manager's import, until it moves into its room
 
 
 @contextmanager

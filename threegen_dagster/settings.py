@@ -11,6 +11,7 @@ from pathlib import Path
 from .images import MAX_IMAGE_PIXELS
 from .retention import RetentionPolicy
 from .sn17.validators import ValidatorPolicy
+from .splats.mesh import DEFAULT_GAUSSIAN_COUNT
 from .storage import StorageError, parse_s3_uri
 
 
@@ -32,7 +33,7 @@ class Settings:
     """THREEGEN_PRESIGN_SECONDS: lifetime of the S3 download links in asset metadata."""
     retention: RetentionPolicy = RetentionPolicy()
     """THREEGEN_RETENTION_HOURS, THREEGEN_KEEP_PASSED_HOURS, THREEGEN_SLIM_HOURS, THREEGEN_KEEP_VERSIONS."""
-    gaussians: int = 50_000
+    gaussians: int = DEFAULT_GAUSSIAN_COUNT
     """THREEGEN_GAUSSIANS: gaussians per splat."""
     score_threshold: float = 0.6
     """THREEGEN_SCORE_THRESHOLD: the blocking score check's threshold."""
@@ -100,10 +101,10 @@ class Settings:
             inbox=(base / env.get("THREEGEN_INBOX", "inbox")).resolve(),
             s3_endpoint=env.get("THREEGEN_S3_ENDPOINT") or None,
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-            presign_seconds=int(number("THREEGEN_PRESIGN_SECONDS", 86_400, int)),
+            presign_seconds=int(number("THREEGEN_PRESIGN_SECONDS", cls.presign_seconds, int)),
             retention=retention,
-            gaussians=int(number("THREEGEN_GAUSSIANS", 50_000, int)),
-            score_threshold=number("THREEGEN_SCORE_THRESHOLD", 0.6, float),
+            gaussians=int(number("THREEGEN_GAUSSIANS", cls.gaussians, int)),
+            score_threshold=number("THREEGEN_SCORE_THRESHOLD", cls.score_threshold, float),
             frame=frame,
             models=models_from_env(env),
             validators=validator_policy(env, number),
@@ -142,43 +143,21 @@ def image_pixel_limit(env: Mapping[str, str] | None = None) -> int:
     return int(positive(os.environ if env is None else env, "THREEGEN_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS, int))
 
 
-# stage -> (backend variable, default backend, {backend: {option: (variable, type)}})
-MODEL_ENV: dict[str, tuple[str, str, dict[str, dict[str, tuple[str, type]]]]] = {
-    "text_to_image": ("THREEGEN_TEXT_TO_IMAGE", "procedural", {
-        "flux": {"model": ("THREEGEN_FLUX_MODEL", str), "revision": ("THREEGEN_FLUX_REVISION", str),
-                 "variant": ("THREEGEN_FLUX_VARIANT", str), "steps": ("THREEGEN_FLUX_STEPS", int),
-                 "size": ("THREEGEN_FLUX_SIZE", int), "dtype": ("THREEGEN_FLUX_DTYPE", str),
-                 "cpu_offload": ("THREEGEN_FLUX_OFFLOAD", bool), "prompt_template": ("THREEGEN_PROMPT_TEMPLATE", str),
-                 "device": ("THREEGEN_DEVICE", str)}}),
-    "background": ("THREEGEN_BACKGROUND", "flood_fill", {
-        "rembg": {"model": ("THREEGEN_REMBG_MODEL", str), "model_home": ("THREEGEN_REMBG_HOME", str)}}),
-    "image_to_mesh": ("THREEGEN_IMAGE_TO_MESH", "inflate", {
-        "hunyuan": {"model": ("THREEGEN_HUNYUAN_MODEL", str), "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
-                    "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
-                    "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}}),
-    "refine": ("THREEGEN_REFINER", "decimate", {}),
-    # the pre-validation score: proxy (embedded), models (OpenCLIP + DINOv2), validation_server (SN17's)
-    "score": ("THREEGEN_SCORER", "proxy", {
-        "models": {"clip_model": ("THREEGEN_CLIP_MODEL", str), "dino_model": ("THREEGEN_DINO_MODEL", str),
-                   "quality_head": ("THREEGEN_QUALITY_HEAD", str), "dtype": ("THREEGEN_SCORER_DTYPE", str),
-                   "render_size": ("THREEGEN_SCORER_RENDER_SIZE", int), "device": ("THREEGEN_DEVICE", str)},
-        "validation_server": {"validation_url": ("THREEGEN_VALIDATION_URL", str),
-                              "timeout_s": ("THREEGEN_VALIDATION_TIMEOUT", float)}}),
-}
-
-
 def models_from_env(env: Mapping[str, str]) -> dict[str, tuple[str, dict]]:
-    """stage -> (backend, options) from THREEGEN_TEXT_TO_IMAGE, THREEGEN_FLUX_MODEL, ... (unset
-    options keep the backend's own defaults)."""
-    from .backends.registry import STAGE_BACKENDS
+    """stage -> (backend, options): the backend from the stage's variable (``stages.STAGES``:
+    THREEGEN_TEXT_TO_IMAGE, ...; unset: the registry's first), its options from the variables its
+    class declares (``env``: THREEGEN_FLUX_MODEL, ...); unset options keep the backend's own defaults."""
+    from .backends.registry import BACKENDS
+    from .backends.stages import STAGES
 
     models = {}
-    for stage, (variable, default, per_backend) in MODEL_ENV.items():
-        backend = env.get(variable, "") or default
-        if backend not in STAGE_BACKENDS[stage]:
-            raise SettingsError(f"{variable}={backend!r}: one of {', '.join(STAGE_BACKENDS[stage])}")
+    for stage in STAGES.values():
+        table = BACKENDS[stage.name]
+        backend = env.get(stage.variable, "") or next(iter(table))
+        if backend not in table:
+            raise SettingsError(f"{stage.variable}={backend!r}: one of {', '.join(table)}")
         options = {}
-        for option, (name, kind) in per_backend.get(backend, {}).items():
+        for option, (name, kind) in table[backend].env.items():
             raw = env.get(name, "")
             if not raw:
                 continue
@@ -189,18 +168,21 @@ def models_from_env(env: Mapping[str, str]) -> dict[str, tuple[str, dict]]:
                     options[option] = kind(raw)
                 except ValueError:
                     raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
-        models[stage] = (backend, options)
+        models[stage.name] = (backend, options)
     return models
+
+
+DEFAULT_POLICY = ValidatorPolicy()  # the one source of the validator policy's defaults
 
 
 def validator_policy(env: Mapping[str, str], number) -> ValidatorPolicy:
     raw = env.get("THREEGEN_SN17_BLACKLIST")
     try:
-        blacklist = frozenset({180} if raw is None else {int(u) for u in raw.replace(" ", "").split(",") if u})
+        blacklist = frozenset(DEFAULT_POLICY.manual_blacklist if raw is None else {int(u) for u in raw.replace(" ", "").split(",") if u})
     except ValueError:
         raise SettingsError(f"THREEGEN_SN17_BLACKLIST={raw!r}: comma-separated UIDs, like '180,12'") from None
     return ValidatorPolicy(
-        min_stake=number("THREEGEN_SN17_MIN_STAKE", 1000.0, float), manual_blacklist=blacklist,
-        min_success_rate=number("THREEGEN_SN17_MIN_SUCCESS", 0.3, float),
-        max_mean_response_s=number("THREEGEN_SN17_MAX_RESPONSE_S", 120.0, float),
-        window=int(number("THREEGEN_SN17_WINDOW", 20, int)))
+        min_stake=number("THREEGEN_SN17_MIN_STAKE", DEFAULT_POLICY.min_stake, float), manual_blacklist=blacklist,
+        min_success_rate=number("THREEGEN_SN17_MIN_SUCCESS", DEFAULT_POLICY.min_success_rate, float),
+        max_mean_response_s=number("THREEGEN_SN17_MAX_RESPONSE_S", DEFAULT_POLICY.max_mean_response_s, float),
+        window=int(number("THREEGEN_SN17_WINDOW", DEFAULT_POLICY.window, int)))

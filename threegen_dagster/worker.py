@@ -11,7 +11,8 @@ serves the model stages over HTTP (loopback unless told otherwise), and the clie
          score                 {"spz_b64", "text", "image_b64", "png_b64" (foreground)}
                                                        -> {"result", "ring_png_b64", "meta"}
 
-Here: the typed request bodies (strict: a seed is an integer in [0, 2**32-1], never "3", 3.0 or
+Here: the typed request bodies, one per stage in ``BODIES`` (each also writes its request for the
+client and reads the answer back; strict: a seed is an integer in [0, 2**32-1], never "3", 3.0 or
 true; a prompt is non-empty printable text; no unknown fields), the stage runner (images decoded
 as PNG within ``max_image_pixels``; calls run one at a time, one GPU, others wait in the queue
 that /status reports) and the client. The HTTP server, its limits and error answers are in
@@ -20,9 +21,7 @@ that /status reports) and the client. The HTTP server, its limits and error answ
 
 from __future__ import annotations
 
-import base64
 import binascii
-import io
 import json
 import socket
 import threading
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import images
 from .backends.gpu import BackendError, free_gpu_memory, gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS, engine
+from .codecs import b64, glb_bytes, glb_mesh, png_bytes, png_image, unb64
 from .keys import MAX_SEED, Prompt, clean_text
 
 DEFAULT_PORT = 8765
@@ -47,25 +47,18 @@ class BadRequest(ValueError):
     """A request the worker cannot decode (HTTP 400)."""
 
 
-def png_b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+def _bytes(value: str, field: str) -> bytes:
+    try:
+        return unb64(value)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"cannot decode '{field}': not valid base64") from None
 
 
-def image_from_b64(data: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-    image.load()
-    return image
-
-
-def glb_b64(mesh: trimesh.Trimesh) -> str:
-    return base64.b64encode(mesh.export(file_type="glb")).decode()
-
-
-def mesh_from_b64(data: str) -> trimesh.Trimesh:
-    return trimesh.load(io.BytesIO(base64.b64decode(data, validate=True)), file_type="glb", force="mesh",
-                        process=False)
+def _image(value: str, field: str, max_pixels: int) -> Image.Image:
+    try:
+        return images.open_rgb(_bytes(value, field), max_pixels, formats=("PNG",))
+    except images.ImageError as exc:
+        raise BadRequest(f"cannot decode '{field}': {exc}") from None
 
 
 # -- requests: typed, strict (no coercion: "3", 3.0 and true are not seeds), no unknown fields
@@ -74,10 +67,52 @@ Base64 = Annotated[str, Field(min_length=1)]
 
 
 class _Body(BaseModel):
+    """One stage's wire: the request body (its fields), how the client writes it (``request``), how
+    the worker reads it into the contract's arguments (``arguments``), and the answer both ways."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @staticmethod
+    def request(*args: Any) -> dict[str, Any]:
+        """Client: the contract's arguments as this body's JSON."""
+        raise NotImplementedError
 
-class TextToImageBody(_Body):
+    def arguments(self, max_pixels: int) -> tuple:
+        """Worker: the contract's arguments, decoded and bounded; BadRequest when they cannot be."""
+        raise NotImplementedError
+
+    @staticmethod
+    def answer(result: Any) -> dict[str, Any]:
+        """Worker: the contract's result as JSON."""
+        raise NotImplementedError
+
+    @staticmethod
+    def result(out: dict[str, Any]) -> Any:
+        """Client: the answer's JSON as the contract's result."""
+        raise NotImplementedError
+
+
+class _ImageAnswer(_Body):
+    @staticmethod
+    def answer(result: Image.Image) -> dict[str, Any]:
+        return {"png_b64": b64(png_bytes(result))}
+
+    @staticmethod
+    def result(out: dict[str, Any]) -> Image.Image:
+        return png_image(unb64(out["png_b64"]))
+
+
+class _MeshAnswer(_Body):
+    @staticmethod
+    def answer(result: trimesh.Trimesh) -> dict[str, Any]:
+        return {"glb_b64": b64(glb_bytes(result))}
+
+    @staticmethod
+    def result(out: dict[str, Any]) -> trimesh.Trimesh:
+        return glb_mesh(unb64(out["glb_b64"]))
+
+
+class TextToImageBody(_ImageAnswer):
     prompt: str
     seed: Seed
 
@@ -86,18 +121,49 @@ class TextToImageBody(_Body):
     def _prompt(cls, value: str) -> str:
         return Prompt.from_text(value).text  # the pipeline's own rules: non-empty, printable, bounded
 
+    @staticmethod
+    def request(prompt: str, seed: int) -> dict[str, Any]:
+        return {"prompt": prompt, "seed": seed}
 
-class BackgroundBody(_Body):
+    def arguments(self, max_pixels: int) -> tuple[str, int]:
+        return self.prompt, self.seed
+
+
+class BackgroundBody(_ImageAnswer):
     png_b64: Base64
 
+    @staticmethod
+    def request(image: Image.Image) -> dict[str, Any]:
+        return {"png_b64": b64(png_bytes(image))}
 
-class ImageToMeshBody(_Body):
+    def arguments(self, max_pixels: int) -> tuple[Image.Image]:
+        return (_image(self.png_b64, "png_b64", max_pixels),)
+
+
+class ImageToMeshBody(_MeshAnswer):
     png_b64: Base64
     seed: Seed
 
+    @staticmethod
+    def request(image: Image.Image, seed: int) -> dict[str, Any]:
+        return {"png_b64": b64(png_bytes(image)), "seed": seed}
 
-class RefineBody(_Body):
+    def arguments(self, max_pixels: int) -> tuple[Image.Image, int]:
+        return _image(self.png_b64, "png_b64", max_pixels), self.seed
+
+
+class RefineBody(_MeshAnswer):
     glb_b64: Base64
+
+    @staticmethod
+    def request(mesh: trimesh.Trimesh) -> dict[str, Any]:
+        return {"glb_b64": b64(glb_bytes(mesh))}
+
+    def arguments(self, max_pixels: int) -> tuple[trimesh.Trimesh]:
+        try:
+            return (glb_mesh(unb64(self.glb_b64)),)
+        except Exception as exc:  # noqa: BLE001 - not base64, not a GLB
+            raise BadRequest(f"cannot decode 'glb_b64' as a GLB mesh ({type(exc).__name__}: {exc})") from None
 
 
 class ScoreBody(_Body):
@@ -111,19 +177,40 @@ class ScoreBody(_Body):
     def _text(cls, value: str) -> str:
         return clean_text(value, "text")
 
+    @staticmethod
+    def request(spz: bytes, foreground: Image.Image | None = None, text: str = "",
+                image: bytes | None = None) -> dict[str, Any]:
+        return {"spz_b64": b64(spz), "text": text,
+                "png_b64": b64(png_bytes(foreground)) if foreground is not None else "",
+                "image_b64": b64(image) if image else ""}
 
-def _bytes(value: str, field: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"cannot decode '{field}': not valid base64") from None
+    def arguments(self, max_pixels: int) -> tuple[bytes, Image.Image | None, str, bytes | None]:
+        foreground = _image(self.png_b64, "png_b64", max_pixels) if self.png_b64 else None
+        image = _bytes(self.image_b64, "image_b64") if self.image_b64 else None
+        if image is not None:
+            try:
+                images.decode(image, max_pixels)
+            except images.ImageError as exc:
+                raise BadRequest(f"cannot decode 'image_b64': {exc}") from None
+        return _bytes(self.spz_b64, "spz_b64"), foreground, self.text, image
+
+    @staticmethod
+    def answer(result: tuple[dict, bytes]) -> dict[str, Any]:
+        out, ring = result
+        return {"result": out, "ring_png_b64": b64(ring)}
+
+    @staticmethod
+    def result(out: dict[str, Any]) -> tuple[dict, bytes]:
+        return out["result"], unb64(out["ring_png_b64"])
 
 
-def _image(value: str, field: str, max_pixels: int) -> Image.Image:
-    try:
-        return images.open_rgb(_bytes(value, field), max_pixels, formats=("PNG",))
-    except images.ImageError as exc:
-        raise BadRequest(f"cannot decode '{field}': {exc}") from None
+BODIES: dict[str, type[_Body]] = {  # stage -> its wire: POST /v1/<stage>
+    "text_to_image": TextToImageBody,
+    "background": BackgroundBody,
+    "image_to_mesh": ImageToMeshBody,
+    "refine": RefineBody,
+    "score": ScoreBody,
+}
 
 
 class StageRunner:
@@ -153,29 +240,6 @@ class StageRunner:
             seconds[stage] = round(time.perf_counter() - t, 3)
         return seconds
 
-    def arguments(self, stage: str, body: BaseModel) -> tuple:
-        """The call's arguments, decoded and bounded; BadRequest when they cannot be."""
-        pixels = self.max_image_pixels
-        if stage == "text_to_image":
-            return body.prompt, body.seed
-        if stage == "background":
-            return (_image(body.png_b64, "png_b64", pixels),)
-        if stage == "image_to_mesh":
-            return _image(body.png_b64, "png_b64", pixels), body.seed
-        if stage == "score":
-            foreground = _image(body.png_b64, "png_b64", pixels) if body.png_b64 else None
-            image = _bytes(body.image_b64, "image_b64") if body.image_b64 else None
-            if image is not None:
-                try:
-                    images.decode(image, pixels)
-                except images.ImageError as exc:
-                    raise BadRequest(f"cannot decode 'image_b64': {exc}") from None
-            return _bytes(body.spz_b64, "spz_b64"), foreground, body.text, image
-        try:
-            return (mesh_from_b64(body.glb_b64),)
-        except Exception as exc:  # noqa: BLE001 - not base64, not a GLB
-            raise BadRequest(f"cannot decode 'glb_b64' as a GLB mesh ({type(exc).__name__}: {exc})") from None
-
     def run(self, stage: str, args: tuple) -> dict[str, Any]:
         with self._count:
             self._waiting += 1
@@ -191,17 +255,7 @@ class StageRunner:
         started = time.perf_counter()
         eng = self.engine(stage)
         with peak_gpu_memory() as memory:
-            if stage == "text_to_image":
-                out = {"png_b64": png_b64(eng.generate(*args))}
-            elif stage == "background":
-                out = {"png_b64": png_b64(eng.remove(*args))}
-            elif stage == "image_to_mesh":
-                out = {"glb_b64": glb_b64(eng.mesh(*args))}
-            elif stage == "score":
-                result, ring = eng.score(*args)
-                out = {"result": result, "ring_png_b64": base64.b64encode(ring).decode()}
-            else:
-                out = {"glb_b64": glb_b64(eng.refine(*args))}
+            out = BODIES[stage].answer(eng(*args))
         if self.free_between_stages:
             free_gpu_memory()
         self.served[stage] += 1
@@ -209,11 +263,11 @@ class StageRunner:
                        "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "worker"}
         return out
 
-    def call(self, stage: str, body: BaseModel) -> tuple[int, dict[str, Any]]:
+    def call(self, stage: str, body: _Body) -> tuple[int, dict[str, Any]]:
         """One stage call as (HTTP status, JSON body): 200, or 400/422/500 with {"error": ...}."""
         started = time.perf_counter()
         try:
-            return 200, self.run(stage, self.arguments(stage, body))
+            return 200, self.run(stage, body.arguments(self.max_image_pixels))
         except BadRequest as exc:
             return 400, {"error": f"{stage}: {exc}"}
         except (BackendError, ValueError) as exc:  # the backend's own verdict (no surface, no object, ...)
@@ -276,26 +330,8 @@ class WorkerClient:
     def status(self) -> dict:
         return self._call("GET", "/status", timeout_s=10.0)
 
-    def text_to_image(self, prompt: str, seed: int) -> tuple[Image.Image, dict]:
-        out = self._call("POST", "/v1/text_to_image", {"prompt": prompt, "seed": seed})
-        return image_from_b64(out["png_b64"]), out["meta"]
-
-    def background(self, image: Image.Image) -> tuple[Image.Image, dict]:
-        out = self._call("POST", "/v1/background", {"png_b64": png_b64(image)})
-        return image_from_b64(out["png_b64"]), out["meta"]
-
-    def image_to_mesh(self, image: Image.Image, seed: int) -> tuple[trimesh.Trimesh, dict]:
-        out = self._call("POST", "/v1/image_to_mesh", {"png_b64": png_b64(image), "seed": seed})
-        return mesh_from_b64(out["glb_b64"]), out["meta"]
-
-    def refine(self, mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, dict]:
-        out = self._call("POST", "/v1/refine", {"glb_b64": glb_b64(mesh)})
-        return mesh_from_b64(out["glb_b64"]), out["meta"]
-
-    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
-              image: bytes | None = None) -> tuple[tuple[dict, bytes], dict]:
-        body = {"spz_b64": base64.b64encode(spz).decode(), "text": text,
-                "png_b64": png_b64(foreground) if foreground is not None else "",
-                "image_b64": base64.b64encode(image).decode() if image else ""}
-        out = self._call("POST", "/v1/score", body)
-        return (out["result"], base64.b64decode(out["ring_png_b64"])), out["meta"]
+    def call(self, stage: str, *args: Any) -> tuple[Any, dict]:
+        """One stage call on the worker: the contract's arguments in, (its result, the worker's meta) out."""
+        wire = BODIES[stage]
+        out = self._call("POST", f"/v1/{stage}", wire.request(*args))
+        return wire.result(out), out["meta"]

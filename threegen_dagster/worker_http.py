@@ -41,8 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .backends.gpu import BackendError
-from .backends.registry import STAGE_BACKENDS
-from .worker import BackgroundBody, ImageToMeshBody, RefineBody, ScoreBody, StageRunner, TextToImageBody
+from .worker import BODIES, StageRunner
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -204,7 +203,7 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 404:
-            detail = f"no such endpoint {request.url.path}: GET /health, /status; POST /v1/{{{', '.join(STAGE_BACKENDS)}}}"
+            detail = f"no such endpoint {request.url.path}: GET /health, /status; POST /v1/{{{', '.join(BODIES)}}}"
         elif exc.status_code == 413:
             detail = body_too_large(limits.max_body_bytes)
         elif exc.status_code == 400:  # FastAPI could not parse the JSON at all (nested too deeply, ...)
@@ -219,32 +218,19 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
     def status() -> dict:
         return runner.status()
 
-    @app.post("/v1/text_to_image")
-    def text_to_image(body: TextToImageBody) -> JSONResponse:
-        return _answer(runner, "text_to_image", body)
-
-    @app.post("/v1/background")
-    def background(body: BackgroundBody) -> JSONResponse:
-        return _answer(runner, "background", body)
-
-    @app.post("/v1/image_to_mesh")
-    def image_to_mesh(body: ImageToMeshBody) -> JSONResponse:
-        return _answer(runner, "image_to_mesh", body)
-
-    @app.post("/v1/refine")
-    def refine(body: RefineBody) -> JSONResponse:
-        return _answer(runner, "refine", body)
-
-    @app.post("/v1/score")
-    def score(body: ScoreBody) -> JSONResponse:
-        return _answer(runner, "score", body)
+    for stage, body_type in BODIES.items():  # POST /v1/<stage>, its body typed by the stage's wire
+        app.post(f"/v1/{stage}", name=stage)(_endpoint(runner, stage, body_type))
 
     return Guard(app, limits.hosts, limits.max_body_bytes)
 
 
-def _answer(runner: StageRunner, stage: str, body) -> JSONResponse:
-    status, answer = runner.call(stage, body)
-    return JSONResponse(answer, status_code=status)
+def _endpoint(runner: StageRunner, stage: str, body_type: type) -> Any:
+    def endpoint(body) -> JSONResponse:
+        status, answer = runner.call(stage, body)
+        return JSONResponse(answer, status_code=status)
+
+    endpoint.__annotations__ = {"body": body_type, "return": JSONResponse}  # FastAPI reads the body's type here
+    return endpoint
 
 
 def bind(host: str, port: int) -> socket.socket:

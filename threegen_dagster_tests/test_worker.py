@@ -1,7 +1,9 @@
 """The warm worker, started for real on loopback (a `threegen worker` subprocess), and the
 pipeline running its model stages through it; errors when it is down, slow or refuses."""
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +19,13 @@ from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt
 from threegen_dagster.settings import Settings, models_from_env
 from threegen_dagster.worker import WorkerClient
+
+
+def expected_device() -> str:
+    """What the worker reports as its device on this machine: "cpu", or the CUDA card's name."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
 
 
 def free_port() -> int:
@@ -83,18 +92,18 @@ def test_the_pipeline_runs_its_model_stages_through_the_worker(embedded_worker, 
         assert events[asset]["gpu_peak_mb"].value == 0.0  # no GPU here; the figure is still reported
     status = WorkerClient(embedded_worker.url).status()
     assert status["served"]["text_to_image"] >= 1 and status["queue"] == 0 and not status["busy"]
-    assert status["device"] == "cpu" and status["models"]["image_to_mesh"]["loaded"]
-    assert "text_to_image" in embedded_worker.output()  # one log line per call
+    assert status["device"] == expected_device() and status["models"]["image_to_mesh"]["loaded"]
+    assert re.search(r"^\d\d:\d\d:\d\d text_to_image \d+\.\d\d s$", embedded_worker.output(), re.M)  # a line per call
 
 
 def test_worker_answers_match_in_process_results(embedded_worker) -> None:
     from threegen_dagster.backends.registry import engine
 
     client = WorkerClient(embedded_worker.url)
-    remote, meta = client.text_to_image("a red mug", 3)
+    remote, meta = client.call("text_to_image", "a red mug", 3)
     local = engine("text_to_image", "procedural", {"size": 512}).generate("a red mug", 3)
     assert remote.tobytes() == local.tobytes() and meta["backend"] == "procedural" and meta["seconds"] > 0
-    cut, _ = client.background(remote)
+    cut, _ = client.call("background", remote)
     assert cut.mode == "RGBA" and cut.size == remote.size
 
 
@@ -102,7 +111,7 @@ def test_worker_refusals_are_clear(embedded_worker) -> None:
     client = WorkerClient(embedded_worker.url)
     blank = Image.new("RGB", (64, 64), "white")
     with pytest.raises(BackendError, match=r"refused /v1/background \(HTTP 422\): no object found"):
-        client.background(blank)
+        client.call("background", blank)
     with pytest.raises(BackendError, match=r"HTTP 400\): background: cannot decode"):
         client._call("POST", "/v1/background", {"png_b64": "not base64!"})
     with pytest.raises(BackendError, match=r"HTTP 400\): text_to_image needs the field 'seed'"):
@@ -110,7 +119,7 @@ def test_worker_refusals_are_clear(embedded_worker) -> None:
     with pytest.raises(BackendError, match=r"HTTP 404"):
         client._call("POST", "/v1/paint", {})
     with pytest.raises(BackendError, match=r"did not answer /v1/text_to_image within 0.001 s"):
-        WorkerClient(embedded_worker.url, timeout_s=0.001).text_to_image("a slow chair", 1)
+        WorkerClient(embedded_worker.url, timeout_s=0.001).call("text_to_image", "a slow chair", 1)
 
 
 def test_a_worker_that_is_down_fails_the_step_clearly(tmp_path) -> None:
@@ -128,7 +137,7 @@ def test_a_worker_that_is_down_fails_the_step_clearly(tmp_path) -> None:
 
 def test_worker_status_from_the_cli(embedded_worker, capsys) -> None:
     assert cli.main(["worker", "--status", embedded_worker.url]) == 0
-    assert '"device": "cpu"' in capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out)["device"] == expected_device()
     assert cli.main(["worker", "--status", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "is down" in capsys.readouterr().err
 
@@ -178,21 +187,21 @@ def test_a_warm_worker_serves_tiny_flux_and_rembg(model_worker) -> None:
     assert status["models"]["text_to_image"]["backend"] == "flux" and status["models"]["text_to_image"]["loaded"]
     assert status["models"]["text_to_image"]["model"] == str(flux)
     assert status["models"]["background"]["backend"] == "rembg" and status["models"]["background"]["loaded"]
-    first, meta = client.text_to_image("a wooden chair", 7)
-    again, _ = client.text_to_image("a wooden chair", 7)
-    other, _ = client.text_to_image("a wooden chair", 8)
+    first, meta = client.call("text_to_image", "a wooden chair", 7)
+    again, _ = client.call("text_to_image", "a wooden chair", 7)
+    other, _ = client.call("text_to_image", "a wooden chair", 8)
     assert first.size == (64, 64) and first.mode == "RGB"
     assert first.tobytes() == again.tobytes() != other.tobytes()  # deterministic per seed
     assert meta["backend"] == "flux" and meta["revision"] == "local" and meta["where"] == "worker"
     assert "gpu_peak_mb" in meta and meta["seconds"] > 0
     photo = Image.new("RGB", (96, 80), (235, 235, 235))
     photo.paste((150, 30, 40), (30, 20, 66, 60))  # a dark red object on a light background
-    cut, cut_meta = client.background(photo)
+    cut, cut_meta = client.call("background", photo)
     alpha = cut.getchannel("A")
     assert cut.mode == "RGBA" and cut.size == (96, 80) and cut_meta["backend"] == "rembg"
     assert alpha.getpixel((48, 40)) > alpha.getpixel((2, 2))  # the object is more opaque than the corner
-    mesh, mesh_meta = client.image_to_mesh(cut, 3)
-    again_mesh, _ = client.image_to_mesh(cut, 3)
+    mesh, mesh_meta = client.call("image_to_mesh", cut, 3)
+    again_mesh, _ = client.call("image_to_mesh", cut, 3)
     assert len(mesh.faces) > 0 and mesh_meta["backend"] == "hunyuan3d-2" and mesh_meta["steps"] == 2
     assert (mesh.vertices == again_mesh.vertices).all()
     served = client.status()["served"]
@@ -203,9 +212,10 @@ def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None
     from threegen_dagster.resources import TextToImageResource
 
     _, flux = model_worker
-    resource = TextToImageResource(backend="flux", flux_model=str(flux), flux_dtype="float32", size=70, device="cpu")
+    resource = TextToImageResource(backend="flux", options={"model": str(flux), "dtype": "float32", "size": 70,
+                                                            "device": "cpu"})
     image = resource.generate("a wooden chair", 7)
-    remote, _ = WorkerClient(model_worker[0].url).text_to_image("a wooden chair", 7)
+    remote, _ = WorkerClient(model_worker[0].url).call("text_to_image", "a wooden chair", 7)
     assert image.size == (64, 64) and image.tobytes() == remote.tobytes()  # same model, same seed, same pixels
     meta = resource.describe()
     assert meta["where"] == "in-process" and meta["backend"] == "flux" and meta["revision"] == "local"
@@ -213,7 +223,7 @@ def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None
 
 
 def test_the_pipeline_scores_with_the_validator_models_on_the_worker(model_worker, tmp_path) -> None:
-    from threegen_dagster.resources import ScoringResource
+    from threegen_dagster.resources import ScoreResource
 
     worker, _ = model_worker
     settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox", worker_url=worker.url,
@@ -232,9 +242,9 @@ def test_the_pipeline_scores_with_the_validator_models_on_the_worker(model_worke
 
     # the same models in this process give the same score for the same SPZ
     spz = result.output_for_node("compressed_splat")
-    here = ScoringResource(backend="models", clip_model=worker.scorer["THREEGEN_CLIP_MODEL"],
-                           dino_model=worker.scorer["THREEGEN_DINO_MODEL"],
-                           quality_head=worker.scorer["THREEGEN_QUALITY_HEAD"], render_size=96, device="cpu")
+    here = ScoreResource(backend="models", options={
+        "clip_model": worker.scorer["THREEGEN_CLIP_MODEL"], "dino_model": worker.scorer["THREEGEN_DINO_MODEL"],
+        "quality_head": worker.scorer["THREEGEN_QUALITY_HEAD"], "render_size": 96, "device": "cpu"})
     local, ring = here.score(spz, None, Prompt.from_text("a wooden chair"))
     assert local["score"] == score["score"] and local["parts"] == score["parts"] and ring
     assert here.describe()["where"] == "in-process"

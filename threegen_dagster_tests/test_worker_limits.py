@@ -115,7 +115,7 @@ def test_images_sent_to_the_worker_are_decoded_within_the_pixel_limit(worker) ->
 
     grey = np.full((80, 96), 60_000, np.uint16)  # 16-bit greyscale: a dark square on a light background
     grey[20:60, 30:66] = 6_000
-    cut, _ = client.background(Image.fromarray(grey))
+    cut, _ = client.call("background", Image.fromarray(grey))
     alpha = np.asarray(cut)[..., 3]
     assert cut.mode == "RGBA" and alpha[40, 48] == 255 and alpha[2, 2] == 0  # found, not "a plain background"
     assert abs(int(np.asarray(cut)[40, 48, 0]) - 23) <= 1  # 6000/65535 of 255, not clipped to white
@@ -141,7 +141,7 @@ def test_slow_and_lying_clients_get_408_and_block_nobody(worker) -> None:
     half_head = raw(worker, b"POST /v1/text_to_image HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its head
     client = WorkerClient(worker.url)
     assert client.health() and client.status()["served"] is not None
-    cut, _ = client.background(Image.fromarray(np.pad(np.zeros((20, 20, 3), np.uint8), ((10, 10), (10, 10), (0, 0)),
+    cut, _ = client.call("background", Image.fromarray(np.pad(np.zeros((20, 20, 3), np.uint8), ((10, 10), (10, 10), (0, 0)),
                                                       constant_values=255)))
     assert cut.mode == "RGBA"
     assert not answered(lying) and not answered(half_head)  # both still open while others were served

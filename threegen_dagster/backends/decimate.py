@@ -11,6 +11,9 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
+from .gpu import BackendError
+from .stages import Refine
+
 
 class RefineError(ValueError):
     """A mesh that cannot be refined (empty, or no faces left)."""
@@ -44,3 +47,18 @@ def _vertex_colours(mesh: trimesh.Trimesh) -> np.ndarray:
     if colours.shape != (len(mesh.vertices), 4):
         colours = np.full((len(mesh.vertices), 4), (180, 180, 180, 255), np.uint8)
     return colours
+
+
+class Decimate(Refine):
+    """The ``refine`` backend ``decimate``."""
+
+    name, model = "decimate", "quadric decimation + Taubin smoothing"
+
+    def __init__(self, target_faces: int = 20_000, smoothing_iterations: int = 5) -> None:
+        if target_faces < 4 or smoothing_iterations < 0:
+            raise BackendError(f"decimate target_faces {target_faces} must be at least 4 and "
+                               f"smoothing_iterations {smoothing_iterations} at least 0")
+        self.target_faces, self.smoothing_iterations = target_faces, smoothing_iterations
+
+    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+        return refine(mesh, self.target_faces, self.smoothing_iterations)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from threegen_dagster.backends.gpu import (
     DTYPES, BackendError, free_gpu_memory, peak_gpu_memory, pick_device, require, torch_dtype,
 )
+from threegen_dagster.backends.stages import TextToImage
 
 # variant -> (steps, guidance, max_sequence_length), as black-forest-labs recommend
 VARIANT_DEFAULTS = {"schnell": (4, 0.0, 256), "dev": (28, 3.5, 512)}
@@ -62,7 +63,16 @@ class FluxConfig:
         round_size(self.size)
 
 
-class FluxTextToImage:
+class FluxTextToImage(TextToImage):
+    """The ``text_to_image`` backend ``flux``."""
+
+    name, options_type = "flux", FluxConfig
+    env = {"model": ("THREEGEN_FLUX_MODEL", str), "revision": ("THREEGEN_FLUX_REVISION", str),
+           "variant": ("THREEGEN_FLUX_VARIANT", str), "steps": ("THREEGEN_FLUX_STEPS", int),
+           "size": ("THREEGEN_FLUX_SIZE", int), "dtype": ("THREEGEN_FLUX_DTYPE", str),
+           "cpu_offload": ("THREEGEN_FLUX_OFFLOAD", bool), "prompt_template": ("THREEGEN_PROMPT_TEMPLATE", str),
+           "device": ("THREEGEN_DEVICE", str)}
+
     def __init__(self, config: FluxConfig) -> None:
         self.config = config
         steps, guidance, max_len = VARIANT_DEFAULTS[config.variant]

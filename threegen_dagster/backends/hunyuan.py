@@ -34,6 +34,7 @@ from typing import Any
 from PIL import Image
 
 from .gpu import BackendError, free_gpu_memory, pick_device, require, torch_dtype
+from .stages import ImageToMesh
 
 WEIGHT_FILES = ("model.fp16.safetensors", "model.fp16.ckpt")
 
@@ -106,7 +107,14 @@ def _scratch_tempdir() -> Iterator[None]:
             tempfile.tempdir = saved
 
 
-class HunyuanShape:
+class HunyuanShape(ImageToMesh):
+    """The ``image_to_mesh`` backend ``hunyuan`` (Hunyuan3D-2 shape generation)."""
+
+    name, options_type = "hunyuan", HunyuanConfig
+    env = {"model": ("THREEGEN_HUNYUAN_MODEL", str), "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
+           "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
+           "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}
+
     def __init__(self, config: HunyuanConfig) -> None:
         self.config = config
         self._pipeline: Any = None

@@ -18,6 +18,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage.measure import marching_cubes
 
+from .gpu import BackendError
+from .stages import ImageToMesh
+
 
 class InflationError(ValueError):
     """A cut-out with no usable silhouette."""
@@ -73,3 +76,19 @@ def _rim_safe_colours(rgb: np.ndarray, mask: np.ndarray, row: np.ndarray, col: n
     c = np.clip(np.rint(col).astype(int), 0, mask.shape[1] - 1)
     picked = rgb[near_r[r, c], near_c[r, c]]
     return np.concatenate([picked, np.full((len(picked), 1), 255, np.uint8)], axis=1)
+
+
+class Inflate(ImageToMesh):
+    """The ``image_to_mesh`` backend ``inflate``: ``resolution`` grid cells along the longer image side,
+    ``depth_ratio`` the depth relative to the silhouette's thickness."""
+
+    name, model = "inflate", "silhouette inflation + marching cubes"
+
+    def __init__(self, resolution: int = 128, depth_ratio: float = 0.6) -> None:
+        if not 16 <= resolution <= 512 or not depth_ratio > 0:
+            raise BackendError(f"inflate resolution {resolution} must be within 16..512 and depth_ratio "
+                               f"{depth_ratio} > 0")
+        self.resolution, self.depth_ratio = resolution, depth_ratio
+
+    def mesh(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
+        return inflate(image, self.resolution, self.depth_ratio)

@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .gpu import BackendError
+from .stages import Background
+
 
 class MattingError(ValueError):
     """An image in which no object could be separated from its background."""
@@ -59,3 +62,19 @@ def _keep_large(mask: np.ndarray, min_fraction: float) -> np.ndarray:
 def foreground_mask(rgba: Image.Image, threshold: int = 128) -> np.ndarray:
     """The boolean silhouette of an RGBA cut-out."""
     return np.asarray(rgba.convert("RGBA"))[..., 3] >= threshold
+
+
+class FloodFill(Background):
+    """The ``background`` backend ``flood_fill``: ``tolerance`` is the RGB distance from the border
+    colour, parts at least ``min_fraction`` of the largest are kept."""
+
+    name, model = "flood_fill", "border flood fill"
+
+    def __init__(self, tolerance: float = 28.0, min_fraction: float = 0.02) -> None:
+        if not tolerance > 0 or not 0 <= min_fraction <= 1:
+            raise BackendError(f"flood_fill tolerance {tolerance} must be > 0 and min_fraction {min_fraction} "
+                               f"within 0..1")
+        self.tolerance, self.min_fraction = tolerance, min_fraction
+
+    def remove(self, image: Image.Image) -> Image.Image:
+        return remove_background(image, self.tolerance, self.min_fraction)

@@ -18,6 +18,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .gpu import BackendError
+from .stages import TextToImage
+
 Sdf = Callable[[np.ndarray], np.ndarray]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -192,3 +195,17 @@ def _normals(sdf: Sdf, p: np.ndarray, h: float = 1e-3) -> np.ndarray:
     offsets = np.eye(3) * h
     grad = np.stack([sdf(p + o) - sdf(p - o) for o in offsets], axis=1)
     return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+
+
+class Procedural(TextToImage):
+    """The ``text_to_image`` backend ``procedural``."""
+
+    name, model = "procedural", "procedural SDF renderer (not a learned model)"
+
+    def __init__(self, size: int = 512) -> None:
+        if not 64 <= size <= 2048:
+            raise BackendError(f"procedural size {size}: use 64 to 2048 pixels")
+        self.size = size
+
+    def generate(self, prompt: str, seed: int) -> Image.Image:
+        return render_prompt(prompt, seed, self.size)

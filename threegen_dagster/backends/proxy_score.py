@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from threegen_dagster.splats import spz as spz_codec
 from threegen_dagster.splats.cloud import GaussianCloud
 from threegen_dagster.splats.render import (
     VALIDATOR_FOV_Y_DEG,
@@ -35,6 +36,9 @@ from threegen_dagster.splats.render import (
     validator_cameras,
 )
 from threegen_dagster.splats.validate import check_for_validator
+
+from .gpu import BackendError
+from .stages import Score
 
 WEIGHTS = {"silhouette_iou": 0.5, "colour_similarity": 0.3, "ring_consistency": 0.2}
 COMPARE_SIZE = 128
@@ -109,3 +113,19 @@ def ring_consistency(views: list[np.ndarray]) -> float:
     grey = [v.mean(axis=2) for v in views]
     pairs = [structural_similarity(grey[i], grey[(i + 1) % len(grey)], data_range=1.0) for i in range(len(grey))]
     return float(np.clip(np.mean(pairs), 0.0, 1.0))
+
+
+class ProxyScorer(Score):
+    """The ``score`` backend ``proxy``: always called from the run itself (no GPU needed)."""
+
+    name, model = "proxy", "geometric proxy + the validator's zero-score checks (not a learned model)"
+    on_worker = False
+
+    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+              image: bytes | None = None) -> tuple[dict, bytes]:
+        if foreground is None:
+            raise BackendError("the proxy scorer compares the splat with the foreground cut-out, and none was given")
+        result = score_splat(spz_codec.decode(spz), foreground)
+        out = result.to_dict()
+        out["parts"] = {k: out[k] for k in WEIGHTS}
+        return out, result.ring_png

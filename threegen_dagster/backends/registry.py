@@ -1,159 +1,52 @@
-"""One name per backend, one builder for all: the embedded CPU stand-ins and the model backends
-behind the same four calls, so switching is configuration. No Dagster imports.
+"""The backend registry, as data: stage -> backend name -> class (the first is the stage's default),
+and the process's engines. No Dagster imports. The stages and their contracts are in ``stages.py``.
 
-    text_to_image  generate(prompt, seed) -> PIL image      procedural | flux
-    background     remove(image) -> RGBA PIL image          flood_fill | rembg
-    image_to_mesh  mesh(image, seed) -> trimesh.Trimesh     inflate | hunyuan
-    refine         refine(mesh) -> trimesh.Trimesh          decimate | bpt
-    score          score(spz, foreground, text, image)      proxy | models | validation_server
-                     -> (JSON-ready result, ring PNG)
-
-Built engines are kept per (stage, backend, options) for the life of the process, so a
-worker, or any process that runs several generations, loads each model once.
+Adding a backend: one file with a subclass of its stage's contract, and one row here. Built engines
+are kept per (stage, backend, options) for the life of the process, so a worker, or any process
+that runs several generations, loads each model once.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
-from ..splats import spz as spz_codec
-from . import decimate, inflate, matting, procedural, proxy_score
+from .bpt import Bpt
+from .decimate import Decimate
+from .flux import FluxTextToImage
 from .gpu import BackendError
+from .hunyuan import HunyuanShape
+from .inflate import Inflate
+from .matting import FloodFill
+from .procedural import Procedural
+from .proxy_score import ProxyScorer
+from .rembg_backend import RembgBackground
+from .stages import Engine
+from .validation_server import ValidationServerScorer
+from .validator_models import ValidatorModels
 
-STAGE_BACKENDS = {
-    "text_to_image": ("procedural", "flux"),
-    "background": ("flood_fill", "rembg"),
-    "image_to_mesh": ("inflate", "hunyuan"),
-    "refine": ("decimate", "bpt"),
-    "score": ("proxy", "models", "validation_server"),
+BACKENDS: dict[str, dict[str, type[Engine]]] = {
+    "text_to_image": {"procedural": Procedural, "flux": FluxTextToImage},
+    "background": {"flood_fill": FloodFill, "rembg": RembgBackground},
+    "image_to_mesh": {"inflate": Inflate, "hunyuan": HunyuanShape},
+    "refine": {"decimate": Decimate, "bpt": Bpt},
+    "score": {"proxy": ProxyScorer, "models": ValidatorModels, "validation_server": ValidationServerScorer},
 }
+STAGE_BACKENDS: dict[str, tuple[str, ...]] = {stage: tuple(table) for stage, table in BACKENDS.items()}
 
 
-class _Embedded:
-    """Shared by the CPU stand-ins: nothing to load."""
-
-    loaded = True
-    name = ""
-    model = ""
-
-    def load(self) -> None: ...
-
-    def unload(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "device": "cpu"}
+def backend_class(stage: str, backend: str) -> type[Engine]:
+    """The class registered for (stage, backend); BackendError naming the choices when there is none."""
+    table = BACKENDS.get(stage)
+    if table is None:
+        raise BackendError(f"no stage {stage!r}: one of {', '.join(BACKENDS)}")
+    if backend not in table:
+        raise BackendError(f"no backend {backend!r} for {stage}: one of {', '.join(table)}")
+    return table[backend]
 
 
-class Procedural(_Embedded):
-    name, model = "procedural", "procedural SDF renderer (not a learned model)"
-
-    def __init__(self, size: int = 512) -> None:
-        self.size = size
-
-    def generate(self, prompt: str, seed: int):
-        return procedural.render_prompt(prompt, seed, self.size)
-
-
-class FloodFill(_Embedded):
-    name, model = "flood_fill", "border flood fill"
-
-    def __init__(self, tolerance: float = 28.0, min_fraction: float = 0.02) -> None:
-        self.tolerance, self.min_fraction = tolerance, min_fraction
-
-    def remove(self, image):
-        return matting.remove_background(image, self.tolerance, self.min_fraction)
-
-
-class Inflate(_Embedded):
-    name, model = "inflate", "silhouette inflation + marching cubes"
-
-    def __init__(self, resolution: int = 128, depth_ratio: float = 0.6) -> None:
-        self.resolution, self.depth_ratio = resolution, depth_ratio
-
-    def mesh(self, image, seed: int):
-        return inflate.inflate(image, self.resolution, self.depth_ratio)
-
-
-class Decimate(_Embedded):
-    name, model = "decimate", "quadric decimation + Taubin smoothing"
-
-    def __init__(self, target_faces: int = 20_000, smoothing_iterations: int = 5) -> None:
-        self.target_faces, self.smoothing_iterations = target_faces, smoothing_iterations
-
-    def refine(self, mesh):
-        return decimate.refine(mesh, self.target_faces, self.smoothing_iterations)
-
-
-class ProxyScorer(_Embedded):
-    name, model = "proxy", "geometric proxy + the validator's zero-score checks (not a learned model)"
-
-    def score(self, spz: bytes, foreground=None, text: str = "", image: bytes | None = None):
-        if foreground is None:
-            raise BackendError("the proxy scorer compares the splat with the foreground cut-out, and none was given")
-        result = proxy_score.score_splat(spz_codec.decode(spz), foreground)
-        out = result.to_dict()
-        out["parts"] = {k: out[k] for k in proxy_score.WEIGHTS}
-        return out, result.ring_png
-
-
-class Bpt:
-    """BPT mesh refinement: CUDA-only and not on PyPI. Reported as absent, never faked."""
-
-    loaded = False
-
-    def __init__(self, **_: Any) -> None: ...
-
-    def load(self) -> None:
-        raise BackendError("BPT refinement is not available: BPT is CUDA-only and not published on PyPI, "
-                           "so this project cannot install it; use THREEGEN_REFINER=decimate")
-
-    def unload(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": "bpt", "model": "BPT (not installed)"}
-
-    def refine(self, mesh):
-        self.load()
-
-
-def _build(stage: str, backend: str, options: dict[str, Any]):
-    if backend not in STAGE_BACKENDS.get(stage, ()):
-        raise BackendError(f"no backend {backend!r} for {stage}: one of {', '.join(STAGE_BACKENDS.get(stage, ()))}")
-    if backend == "procedural":
-        return Procedural(**options)
-    if backend == "flood_fill":
-        return FloodFill(**options)
-    if backend == "inflate":
-        return Inflate(**options)
-    if backend == "decimate":
-        return Decimate(**options)
-    if backend == "bpt":
-        return Bpt(**options)
-    if backend == "proxy":
-        return ProxyScorer()
-    if backend == "validation_server":
-        from .validation_server import ValidationServerScorer
-
-        return ValidationServerScorer(**options)
-    if backend == "models":
-        from .validator_models import ValidatorModels, ValidatorModelsConfig
-
-        return ValidatorModels(ValidatorModelsConfig(**options))
-    if backend == "flux":
-        from .flux import FluxConfig, FluxTextToImage
-
-        return FluxTextToImage(FluxConfig(**options))
-    if backend == "rembg":
-        from .rembg_backend import RembgBackground, RembgConfig
-
-        return RembgBackground(RembgConfig(**options))
-    from .hunyuan import HunyuanConfig, HunyuanShape
-
-    return HunyuanShape(HunyuanConfig(**options))
-
-
-_ENGINES: dict[tuple, Any] = {}
+_ENGINES: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()
 
 
@@ -165,20 +58,20 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def engine(stage: str, backend: str, options: dict[str, Any] | None = None, load: bool = True):
+def engine(stage: str, backend: str, options: Mapping[str, Any] | None = None, load: bool = True) -> Engine:
     """The engine for (stage, backend, options), built and loaded once per process."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
     key = (stage, backend, _frozen(options))
     with _LOCK:
         found = _ENGINES.get(key)
         if found is None:
-            found = _ENGINES[key] = _build(stage, backend, options)
+            found = _ENGINES[key] = backend_class(stage, backend).from_options(options)
     if load:
         found.load()
     return found
 
 
-def loaded_engines() -> dict[tuple, Any]:
+def loaded_engines() -> dict[tuple, Engine]:
     return dict(_ENGINES)
 
 

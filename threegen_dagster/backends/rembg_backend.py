@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .gpu import BackendError, require
+from .stages import Background
 
 FOREGROUND_ALPHA = 128  # a pixel at least half opaque is foreground, as in matting.foreground_mask
 _UNSUPPORTED = {"sam": "needs prompt points or boxes, not a bare image",
@@ -37,7 +38,12 @@ class RembgConfig:
     providers: tuple[str, ...] = ()  # onnxruntime providers; () -> rembg's choice (CUDA first when available)
 
 
-class RembgBackground:
+class RembgBackground(Background):
+    """The ``background`` backend ``rembg``."""
+
+    name, options_type = "rembg", RembgConfig
+    env = {"model": ("THREEGEN_REMBG_MODEL", str), "model_home": ("THREEGEN_REMBG_HOME", str)}
+
     def __init__(self, config: RembgConfig) -> None:
         self.config = config
         self._session: Any = None

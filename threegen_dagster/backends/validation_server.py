@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 from .gpu import BackendError
+from .stages import Score
 
 SPZ_COMPRESSION = 2
 PARTS = ("alignment_score", "iqa", "ssim", "lpips")
@@ -54,18 +55,15 @@ class ValidationServerClient:
         return {"score": float(answer["score"]), **{k: float(answer.get(k) or 0.0) for k in PARTS}}
 
 
-class ValidationServerScorer:
+class ValidationServerScorer(Score):
     """The ``score`` stage on a running validation server, with the zero-score checks run here too."""
 
     name = "validation_server"
-    loaded = True
+    env = {"url": ("THREEGEN_VALIDATION_URL", str), "timeout_s": ("THREEGEN_VALIDATION_TIMEOUT", float)}
+    on_worker = False  # called from the run itself
 
     def __init__(self, url: str = "http://127.0.0.1:8094", timeout_s: float = 120.0) -> None:
         self.client = ValidationServerClient(url, timeout_s)
-
-    def load(self) -> None: ...
-
-    def unload(self) -> None: ...
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": f"SN17 validation server at {self.client.url}", "device": "remote"}

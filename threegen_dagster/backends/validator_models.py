@@ -48,6 +48,7 @@ from ..splats.render import VALIDATOR_RESOLUTION, VALIDATOR_VIEWS, preview_grid,
 from ..splats.validate import as_validator_loads, check_for_validator
 from .gpu import BackendError, peak_gpu_memory, pick_device, require, torch_dtype
 from .proxy_score import ring_consistency
+from .stages import Score
 
 CLIP_MODEL = "hf-hub:laion/CLIP-convnext_large_d.laion2B-s26B-b102K-augreg"
 DINO_MODEL = "facebook/dinov2-small"
@@ -125,8 +126,11 @@ class ValidatorModelsConfig:
             raise BackendError(f"render_size must be within 32..2048, got {self.render_size}")
 
 
-class ValidatorModels:
-    name = "models"
+class ValidatorModels(Score):
+    name, options_type = "models", ValidatorModelsConfig
+    env = {"clip_model": ("THREEGEN_CLIP_MODEL", str), "dino_model": ("THREEGEN_DINO_MODEL", str),
+           "quality_head": ("THREEGEN_QUALITY_HEAD", str), "dtype": ("THREEGEN_SCORER_DTYPE", str),
+           "render_size": ("THREEGEN_SCORER_RENDER_SIZE", int), "device": ("THREEGEN_DEVICE", str)}
 
     def __init__(self, config: ValidatorModelsConfig) -> None:
         self.config = config

@@ -1,0 +1,157 @@
+"""The model stages: one name each, one typed contract each. No Dagster imports.
+
+A stage's name is its resource key in ``definitions.py``, its key in the backend registry
+(``registry.BACKENDS``), its worker endpoint (``POST /v1/<name>``) and its request body there
+(``worker.BODIES``). The asset it materializes keeps its own name (assets name what is stored,
+stages what is done; asset names are the store's paths, so they never change):
+
+    stage           asset             contract       call                                       backends
+    text_to_image   generated_image   TextToImage    generate(prompt, seed) -> RGB image        procedural | flux
+    background      foreground_image  Background     remove(image) -> RGBA image                flood_fill | rembg
+    image_to_mesh   initial_mesh      ImageToMesh    mesh(cut-out, seed) -> trimesh.Trimesh     inflate | hunyuan
+    refine          refined_mesh      Refine         refine(mesh) -> trimesh.Trimesh            decimate | bpt
+    score           validation_score  Score          score(spz, foreground, text, image)        proxy | models |
+                                                       -> (JSON-ready result, ring PNG)         validation_server
+
+Every backend is a subclass of its stage's contract: built from its options (cheap, nothing is
+loaded), loaded once (``load``), described for metadata (``describe``), and called through the
+contract's typed method, or generically as ``engine(*args)``, which is the same call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .gpu import BackendError
+
+if TYPE_CHECKING:
+    import trimesh
+    from PIL import Image
+
+
+class Engine(ABC):
+    """What every backend of every stage honours."""
+
+    stage: ClassVar[str] = ""
+    """The stage it serves (set by the contract)."""
+    name: ClassVar[str] = ""
+    """Its name in the registry and in the stage's environment variable (``THREEGEN_TEXT_TO_IMAGE=flux``)."""
+    model: ClassVar[str] = ""
+    """What it runs, for metadata (the embedded stand-ins say they are not learned models)."""
+    options_type: ClassVar[type | None] = None
+    """A dataclass of its options, or None: its options are ``__init__``'s keywords."""
+    env: ClassVar[Mapping[str, tuple[str, type]]] = {}
+    """option -> (environment variable, type): what ``settings.models_from_env`` reads for it."""
+    on_worker: ClassVar[bool] = True
+    """Sent to the GPU worker when one is configured; False: always called from the run itself."""
+    loaded: bool = True
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Engine:
+        """Built from options (nothing loaded yet); unknown options are an error naming them."""
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise BackendError(f"{cls.stage} backend {cls.name!r} has no option {', '.join(map(repr, unknown))} "
+                            f"(its options: {', '.join(cls.option_names()) or 'none'})")
+        return cls(cls.options_type(**options)) if cls.options_type else cls(**options)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        parameters = inspect.signature(cls.options_type or cls).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)
+
+    def load(self) -> None:
+        """Load weights; the embedded stand-ins have none."""
+
+    def unload(self) -> None:
+        """Drop weights and return their memory."""
+
+    def describe(self) -> dict[str, Any]:
+        """What runs the calls (backend, model, device, ...), for metadata and ``GET /status``."""
+        return {"backend": self.name, "model": self.model, "device": "cpu"}
+
+    @abstractmethod
+    def __call__(self, *args: Any) -> Any:
+        """The stage's call (each contract types it and names it)."""
+
+
+class TextToImage(Engine):
+    stage = "text_to_image"
+
+    @abstractmethod
+    def generate(self, prompt: str, seed: int) -> Image.Image:
+        """An RGB image of the prompt; the same prompt and seed give the same image."""
+
+    def __call__(self, prompt: str, seed: int) -> Image.Image:
+        return self.generate(prompt, seed)
+
+
+class Background(Engine):
+    stage = "background"
+
+    @abstractmethod
+    def remove(self, image: Image.Image) -> Image.Image:
+        """An RGBA copy of ``image`` whose alpha is the foreground (the background transparent)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.remove(image)
+
+
+class ImageToMesh(Engine):
+    stage = "image_to_mesh"
+
+    @abstractmethod
+    def mesh(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
+        """A mesh of the object in the RGBA cut-out ``image``."""
+
+    def __call__(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
+        return self.mesh(image, seed)
+
+
+class Refine(Engine):
+    stage = "refine"
+
+    @abstractmethod
+    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+        """The mesh made lighter and smoother, colours kept."""
+
+    def __call__(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+        return self.refine(mesh)
+
+
+class Score(Engine):
+    stage = "score"
+
+    @abstractmethod
+    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+              image: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+        """The SPZ scored as a validator would: a JSON-ready result (``score``, ``parts``, ``kind``,
+        ``checks``) and a PNG of the view ring it was scored on."""
+
+    def __call__(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+                 image: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+        return self.score(spz, foreground, text, image)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    """The resource key, registry key and worker endpoint."""
+    asset: str
+    """The asset it materializes."""
+    contract: type[Engine]
+    variable: str
+    """The environment variable that picks its backend."""
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("text_to_image", "generated_image", TextToImage, "THREEGEN_TEXT_TO_IMAGE"),
+    Stage("background", "foreground_image", Background, "THREEGEN_BACKGROUND"),
+    Stage("image_to_mesh", "initial_mesh", ImageToMesh, "THREEGEN_IMAGE_TO_MESH"),
+    Stage("refine", "refined_mesh", Refine, "THREEGEN_REFINER"),
+    Stage("score", "validation_score", Score, "THREEGEN_SCORER"),
+)}
