@@ -8,6 +8,7 @@ import pytest
 from threegen_dagster.storage import LocalStore, S3Store
 
 from .s3_server import BUCKET, S3Server
+from .pg_server import pg_server  # noqa: F401  (the session's PostgreSQL server, a fixture)
 
 
 @pytest.fixture(scope="session")
