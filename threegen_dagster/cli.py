@@ -18,6 +18,7 @@ from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import UnknownGeneration
 from .settings import Settings, SettingsError
 from .storage import StorageError
+from .viewer import DEFAULT_PORT as VIEW_PORT
 
 
 def _store(settings: Settings):
@@ -122,6 +123,15 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _export_viewer(artifacts: ArtifactStore, ledger, key: str, folder: Path) -> list[Path]:
+    """``viewer.html``: the generation's viewer page (mesh, splat, image, score) in one file."""
+    from .viewer import FILENAME, viewer_html
+
+    target = folder / FILENAME
+    target.write_bytes(viewer_html(artifacts, ledger, key))
+    return [target]
+
+
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     store.ledger().get(args.key)
@@ -131,6 +141,7 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
             raise PromptError("--version needs an ASSET")
         bad: list[StorageError] = []
         written = _export(artifacts, args.key, Path(args.output or args.key), bad)
+        written += _export_viewer(artifacts, store.ledger(), args.key, Path(args.output or args.key))
         for path in written:
             print(path)
         _warn(bad)
@@ -208,6 +219,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
           f"POST /v1/<stage>; bodies up to {settings.worker_max_body_mb} MB, arriving within "
           f"{settings.worker_read_timeout_s:g} s); Ctrl-C stops it", flush=True)
     serve(runner, limits, sock)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace, settings: Settings) -> int:
+    from .viewer.server import HOST, serve
+    from .worker_http import bind
+
+    store = _store(settings)
+    sock = bind(HOST, args.port)
+    sock.listen(128)  # connections wait in the backlog from now on, until the server takes them
+    print(f"threegen view serving {store.store().location} on http://{HOST}:{sock.getsockname()[1]}/ "
+          f"(read-only; the viewer of a generation at /g/KEY); Ctrl-C stops it", flush=True)
+    serve(store.artifacts(), store.ledger(), sock)
     return 0
 
 
@@ -311,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     ver.add_argument("asset", nargs="?", choices=STAGES)
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(run=cmd_versions)
-    get = sub.add_parser("get", help="fetch an asset's bytes (verified), or every stage's with no ASSET")
+    get = sub.add_parser("get", help="fetch an asset's bytes (verified), or every stage's and viewer.html with no ASSET")
     get.add_argument("key")
     get.add_argument("asset", nargs="?")
     get.add_argument("--version", type=int, help="a stored version (default: the latest)")
@@ -336,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--port", type=int, default=8765)
     work.add_argument("--status", metavar="URL", help="print a running worker's status instead")
     work.set_defaults(run=cmd_worker)
+    view = sub.add_parser("view", help="a read-only server on loopback: every generation's 3D viewer, files and JSON")
+    view.add_argument("--port", type=int, default=VIEW_PORT, help=f"port on 127.0.0.1 (default {VIEW_PORT}; 0: any free one)")
+    view.set_defaults(run=cmd_view)
     stats = sub.add_parser("stats", help="counts, bytes and de-duplication, by asset and status")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=cmd_stats)
