@@ -27,10 +27,12 @@ ui: $(STAMP)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 test: $(STAMP)
+	@# Chromium for the viewer's browser tests (Debian's package); without it they skip, saying why
+	scripts/install_browser.sh >/dev/null || echo "make test: no Chromium: the viewer's browser tests will be skipped"
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .dagster artifacts inbox demo .pytest_cache
+	rm -rf $(VENV) .dagster artifacts inbox demo .pytest_cache test-artifacts
