@@ -27,6 +27,8 @@ ui: $(STAMP)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 test: $(STAMP)
+	@# PostgreSQL for the instance tests (Debian's package); the tests start their own server and stop it
+	bash scripts/install_postgres.sh
 	@# Chromium for the viewer's browser tests (Debian's package); without it they skip, saying why
 	scripts/install_browser.sh >/dev/null || echo "make test: no Chromium: the viewer's browser tests will be skipped"
 	$(PY) -m pytest
