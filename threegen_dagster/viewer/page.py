@@ -84,6 +84,7 @@ def render_page(data: ViewerData) -> bytes:
         "SPLAT_SOURCE": html.escape(data.splat.label if data.splat else "none"),
         "MESH": _b64(data.mesh),
         "SPLAT": _b64(data.splat),
+        "SPLAT_TYPE": "spz" if data.splat and data.splat.file_type == "spz" else "ply",
         "IMPORTMAP": import_map().replace("<", "\\u003c"),  # never a '</script' inside the map
         "SCRIPT": script,
     }

@@ -1,8 +1,8 @@
 """What a generation's viewer page shows, read from the store: the latest prompt image, mesh, splat
 and score. Each piece falls back to the next-best stored form (the cut-out for a pruned image, the
-initial mesh for a refined one; a splat from the SN17 SPZ, decoded here to a 3DGS PLY, when retention
-pruned the PLY, since web viewers cannot read SN17's SPZ dialect); a piece that cannot be read is a
-line in ``problems`` and the page shows the rest. No Dagster imports."""
+initial mesh for a refined one). The splat is the submitted SN17 SPZ re-wrapped as Niantic's SPZ,
+which web viewers read (SN17's zstd dialect they cannot; ``niantic.py``), or else the 3DGS PLY. A
+piece that cannot be read is a line in ``problems`` and the page shows the rest. No Dagster imports."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from ..artifacts import ArtifactStore, Manifest
 from ..ledger import Ledger
-from ..splats import SplatError, spz
-from ..splats.ply import ply_header
+from ..splats import SplatError
+from .niantic import sn17_to_niantic
 from ..storage import StorageError
 
 # the largest stored file a page embeds (a page is one file: it must open in a browser); larger
@@ -33,6 +33,7 @@ class Shown:
     asset: str
     version: int
     note: str = ""
+    file_type: str = ""  # what the browser is told it is (the splat: "spz" or "ply")
 
     @property
     def label(self) -> str:
@@ -46,7 +47,7 @@ class ViewerData:
     seed: int
     image: Shown | None = None  # PNG
     mesh: Shown | None = None  # GLB
-    splat: Shown | None = None  # 3DGS PLY
+    splat: Shown | None = None  # Niantic SPZ or 3DGS PLY
     score: dict | None = None  # validation_score's JSON
     frame: str = "y_up"  # the splat's frame (gaussian_splat's metadata)
     problems: list[str] = field(default_factory=list)
@@ -86,24 +87,17 @@ class _Reader:
         return None
 
     def splat(self) -> Shown | None:
-        found = self.latest("gaussian_splat")
-        if found:
-            return Shown(found[1], "gaussian_splat", found[0].version)
+        """The submitted SN17 SPZ as Niantic SPZ (the same payload; a sixth of the PLY's size), else
+        the 3DGS PLY."""
         found = self.latest("compressed_splat")
-        if found is None:
-            return None
-        try:
-            header, _ = spz._open(found[1])  # the count and SH degree, before anything is decoded
-            rest = (header[3] + 1) ** 2 - 1  # SH coefficients beyond the DC term
-            ply_bytes = len(ply_header(header[2], rest, False)) + 4 * header[2] * (14 + 3 * rest)
-            if ply_bytes > self.max_bytes:
-                self.problems.append(f"compressed_splat v{found[0].version} decodes to {ply_bytes:,} bytes of PLY, "
-                                     f"over the {self.max_bytes:,} a page embeds")
-                return None
-            return Shown(spz.decompress(found[1]), "compressed_splat", found[0].version, "SN17 SPZ decoded to PLY")
-        except (SplatError, RuntimeError) as exc:
-            self.problems.append(f"compressed_splat v{found[0].version} cannot be decoded: {exc}")
-            return None
+        if found:
+            try:
+                return Shown(sn17_to_niantic(found[1], self.max_bytes), "compressed_splat", found[0].version,
+                             "SN17 SPZ as Niantic SPZ", "spz")
+            except SplatError as exc:
+                self.problems.append(f"compressed_splat v{found[0].version} cannot be shown: {exc}")
+        found = self.latest("gaussian_splat")
+        return Shown(found[1], "gaussian_splat", found[0].version, file_type="ply") if found else None
 
     def frame(self) -> str:
         try:

@@ -1,4 +1,4 @@
-// The generation viewer: the mesh (GLB, three.js) and the splat (3DGS PLY, Spark) side by side, each
+// The generation viewer: the mesh (GLB, three.js) and the splat (Niantic SPZ or 3DGS PLY, Spark) side by side, each
 // turnable with the mouse; turning one turns the other. Everything it shows is embedded in the page
 // (base64 in <script type="application/octet-stream"> elements); it fetches nothing.
 // Sets window.__viewerReady (and body[data-state]) once both have drawn, or window.__viewerError.
@@ -101,7 +101,8 @@ async function showSplat(panel) {
   if (!bytes) return say(panel, "no splat stored for this generation");
   const view = makeView(panel);
   view.scene.add(new SparkRenderer({ renderer: view.renderer }));
-  const splat = new SplatMesh({ fileBytes: bytes, fileType: "ply", fileName: "gaussian_splat.ply" });
+  const type = document.getElementById("splat-data").dataset.type === "spz" ? "spz" : "ply";
+  const splat = new SplatMesh({ fileBytes: bytes, fileType: type, fileName: `splat.${type}` });
   if (document.body.dataset.frame === "y_down") splat.quaternion.set(1, 0, 0, 0); // 180 degrees about x
   view.scene.add(splat);
   await splat.initialized;

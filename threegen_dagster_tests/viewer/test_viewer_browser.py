@@ -4,13 +4,10 @@ draws the object in its colour in both the mesh and the splat view, and turns un
 from __future__ import annotations
 
 import json
-import shutil
+from dataclasses import replace
 
-from threegen_dagster.artifacts import ArtifactStore
-from threegen_dagster.ledger import Ledger
-from threegen_dagster.retention import RetentionPolicy, apply_retention
-from threegen_dagster.storage import LocalStore
-from threegen_dagster.viewer import viewer_html
+from threegen_dagster.viewer import load_generation, render_page, viewer_html
+from threegen_dagster.viewer.source import Shown
 
 from .browser import changed, open_viewer, pixels, reddish, state
 
@@ -85,23 +82,22 @@ def test_viewer_html_from_file(red_mug, page, tmp_path) -> None:
     assert page.locator("h1").inner_text() == "a red mug"
 
 
-def test_slimmed_generation_shows_the_splat_from_the_sn17_spz(red_mug, page, tmp_path) -> None:
-    """After retention pruned the PLY, image and meshes, the page decodes the SN17 SPZ (a dialect
-    web viewers cannot read) to a PLY, and Spark draws it."""
-    shutil.copytree(red_mug.root / "store", tmp_path / "store")
-    store = LocalStore(tmp_path / "store")
-    artifacts, ledger = ArtifactStore(store), Ledger(store)
-    created = ledger.get(red_mug.key).created_at
-    report = apply_retention(artifacts, ledger, RetentionPolicy(), now=created + 49 * 3600)
-    assert report.slimmed == [red_mug.key]
-    path = tmp_path / "viewer.html"
-    path.write_bytes(viewer_html(artifacts, ledger, red_mug.key))
-    visit = open_viewer(page, path.as_uri())
-    assert state(page) == "ready" and visit.errors == []
-    assert "compressed_splat v1, SN17 SPZ decoded to PLY" in page.locator("#splat h2").inner_text()
-    assert page.locator("#mesh .note").inner_text() == "no mesh stored for this generation"
-    assert "refined_mesh v1 was pruned by retention" in page.locator("aside").inner_text()
-    assert reddish(drawn_in_red(page, "slim", ("splat",))["splat"]) > 2000
+def test_the_niantic_spz_and_the_ply_draw_the_same_splat(red_mug, page, tmp_path) -> None:
+    """Spark reads the re-wrapped SN17 SPZ (what the page embeds) in the same frame as the 3DGS PLY:
+    the two pages' splat views match."""
+    data = load_generation(red_mug.artifacts, red_mug.ledger, red_mug.key)
+    ply = Shown(red_mug.artifacts.load(red_mug.key, "gaussian_splat")[1], "gaussian_splat", 1, file_type="ply")
+    seen = {}
+    for name, splat in (("spz", data.splat), ("ply", ply)):
+        path = tmp_path / f"{name}.html"
+        path.write_bytes(render_page(replace(data, splat=splat)))
+        visit = open_viewer(page, path.as_uri())
+        assert state(page) == "ready" and visit.errors == []
+        assert page.locator("#splat h2").inner_text() == f"splat ({splat.label})"
+        seen[name] = drawn_in_red(page, name, ("splat",))["splat"]
+        assert reddish(seen[name]) > 2000
+    assert data.splat.file_type == "spz"
+    assert changed(seen["spz"], seen["ply"], threshold=60) < 0.02 * seen["ply"].shape[0] * seen["ply"].shape[1]
 
 
 def test_viewer_page_from_the_view_server(view_server, red_mug, page) -> None:

@@ -4,16 +4,17 @@ generation's files embedded exactly, hostile text escaped, fallbacks and bounds 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import shutil
 
 import pytest
+import zstandard
 
 from threegen_dagster.artifacts import ArtifactStore
 from threegen_dagster.ledger import Ledger, UnknownGeneration
 from threegen_dagster.retention import RetentionPolicy, apply_retention
-from threegen_dagster.splats import read_ply, spz
 from threegen_dagster.storage import LocalStore
 from threegen_dagster.viewer import ViewerData, load_generation, render_page, viewer_html
 from threegen_dagster.viewer.source import Shown
@@ -21,7 +22,7 @@ from threegen_dagster.viewer.vendor_modules import MODULES, VendorError, bare_im
 
 
 def embedded(page: str, element_id: str) -> bytes:
-    match = re.search(rf'<script type="application/octet-stream" id="{element_id}">([^<]*)</script>', page)
+    match = re.search(rf'<script type="application/octet-stream" id="{element_id}"[^>]*>([^<]*)</script>', page)
     return base64.b64decode(match[1])
 
 
@@ -50,11 +51,14 @@ def test_a_relative_import_of_something_not_vendored_is_refused() -> None:
 def test_the_page_embeds_the_latest_files_exactly(red_mug) -> None:
     page = viewer_html(red_mug.artifacts, red_mug.ledger, red_mug.key).decode()
     glb = red_mug.artifacts.load(red_mug.key, "refined_mesh")[1]
-    ply = red_mug.artifacts.load(red_mug.key, "gaussian_splat")[1]
+    sn17 = red_mug.artifacts.load(red_mug.key, "compressed_splat")[1]
     png = red_mug.artifacts.load(red_mug.key, "generated_image")[1]
-    assert embedded(page, "mesh-data") == glb and embedded(page, "splat-data") == ply
+    assert embedded(page, "mesh-data") == glb
+    # the submitted splat, its payload unchanged, as the Niantic SPZ Spark reads
+    assert gzip.decompress(embedded(page, "splat-data")) == zstandard.ZstdDecompressor().decompress(sn17)
+    assert 'id="splat-data" data-type="spz"' in page
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
-    assert "generated_image v1, refined_mesh v1, gaussian_splat v1" in page
+    assert "generated_image v1, refined_mesh v1, compressed_splat v1, SN17 SPZ as Niantic SPZ" in page
     assert '<body data-frame="y_up"' in page
     # nothing the page could fetch: every src/href is a data: URL, and the CSP forbids the rest
     assert re.findall(r'(?:src|href)="(?!data:)', page) == []
@@ -75,49 +79,52 @@ def test_hostile_prompt_text_is_escaped_and_never_filled_in_again(tmp_path) -> N
     assert embedded(page, "mesh-data") == b"" and "no score stored" not in page
 
 
-def test_a_slimmed_generation_shows_its_splat_from_the_sn17_spz(red_mug, tmp_path) -> None:
+def test_a_slimmed_generation_still_shows_its_splat(red_mug, tmp_path) -> None:
     shutil.copytree(red_mug.root / "store", tmp_path / "store")
     store = LocalStore(tmp_path / "store")
     artifacts, ledger = ArtifactStore(store), Ledger(store)
     apply_retention(artifacts, ledger, RetentionPolicy(), now=ledger.get(red_mug.key).created_at + 49 * 3600)
     data = load_generation(artifacts, ledger, red_mug.key)
     assert (data.image, data.mesh) == (None, None)
-    assert data.splat.label == "compressed_splat v1, SN17 SPZ decoded to PLY"
-    stored = spz.decode(artifacts.load(red_mug.key, "compressed_splat")[1])
-    shown = read_ply(data.splat.data)
-    assert shown.positions.shape == stored.positions.shape == (20_000, 3)
-    assert (shown.positions == stored.positions).all()
-    assert data.problems[:2] == ["generated_image v1 was pruned by retention",
-                                 "foreground_image v1 was pruned by retention"]
+    assert data.splat.label == "compressed_splat v1, SN17 SPZ as Niantic SPZ" and data.splat.file_type == "spz"
+    assert data.problems == [f"{asset} v1 was pruned by retention" for asset in
+                             ("generated_image", "foreground_image", "refined_mesh", "initial_mesh")]
     assert data.score["score"] == json.loads(red_mug.artifacts.load(red_mug.key, "validation_score")[1])["score"]
+    assert data.frame == "y_up"  # from the pruned PLY's record
 
 
 def test_files_over_the_embedding_bound_are_named_and_never_read(red_mug, tmp_path) -> None:
     shutil.copytree(red_mug.root / "store", tmp_path / "store")
     store = LocalStore(tmp_path / "store")
     artifacts = ArtifactStore(store)
-    splat = artifacts.latest(red_mug.key, "gaussian_splat")  # the SPZ decodes to as many bytes
-    (tmp_path / "store" / splat.blob).unlink()  # never read: a missing blob would be an error if it were
-    data = load_generation(artifacts, Ledger(store), red_mug.key, max_embed_bytes=splat.bytes - 1)
-    assert data.splat is None and data.mesh.asset == "refined_mesh"  # 401,020 bytes: under the bound
+    ply = artifacts.latest(red_mug.key, "gaussian_splat")
+    (tmp_path / "store" / ply.blob).unlink()  # never read: a missing blob would be an error if it were
+    payload = 16 + 20_000 * 19  # what the SPZ unwraps to: header, 19 bytes a gaussian (SH degree 0)
+    data = load_generation(artifacts, Ledger(store), red_mug.key, max_embed_bytes=payload - 1)
+    meshes = [artifacts.latest(red_mug.key, asset) for asset in ("refined_mesh", "initial_mesh")]
+    assert data.splat is None and data.mesh is None and data.image.asset == "generated_image"
     assert data.problems == [
-        f"gaussian_splat v1 is {splat.bytes:,} bytes, over the {splat.bytes - 1:,} a page embeds: "
-        f"`threegen get {red_mug.key} gaussian_splat`",
-        f"compressed_splat v1 decodes to {splat.bytes:,} bytes of PLY, over the {splat.bytes - 1:,} a page embeds"]
-    data = load_generation(artifacts, Ledger(store), red_mug.key, max_embed_bytes=splat.bytes)
-    assert len(data.splat.data) == splat.bytes and data.splat.label == "compressed_splat v1, SN17 SPZ decoded to PLY"
-    assert data.problems[0].startswith("gaussian_splat: ") and "missing" in data.problems[0]
+        *[f"{m.asset} v1 is {m.bytes:,} bytes, over the {payload - 1:,} a page embeds: "
+          f"`threegen get {red_mug.key} {m.asset}`" for m in meshes],
+        f"compressed_splat v1 cannot be shown: its payload is {payload:,} bytes, over the {payload - 1:,} a page "
+        f"embeds",
+        f"gaussian_splat v1 is {ply.bytes:,} bytes, over the {payload - 1:,} a page embeds: "
+        f"`threegen get {red_mug.key} gaussian_splat`"]
+    data = load_generation(artifacts, Ledger(store), red_mug.key, max_embed_bytes=payload)
+    assert len(gzip.decompress(data.splat.data)) == payload and len(data.problems) == 2  # the meshes
 
 
 def test_a_damaged_piece_is_named_and_the_rest_is_shown(red_mug, tmp_path) -> None:
     shutil.copytree(red_mug.root / "store", tmp_path / "store")
     store = LocalStore(tmp_path / "store")
     artifacts = ArtifactStore(store)
-    blob = tmp_path / "store" / artifacts.latest(red_mug.key, "gaussian_splat").blob
-    size = blob.write_bytes(b"PLY!" + blob.read_bytes()[4:])  # same size, other bytes
+    blob = tmp_path / "store" / artifacts.latest(red_mug.key, "compressed_splat").blob
+    size = blob.write_bytes(b"\x00\x00\x00\x00" + blob.read_bytes()[4:])  # same size, other bytes
     data = load_generation(artifacts, Ledger(store), red_mug.key)
-    assert data.splat.asset == "compressed_splat" and data.mesh.asset == "refined_mesh"
-    assert len(data.problems) == 1 and data.problems[0].startswith(f"gaussian_splat: gaussian_splat v1 of {red_mug.key}: blob ")
+    assert data.splat.label == "gaussian_splat v1" and data.splat.file_type == "ply"
+    assert data.splat.data == red_mug.artifacts.load(red_mug.key, "gaussian_splat")[1]
+    assert data.mesh.asset == "refined_mesh" and len(data.problems) == 1
+    assert data.problems[0].startswith(f"compressed_splat: compressed_splat v1 of {red_mug.key}: blob ")
     assert f"is corrupt: its {size:,} bytes hash to" in data.problems[0]
 
 
