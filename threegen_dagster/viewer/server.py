@@ -97,6 +97,9 @@ def _list_page(rows: list[dict], location: str) -> str:
 def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
     app = FastAPI(title="threegen view", docs_url=None, redoc_url=None, openapi_url=None)
 
+    def get(path: str):  # every page answers HEAD too (uvicorn sends its headers without the body)
+        return app.api_route(path, methods=["GET", "HEAD"])
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else \
@@ -122,32 +125,32 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
         rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
         return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
 
-    @app.get("/health")
+    @get("/health")
     def health() -> JSONResponse:
         return JSONResponse({"ok": True, "store": artifacts.store.location}, headers=_HEADERS)
 
-    @app.get("/")
+    @get("/")
     def index() -> HTMLResponse:
         return HTMLResponse(_list_page(catalog(), artifacts.store.location),
                             headers={**_HEADERS, "content-security-policy": LIST_CSP})
 
-    @app.get("/api/generations")
+    @get("/api/generations")
     def generations() -> JSONResponse:
         return JSONResponse(catalog(), headers=_HEADERS)
 
-    @app.get("/api/stats")
+    @get("/api/stats")
     def stats() -> JSONResponse:
         snapshot = artifacts.snapshot()
         totals = artifacts.stats(statuses(build_catalog(artifacts, ledger, snapshot)), snapshot)
         return JSONResponse(totals, headers=_HEADERS)
 
-    @app.get("/g/{key}")
+    @get("/g/{key}")
     def page(key: str) -> Response:
         _checked(key)
         return Response(viewer_html(artifacts, ledger, key), media_type=CONTENT_TYPE,
                         headers={**_HEADERS, "content-security-policy": PAGE_CSP})
 
-    @app.get("/api/generations/{key}")
+    @get("/api/generations/{key}")
     def generation(key: str) -> JSONResponse:
         _checked(key)
         entry = ledger.get(key)
@@ -165,7 +168,7 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
         return JSONResponse({"generation": asdict(entry), "viewer": f"/g/{key}", "stages": stages,
                              "unreadable": unreadable}, headers=_HEADERS)
 
-    @app.get("/api/generations/{key}/{asset}")
+    @get("/api/generations/{key}/{asset}")
     def download(key: str, asset: str, version: int | None = Query(None, ge=1, le=MAX_VERSION)) -> Response:
         _checked(key, asset)
         ledger.get(key)

@@ -107,3 +107,11 @@ def test_a_port_in_use_is_a_one_line_error(view_server, red_mug) -> None:
                           cwd=red_mug.root, env=threegen_env(red_mug.root), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"threegen: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_head_answers_the_headers_without_the_body(view_server, red_mug) -> None:
+    path = f"/api/generations/{red_mug.key}/refined_mesh"
+    status, headers, body = get(view_server, path, method="HEAD")
+    assert status == 200 and body == b""
+    assert int(headers["content-length"]) == red_mug.artifacts.latest(red_mug.key, "refined_mesh").bytes
+    assert headers["content-type"] == "model/gltf-binary"
