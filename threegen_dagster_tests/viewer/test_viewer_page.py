@@ -143,3 +143,14 @@ def test_the_page_names_what_it_shows_and_the_splat_frame() -> None:
     assert "<h2>splat (compressed_splat v3, SN17 SPZ decoded to PLY)</h2>" in page
     assert '<p class="note problem">refined_mesh v1 was pruned by retention</p>' in page
     assert embedded(page, "splat-data") == b"ply" and "<h1>[image 0123abcd] a cup</h1>" in page
+
+
+def test_the_same_page_from_a_local_or_an_s3_store(red_mug, store) -> None:
+    """The page reads the store through its interface: the red mug's objects copied into a fresh
+    local folder or an S3 prefix (the test S3 server) give the same page, byte for byte."""
+    copied = [info.path for top in ("blobs", "generations", "ledger") for info in red_mug.store.list(top)]
+    for path in copied:
+        store.write(path, red_mug.store.read(path))
+    assert len(copied) > 10
+    assert viewer_html(ArtifactStore(store), Ledger(store), red_mug.key) == \
+        viewer_html(red_mug.artifacts, red_mug.ledger, red_mug.key)
