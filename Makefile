@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@echo "See the run and its assets in the UI: make ui, then open http://127.0.0.1:3000"
 
 ui: $(STAMP)
-	$(PY) -m threegen_dagster.instance >/dev/null
+	$(PY) -m threegen_dagster.defs.instance >/dev/null
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 test: $(STAMP)

@@ -68,9 +68,9 @@ def one_generation(root: Path, prompt: str) -> tuple[bytes, object]:
     from threegen_dagster.splats.mesh import mesh_to_gaussians
     from threegen_dagster.splats.validate import normalize_for_validator
 
-    image = engine("text_to_image", "procedural").generate(prompt, 42)
-    cut = engine("background", "flood_fill").remove(image)
-    mesh = engine("refine", "decimate").refine(engine("image_to_mesh", "inflate").mesh(cut, 42))
+    image = engine("text_to_image", "procedural")(prompt, 42)
+    cut = engine("background", "flood_fill")(image)
+    mesh = engine("refine", "decimate")(engine("image_to_mesh", "inflate")(cut, 42))
     return spz.encode(normalize_for_validator(mesh_to_gaussians(mesh, 50_000, seed=42))), cut
 
 
@@ -113,7 +113,7 @@ def main() -> None:
         rows = []
         for _ in range(args.repeat + 1):  # the first call warms up kernels and caches
             t = time.perf_counter()
-            result, _ = models.score(data, None, args.prompt)
+            result, _ = models(data, None, args.prompt)
             rows.append((time.perf_counter() - t, models.last_stats))
         warm = rows[1:]
         total = statistics.median(r[0] for r in warm)
@@ -128,7 +128,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeat):
             t = time.perf_counter()
-            proxy.score(data, cut)
+            proxy(data, cut)
             times.append(time.perf_counter() - t)
         print(f"  proxy scorer     {statistics.median(times):7.2f} s  (for comparison; no models)")
 

@@ -28,7 +28,7 @@ from threegen_dagster.sn17.client import MinerClient  # noqa: E402
 from threegen_dagster.sn17.puller import TaskQueue, pull_once  # noqa: E402
 from threegen_dagster.sn17.signing import sign_submission  # noqa: E402
 from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPolicy  # noqa: E402
-from threegen_dagster.sn17_jobs import sn17_submission_sensor, sn17_task_sensor  # noqa: E402
+from threegen_dagster.defs.sn17 import sn17_submission_sensor, sn17_task_sensor  # noqa: E402
 from threegen_dagster_tests.sn17.local_validator import HOST, LocalValidator, make_wallet  # noqa: E402
 
 ROUNDS = 5
@@ -95,7 +95,7 @@ def history(sizes=(0, 1000), active: int = 4, repeat: int = 5) -> None:
     from threegen_dagster.settings import Settings as S
     from threegen_dagster.sn17.client import PulledTask
     from threegen_dagster.sn17.protocol import Task
-    from threegen_dagster.sn17_jobs import INDEXED
+    from threegen_dagster.defs.sn17 import INDEXED
     from threegen_dagster_tests.s3_server import BUCKET, S3Server
     from threegen_dagster_tests.sn17.harness import CALLS, CountingStoreResource, write_old_record
 

@@ -22,8 +22,8 @@ import dagster as dg  # noqa: E402
 from dagster_aws.s3 import S3Resource  # noqa: E402
 
 from benchmarks._common import machine  # noqa: E402
-from threegen_dagster.io_manager import ArtifactIOManager  # noqa: E402
-from threegen_dagster.resources import StoreResource  # noqa: E402
+from threegen_dagster.defs.io_manager import ArtifactIOManager  # noqa: E402
+from threegen_dagster.defs.resources import StoreResource  # noqa: E402
 from threegen_dagster_tests.s3_server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server  # noqa: E402
 
 REPEAT = {1: 30, 20: 10}

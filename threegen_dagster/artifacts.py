@@ -27,7 +27,7 @@ from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
 from .records import (Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size, corrupt, named_shas,
-                      parse)
+                      parse, read_each)
 from .storage import Conflict, ObjectInfo, Store, StorageError
 
 BLOBS = "blobs/sha256"
@@ -190,15 +190,7 @@ class ArtifactStore:
 
     def _read_all(self, infos: list[ObjectInfo], unreadable: list[CorruptRecord] | None) -> list[Manifest]:
         """The versions at ``infos``; a bad one is raised, or appended to ``unreadable`` if given."""
-        manifests = []
-        for info in infos:
-            try:
-                manifests.append(self.read_manifest(info.path, info.size))
-            except CorruptRecord as exc:
-                if unreadable is None:
-                    raise
-                unreadable.append(exc)
-        return manifests
+        return read_each(lambda info: self.read_manifest(info.path, info.size), infos, unreadable)
 
     def versions(self, key: str | None, asset: str, unreadable: list[CorruptRecord] | None = None) -> list[Manifest]:
         """Every stored version of (key, asset), oldest first (bad ones: see ``_read_all``)."""

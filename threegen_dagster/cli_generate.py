@@ -24,14 +24,9 @@ from .failures import InstanceUnavailable, root_cause
 from .keys import Prompt
 from .ledger import Generation
 from .settings import Settings
+from .stores import OpenedStore
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def _store(settings: Settings):
-    from .resources import StoreResource  # the same resource the pipeline uses: one way to open a store
-
-    return StoreResource.from_settings(settings)
 
 
 def note(line: str) -> None:
@@ -48,7 +43,7 @@ def register(prompt: Prompt, seed: int, source: str, settings: Settings, instanc
 def _register(prompt: Prompt, seed: int, source: str, settings: Settings, instance) -> tuple[Generation, bool, bool]:
     """... and whether the partition was added here. An instance that refuses the partition keeps
     no new ledger entry either: nothing is registered that no run could use."""
-    ledger = _store(settings).ledger()
+    ledger = OpenedStore.from_settings(settings).ledger()
     entry, new = ledger.add(prompt, seed, source=source)
     try:
         added = not instance.has_dynamic_partition("generations", entry.key)
@@ -64,7 +59,7 @@ def _register(prompt: Prompt, seed: int, source: str, settings: Settings, instan
 
 def _unregister(entry: Generation, partition_added: bool, settings: Settings, instance) -> None:
     """Undo a registration whose run could not be created (best effort on a broken instance)."""
-    _store(settings).ledger().remove(entry.key)
+    OpenedStore.from_settings(settings).ledger().remove(entry.key)
     if partition_added:
         try:
             instance.delete_dynamic_partition("generations", entry.key)
@@ -95,7 +90,7 @@ def _report(artifacts: ArtifactStore, key: str) -> dict:
 def generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool = False,
              export: Callable[[ArtifactStore, str], list[Path]] | None = None) -> int:
     from .definitions import build_definitions
-    from .instance import get_instance
+    from .defs.instance import get_instance
     from .processes import identity_tags
     from .runs import PoolWatch, failures, free_dead_runs
 
@@ -133,7 +128,7 @@ def generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool = Fals
     wall = time.perf_counter() - started
     if result.success:
         defs.resolve_job_def("refresh_catalog").execute_in_process(instance=instance, run_config=QUIET_RUN, tags=tags)
-    artifacts = _store(settings).artifacts()
+    artifacts = OpenedStore.from_settings(settings).artifacts()
     exported = [str(p) for p in export(artifacts, entry.key)] if export else []
     failed = failures(result.all_events)
     summary = {"key": entry.key, "run_id": result.run_id, "success": result.success, "seconds": round(wall, 2),

@@ -1,62 +1,48 @@
-"""``threegen_dagster.definitions:defs``: the one place that wires assets, checks, jobs,
-sensors, schedules and resources, picked from the environment (``Settings.from_env``)."""
+"""``threegen_dagster.definitions:defs``: the index of the Dagster wiring. Each area has its room in
+``defs/`` (its assets, checks, jobs, sensors, schedules); this file only lists them and builds the
+resources from the environment (``Settings.from_env``), so the whole graph reads on one screen.
+``dg check defs`` and ``dg list defs`` load it (``[tool.dg]`` in pyproject.toml)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from .assets import PIPELINE, generation_catalog, validator_records
-from .io_manager import ArtifactIOManager
-from .jobs import (
-    InboxResource,
-    RetentionResource,
-    catalog_after_generation,
-    catalog_job,
-    cleanup,
-    cleanup_schedule,
-    generate_job,
-    inbox_sensor,
-)
-from .resources import (
-    BackgroundResource,
-    ImageToMeshResource,
-    RefineResource,
+from .defs import catalog, generation, inbox, retention, sn17
+from .defs.io_manager import ArtifactIOManager
+from .defs.resources import (
     ScoreResource,
     SN17Resource,
     SplatResource,
+    StageResource,
     StoreResource,
-    TextToImageResource,
     ValidatorPolicyResource,
 )
 from .settings import Settings
-from .sn17_jobs import sn17_submission_sensor, sn17_submissions, sn17_task_sensor, submit
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
-    score = ScoreResource.from_settings(settings, threshold=settings.score_threshold)
     return dg.Definitions(
-        assets=[*PIPELINE, generation_catalog, validator_records, sn17_submissions],
-        jobs=[generate_job, catalog_job, cleanup, submit],
-        sensors=[inbox_sensor, catalog_after_generation, sn17_task_sensor, sn17_submission_sensor],
-        schedules=[cleanup_schedule(settings.retention)],
+        assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions],
+        jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit],
+        sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor,
+                 sn17.sn17_submission_sensor],
+        schedules=[retention.cleanup_schedule(settings.retention)],
         # a generation is a chain of heavy steps: one process per run keeps imports and models warm;
         # scale out across runs (queued runs, run workers), not across one chain's steps
         executor=dg.in_process_executor,
         resources={
             "store": store,
             "artifacts": ArtifactIOManager(store=store),
-            "inbox": InboxResource(path=str(settings.inbox)),
-            "retention": RetentionResource.from_policy(settings.retention),  # the schedule's and a manual run's
+            "inbox": inbox.InboxResource(path=str(settings.inbox)),
+            "retention": retention.RetentionResource.from_policy(settings.retention),  # the schedule's and by hand
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
-            "text_to_image": TextToImageResource.from_settings(settings),
-            "background": BackgroundResource.from_settings(settings),
-            "image_to_mesh": ImageToMeshResource.from_settings(settings),
-            "refine": RefineResource.from_settings(settings),
+            # the model stages, each under its stage's name (backends/stages.py)
+            **{stage: StageResource.from_settings(settings, stage)
+               for stage in ("text_to_image", "background", "image_to_mesh", "refine")},
+            "score": ScoreResource.from_settings(settings, "score", threshold=settings.score_threshold),
             "splats": SplatResource(gaussians=settings.gaussians, frame=settings.frame),
-            "score": score,
-            "scoring": score,  # sn17_jobs.py's key for the same resource, until it moves into its room
         },
     )
 

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, TypeAdapter
 
 from .keys import MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_fits, seed_of
-from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse
+from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse, read_each
 from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
@@ -146,15 +146,8 @@ class Ledger:
     def all(self, unreadable: list[CorruptRecord] | None = None) -> list[Generation]:
         """Every entry, oldest first. A bad one is raised, or, if ``unreadable`` is given, appended
         to it and skipped (``key_of(error.path)`` says whose it was)."""
-        entries = []
-        for info in self.store.list(LEDGER):
-            if info.path.endswith(".json") and info.path.count("/") == 1:
-                try:
-                    entries.append(self._read(info.path, info.size))
-                except CorruptRecord as exc:
-                    if unreadable is None:
-                        raise
-                    unreadable.append(exc)
+        infos = [i for i in self.store.list(LEDGER) if i.path.endswith(".json") and i.path.count("/") == 1]
+        entries = read_each(lambda info: self._read(info.path, info.size), infos, unreadable)
         return sorted(entries, key=lambda e: (e.created_at, e.key))
 
     def set_keep(self, key: str, keep: bool = True) -> Generation:

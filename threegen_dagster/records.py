@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable, Iterable
 from typing import Annotated, TypeVar
 
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
@@ -17,6 +18,7 @@ from .keys import KEY_PATTERN
 from .storage import StorageError
 
 T = TypeVar("T")
+I = TypeVar("I")
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,100}$")]  # an asset
@@ -63,6 +65,19 @@ def parse(adapter: TypeAdapter[T], data: bytes, path: str, uri: str) -> T:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         reason = f"{where}: {first['msg']}" if where else first["msg"]
         raise corrupt(path, uri, f"{reason}{more}") from None
+
+
+def read_each(read: Callable[[I], T], items: Iterable[I], unreadable: list[CorruptRecord] | None) -> list[T]:
+    """``read(item)`` for each item; a bad record is raised, or appended to ``unreadable`` if given."""
+    out = []
+    for item in items:
+        try:
+            out.append(read(item))
+        except CorruptRecord as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(exc)
+    return out
 
 
 def named_shas(data: bytes) -> set[str]:

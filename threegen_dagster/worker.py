@@ -28,7 +28,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 
 import trimesh
 from PIL import Image
@@ -66,20 +67,37 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Base64 = Annotated[str, Field(min_length=1)]
 
 
+def _mesh(value: str, field: str, max_pixels: int) -> trimesh.Trimesh:
+    try:
+        return glb_mesh(unb64(value))
+    except Exception as exc:  # noqa: BLE001 - not base64, not a GLB
+        raise BadRequest(f"cannot decode '{field}' as a GLB mesh ({type(exc).__name__}: {exc})") from None
+
+
+# a file field's (client: value -> text, worker: text -> value, decoded and bounded); other fields go as they are
+FILE_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str, str, int], Any]]] = {
+    "png_b64": (lambda image: b64(png_bytes(image)), _image),
+    "glb_b64": (lambda mesh: b64(glb_bytes(mesh)), _mesh),
+}
+
+
 class _Body(BaseModel):
-    """One stage's wire: the request body (its fields), how the client writes it (``request``), how
-    the worker reads it into the contract's arguments (``arguments``), and the answer both ways."""
+    """One stage's wire. Its fields, in order, are the contract's arguments: the client writes them
+    (``request``), the worker reads them back (``arguments``), file fields through ``FILE_FIELDS``;
+    the answer goes both ways through ``answer`` and ``result``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    @staticmethod
-    def request(*args: Any) -> dict[str, Any]:
+    @classmethod
+    def request(cls, *args: Any) -> dict[str, Any]:
         """Client: the contract's arguments as this body's JSON."""
-        raise NotImplementedError
+        return {name: FILE_FIELDS[name][0](arg) if name in FILE_FIELDS else arg
+                for name, arg in zip(cls.model_fields, args)}
 
     def arguments(self, max_pixels: int) -> tuple:
         """Worker: the contract's arguments, decoded and bounded; BadRequest when they cannot be."""
-        raise NotImplementedError
+        return tuple(FILE_FIELDS[name][1](value, name, max_pixels) if name in FILE_FIELDS else value
+                     for name, value in ((n, getattr(self, n)) for n in type(self).model_fields))
 
     @staticmethod
     def answer(result: Any) -> dict[str, Any]:
@@ -92,24 +110,28 @@ class _Body(BaseModel):
         raise NotImplementedError
 
 
-class _ImageAnswer(_Body):
-    @staticmethod
-    def answer(result: Image.Image) -> dict[str, Any]:
-        return {"png_b64": b64(png_bytes(result))}
+class _FileAnswer(_Body):
+    """A stage that answers with one file: base64 bytes in the field ``answer_field``."""
 
-    @staticmethod
-    def result(out: dict[str, Any]) -> Image.Image:
-        return png_image(unb64(out["png_b64"]))
+    answer_field: ClassVar[str]
+    encode: ClassVar[Callable[[Any], bytes]]
+    decode: ClassVar[Callable[[bytes], Any]]
+
+    @classmethod
+    def answer(cls, result: Any) -> dict[str, Any]:
+        return {cls.answer_field: b64(cls.encode(result))}
+
+    @classmethod
+    def result(cls, out: dict[str, Any]) -> Any:
+        return cls.decode(unb64(out[cls.answer_field]))
 
 
-class _MeshAnswer(_Body):
-    @staticmethod
-    def answer(result: trimesh.Trimesh) -> dict[str, Any]:
-        return {"glb_b64": b64(glb_bytes(result))}
+class _ImageAnswer(_FileAnswer):
+    answer_field, encode, decode = "png_b64", png_bytes, png_image
 
-    @staticmethod
-    def result(out: dict[str, Any]) -> trimesh.Trimesh:
-        return glb_mesh(unb64(out["glb_b64"]))
+
+class _MeshAnswer(_FileAnswer):
+    answer_field, encode, decode = "glb_b64", glb_bytes, glb_mesh
 
 
 class TextToImageBody(_ImageAnswer):
@@ -121,49 +143,18 @@ class TextToImageBody(_ImageAnswer):
     def _prompt(cls, value: str) -> str:
         return Prompt.from_text(value).text  # the pipeline's own rules: non-empty, printable, bounded
 
-    @staticmethod
-    def request(prompt: str, seed: int) -> dict[str, Any]:
-        return {"prompt": prompt, "seed": seed}
-
-    def arguments(self, max_pixels: int) -> tuple[str, int]:
-        return self.prompt, self.seed
-
 
 class BackgroundBody(_ImageAnswer):
     png_b64: Base64
-
-    @staticmethod
-    def request(image: Image.Image) -> dict[str, Any]:
-        return {"png_b64": b64(png_bytes(image))}
-
-    def arguments(self, max_pixels: int) -> tuple[Image.Image]:
-        return (_image(self.png_b64, "png_b64", max_pixels),)
 
 
 class ImageToMeshBody(_MeshAnswer):
     png_b64: Base64
     seed: Seed
 
-    @staticmethod
-    def request(image: Image.Image, seed: int) -> dict[str, Any]:
-        return {"png_b64": b64(png_bytes(image)), "seed": seed}
-
-    def arguments(self, max_pixels: int) -> tuple[Image.Image, int]:
-        return _image(self.png_b64, "png_b64", max_pixels), self.seed
-
 
 class RefineBody(_MeshAnswer):
     glb_b64: Base64
-
-    @staticmethod
-    def request(mesh: trimesh.Trimesh) -> dict[str, Any]:
-        return {"glb_b64": b64(glb_bytes(mesh))}
-
-    def arguments(self, max_pixels: int) -> tuple[trimesh.Trimesh]:
-        try:
-            return (glb_mesh(unb64(self.glb_b64)),)
-        except Exception as exc:  # noqa: BLE001 - not base64, not a GLB
-            raise BadRequest(f"cannot decode 'glb_b64' as a GLB mesh ({type(exc).__name__}: {exc})") from None
 
 
 class ScoreBody(_Body):

@@ -164,9 +164,9 @@ def test_plan_is_pure_and_honours_every_rule() -> None:
 
 
 def test_policy_refuses_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"keep_versions must be at least 1"):
         RetentionPolicy(keep_versions=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"retention hours must be >= 0"):
         RetentionPolicy(max_age_hours=-1)
 
 

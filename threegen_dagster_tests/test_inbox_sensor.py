@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.jobs import TAG_FILE_ID, InboxResource, InboxTickError, inbox_sensor
-from threegen_dagster.resources import StoreResource
+from threegen_dagster.defs.inbox import TAG_FILE_ID, InboxResource, InboxTickError, inbox_sensor
+from threegen_dagster.defs.resources import StoreResource
 from threegen_dagster.settings import Settings
 from threegen_dagster.tasks import MAX_TASK_BYTES
 

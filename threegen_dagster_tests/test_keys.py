@@ -96,7 +96,7 @@ def test_slug_is_bounded() -> None:
 
 
 def test_seed_of_rejects_non_keys() -> None:
-    with pytest.raises(PromptError):
+    with pytest.raises(PromptError, match=r"'not a key' is not a generation key"):
         seed_of("not a key")
 
 

@@ -21,7 +21,7 @@ from dagster._core.test_utils import create_test_daemon_workspace_context, freez
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
 
-from threegen_dagster.instance import ensure_home
+from threegen_dagster.defs.instance import ensure_home
 from threegen_dagster.processes import PID_TAG, Owner, identity_tags
 from threegen_dagster.runs import free_dead_runs, pool_waits
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import trimesh
 from PIL import Image
@@ -18,7 +19,7 @@ from threegen_dagster.definitions import build_definitions, defs
 from threegen_dagster.keys import Prompt
 from threegen_dagster.settings import Settings
 from threegen_dagster.splats import read_ply, spz
-from threegen_dagster.resources import StoreResource
+from threegen_dagster.defs.resources import StoreResource
 
 QUIET = cli.QUIET_RUN
 
@@ -67,11 +68,13 @@ def test_every_stage_writes_a_real_file_that_decodes(pipeline) -> None:
         data = lambda asset: io.BytesIO(artifacts.load(key, asset)[1])  # noqa: E731
         assert Image.open(data("generated_image")).mode == "RGB"
         assert Image.open(data("foreground_image")).mode == "RGBA"
-        for mesh_asset in ("initial_mesh", "refined_mesh"):
-            mesh = trimesh.load(data(mesh_asset), file_type="glb", force="mesh")
+        meshes = {a: trimesh.load(data(a), file_type="glb", force="mesh") for a in ("initial_mesh", "refined_mesh")}
+        for mesh in meshes.values():
             assert len(mesh.faces) > 100 and mesh.visual.vertex_colors is not None
-        mesh_ply = artifacts.load_extra(artifacts.latest(key, "initial_mesh"), "ply")
-        assert trimesh.load(io.BytesIO(mesh_ply), file_type="ply").faces.shape[1] == 3
+        mesh_ply = trimesh.load(io.BytesIO(artifacts.load_extra(artifacts.latest(key, "initial_mesh"), "ply")),
+                                file_type="ply", process=False)
+        assert np.array_equal(mesh_ply.faces, meshes["initial_mesh"].faces)  # the PLY beside it is the same mesh
+        assert len(meshes["refined_mesh"].faces) < len(meshes["initial_mesh"].faces)  # decimated
         cloud = read_ply(data("gaussian_splat").getvalue())
         decoded = spz.decode(data("compressed_splat").getvalue())
         assert len(cloud) == len(decoded) == 50_000
@@ -86,14 +89,16 @@ def test_every_stage_writes_a_real_file_that_decodes(pipeline) -> None:
 
 
 def test_materializations_carry_metadata_and_a_preview(pipeline, instance) -> None:
-    _, _, results = pipeline
+    settings, _, results = pipeline
     key = next(iter(results))
     materializations = [ev.event_specific_data.materialization
                         for ev in results[key].get_asset_materialization_events()]
     events = {m.asset_key.path[-1]: m for m in materializations}
+    artifacts = opened(settings).artifacts()
     for asset in ("generated_image", "gaussian_splat", "validation_score"):
         md = events[asset].metadata
-        assert md["seconds"].value >= 0 and md["prompt"].value == "a wooden chair"
+        record = artifacts.latest(key, asset).metadata  # the store's record carries what the UI shows
+        assert md["seconds"].value == record["seconds"] and md["prompt"].value == record["prompt"] == "a wooden chair"
         assert md["preview"].value.startswith("![preview](data:image/png;base64,")
         assert md["sha256"].value and md["bytes"].value > 0 and md["version"].value == 1
         assert md["uri"].value.endswith(md["sha256"].value) and "download" not in md  # links are for S3

@@ -13,7 +13,7 @@ import pytest
 from threegen_dagster.artifacts import ArtifactStore
 from threegen_dagster.cli import QUIET_RUN
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.jobs import RetentionConfig
+from threegen_dagster.defs.retention import RetentionConfig
 from threegen_dagster.keys import Prompt
 from threegen_dagster.ledger import Ledger
 from threegen_dagster.retention import RetentionPolicy, apply_retention
@@ -151,3 +151,34 @@ def test_writers_racing_the_pruning_of_their_folder_never_fail(tmp_path) -> None
         p.join()
     assert [p.exitcode for p in workers] == [0, 0, 0]
     assert list(tmp_path.iterdir()) == []  # and nothing left behind, not even the folders
+
+
+def test_kept_and_held_generations_are_neither_slimmed_nor_thinned(tmp_path) -> None:
+    """Due to be slimmed and with more versions than are kept: an unmarked generation loses its heavy
+    blobs and old versions; a kept one and a held one lose nothing."""
+    store = LocalStore(tmp_path)
+    ledger, artifacts = Ledger(store), ArtifactStore(store)
+    keys = {}
+    for name in ("plain", "kept", "held"):
+        entry, _ = ledger.add(Prompt.from_text(f"a {name} vase"), 0, "test", now=time.time() - 10 * HOUR)
+        for n in range(3):
+            for asset, ext in (("generated_image", "png"), ("compressed_splat", "spz")):
+                artifacts.record(entry.key, asset, f"{name} {asset} {n}".encode(), ext, "r",
+                                 now=time.time() - 10 * HOUR)
+        keys[name] = entry.key
+    ledger.set_keep(keys["kept"])
+    ledger.hold(keys["held"], "submission-t1")
+    policy = RetentionPolicy(max_age_hours=100, keep_passed_hours=100, slim_after_hours=5, keep_versions=1)
+    report = apply_retention(artifacts, ledger, policy)
+
+    assert sorted(report.protected) == sorted([keys["kept"], keys["held"]]) and report.removed == []
+    plain = artifacts.versions(keys["plain"], "generated_image")
+    assert [m.version for m in plain] == [3] and plain[0].pruned_at is not None  # thinned, then slimmed
+    assert [m.version for m in artifacts.versions(keys["plain"], "compressed_splat")] == [3]
+    for name in ("kept", "held"):
+        for asset in ("generated_image", "compressed_splat"):
+            versions = artifacts.versions(keys[name], asset)
+            assert [m.version for m in versions] == [1, 2, 3], (name, asset)
+            assert all(m.pruned_at is None for m in versions), (name, asset)
+            assert [artifacts.load(keys[name], asset, version=m.version)[1] for m in versions] == [
+                f"{name} {asset} {n}".encode() for n in range(3)]

@@ -8,11 +8,11 @@ import dagster as dg
 import pytest
 
 from threegen_dagster import cli
-from threegen_dagster.assets import PIPELINE, foreground_image, initial_mesh
+from threegen_dagster.defs.generation import PIPELINE, foreground_image, initial_mesh
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.jobs import generate_job
+from threegen_dagster.defs.generation import generate_job
 from threegen_dagster.keys import Prompt
-from threegen_dagster.resources import StoreResource, TextToImageResource
+from threegen_dagster.defs.resources import StageResource, StoreResource
 from threegen_dagster.settings import Settings
 
 from .s3_server import BUCKET, SECRET_KEY
@@ -111,11 +111,11 @@ def test_wrong_credentials_fail_the_step_clearly_and_never_reach_the_log(s3_env,
     assert "definitely-wrong-secret" not in log and SECRET_KEY not in log
 
 
-class _ServerDiesDuringThisStage(TextToImageResource):
+class _ServerDiesDuringThisStage(StageResource):
     """Generates the image, but the S3 server goes down before the I/O manager can store it."""
 
-    def generate(self, prompt: str, seed: int):
-        image = super().generate(prompt, seed)
+    def run(self, prompt: str, seed: int):
+        image = super().run(prompt, seed)
         _ServerDiesDuringThisStage.server.stop()
         return image
 
@@ -125,8 +125,9 @@ def test_server_stopped_mid_run_fails_clearly_and_a_retry_succeeds(s3_env, s3_se
     key = _register(settings, instance, "a green vase", 3)
     healthy = build_definitions(settings)
     _ServerDiesDuringThisStage.server = s3_server
+    dying_stage = _ServerDiesDuringThisStage(stage="text_to_image", backend="procedural")
     dying = dg.Definitions(assets=PIPELINE, jobs=[generate_job],
-                           resources={**healthy.resources, "text_to_image": _ServerDiesDuringThisStage()})
+                           resources={**healthy.resources, "text_to_image": dying_stage})
     try:
         broken = dying.resolve_job_def("generate").execute_in_process(
             instance=instance, partition_key=key, run_config=QUIET, raise_on_error=False)

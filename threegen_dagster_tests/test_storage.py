@@ -40,12 +40,12 @@ def test_paths_outside_the_store_are_refused(store, path: str) -> None:
 
 def test_create_only_and_compare_and_swap(store) -> None:
     tag = store.write("entry.json", b"v1", if_absent=True)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match=r"entry\.json(:? it)? exists"):  # local and S3 say it alike
         store.write("entry.json", b"v1 again", if_absent=True)
     data, read_tag = store.read_tagged("entry.json")
     assert data == b"v1" and read_tag == tag
     store.write("entry.json", b"v2", if_match=read_tag)
-    with pytest.raises(Conflict):  # the tag is stale now
+    with pytest.raises(Conflict, match=r"entry\.json(: it exists or)? changed since it was read"):  # the tag is stale now
         store.write("entry.json", b"v3", if_match=read_tag)
     assert store.read("entry.json") == b"v2"
 
@@ -80,7 +80,7 @@ def test_s3_multipart_uploads_carry_part_checksums(s3_server, s3_prefix) -> None
     head = s3_server.client().head_object(Bucket=BUCKET, Key=f"{s3_prefix}/big.bin", ChecksumMode="ENABLED")
     assert head["ContentLength"] == len(big) and head["ChecksumSHA256"].endswith("-3")
     assert store.read("big.bin") == big
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match=r"big\.bin(:? it)? exists"):
         store.write("big.bin", big, if_absent=True)
 
 
@@ -119,7 +119,8 @@ def test_parse_s3_uri(uri: str, expected) -> None:
     assert parse_s3_uri(uri) == expected
 
 
-@pytest.mark.parametrize("uri", ["s3://", "s3:///prefix", "/local/path"])
-def test_parse_s3_uri_refuses(uri: str) -> None:
-    with pytest.raises(StorageError):
+@pytest.mark.parametrize("uri, why", [("s3://", "names no bucket"), ("s3:///prefix", "names no bucket"),
+                                      ("/local/path", "not an s3:// URI")])
+def test_parse_s3_uri_refuses(uri: str, why: str) -> None:
+    with pytest.raises(StorageError, match=why):
         parse_s3_uri(uri)

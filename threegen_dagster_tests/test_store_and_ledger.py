@@ -67,7 +67,7 @@ def test_ledger_maps_keys_back_to_prompts(tmp_path) -> None:
     assert {e.key for e in Ledger(LocalStore(tmp_path)).all()} == {text.key, image.key}
     with pytest.raises(UnknownGeneration, match="threegen add"):
         ledger.get("unknown-0123456789-s1")
-    with pytest.raises(PromptError):
+    with pytest.raises(PromptError, match=r"'\.\./\.\./etc' is not a generation key"):
         ledger.get("../../etc")
 
 
@@ -103,7 +103,7 @@ def test_keep_marks_and_holds(store) -> None:
     assert [e.key for e in ledger.all()] == [entry.key]  # holds are not entries
     with pytest.raises(ValueError, match="hold name"):
         ledger.hold(entry.key, "../escape")
-    with pytest.raises(UnknownGeneration):
+    with pytest.raises(UnknownGeneration, match=r"no generation 'unknown-0123456789-s1' in the ledger"):
         ledger.hold("unknown-0123456789-s1", "x")
 
 

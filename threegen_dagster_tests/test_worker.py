@@ -101,7 +101,7 @@ def test_worker_answers_match_in_process_results(embedded_worker) -> None:
 
     client = WorkerClient(embedded_worker.url)
     remote, meta = client.call("text_to_image", "a red mug", 3)
-    local = engine("text_to_image", "procedural", {"size": 512}).generate("a red mug", 3)
+    local = engine("text_to_image", "procedural", {"size": 512})("a red mug", 3)
     assert remote.tobytes() == local.tobytes() and meta["backend"] == "procedural" and meta["seconds"] > 0
     cut, _ = client.call("background", remote)
     assert cut.mode == "RGBA" and cut.size == remote.size
@@ -209,12 +209,12 @@ def test_a_warm_worker_serves_tiny_flux_and_rembg(model_worker) -> None:
 
 
 def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None:
-    from threegen_dagster.resources import TextToImageResource
+    from threegen_dagster.defs.resources import StageResource
 
     _, flux = model_worker
-    resource = TextToImageResource(backend="flux", options={"model": str(flux), "dtype": "float32", "size": 70,
-                                                            "device": "cpu"})
-    image = resource.generate("a wooden chair", 7)
+    resource = StageResource(stage="text_to_image", backend="flux",
+                             options={"model": str(flux), "dtype": "float32", "size": 70, "device": "cpu"})
+    image = resource.run("a wooden chair", 7)
     remote, _ = WorkerClient(model_worker[0].url).call("text_to_image", "a wooden chair", 7)
     assert image.size == (64, 64) and image.tobytes() == remote.tobytes()  # same model, same seed, same pixels
     meta = resource.describe()
@@ -223,7 +223,7 @@ def test_stage_resources_run_model_backends_in_process_too(model_worker) -> None
 
 
 def test_the_pipeline_scores_with_the_validator_models_on_the_worker(model_worker, tmp_path) -> None:
-    from threegen_dagster.resources import ScoreResource
+    from threegen_dagster.defs.resources import ScoreResource
 
     worker, _ = model_worker
     settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox", worker_url=worker.url,

@@ -22,6 +22,6 @@ class Bpt(Refine):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}
 
-    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    def __call__(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         self.load()
         raise AssertionError("unreachable: load() always raises")

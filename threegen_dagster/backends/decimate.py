@@ -60,5 +60,5 @@ class Decimate(Refine):
                                f"smoothing_iterations {smoothing_iterations} at least 0")
         self.target_faces, self.smoothing_iterations = target_faces, smoothing_iterations
 
-    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    def __call__(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         return refine(mesh, self.target_faces, self.smoothing_iterations)

@@ -1,6 +1,6 @@
 """FLUX.1 text-to-image through diffusers' ``FluxPipeline``: a prompt and a seed in, an RGB square out.
 
-torch and diffusers are imported inside ``load()``/``generate()``, so importing this module is cheap.
+torch and diffusers are imported inside ``load()`` and the call, so importing this module is cheap.
 No Dagster imports.
 """
 
@@ -80,7 +80,7 @@ class FluxTextToImage(TextToImage):
         self.guidance = config.guidance if config.guidance is not None else guidance
         self.max_sequence_length = config.max_sequence_length or max_len
         self.size = round_size(config.size)
-        self.last_stats: dict[str, float] = {}  # seconds and GPU peak of the last generate()
+        self.last_stats: dict[str, float] = {}  # seconds and GPU peak of the last call
         self._pipe: Any = None
         self._device: str | None = None
         self._revision: str | None = None
@@ -163,7 +163,7 @@ class FluxTextToImage(TextToImage):
                 "dtype": self.config.dtype, "device": self._device or self.config.device,
                 "cpu_offload": self.config.cpu_offload}
 
-    def generate(self, prompt: str, seed: int) -> Any:
+    def __call__(self, prompt: str, seed: int) -> Any:
         """A ``size`` x ``size`` RGB PIL image; the same prompt and seed give the same image.
 
         The starting noise comes from a CPU generator, so a seed gives the same noise on any device."""

@@ -4,7 +4,7 @@
 subfolder=...)``: ``model`` is a local folder, or a hub id found first under ``$HY3DGEN_MODELS``
 (default ``~/.cache/hy3dgen``) as ``<HY3DGEN_MODELS>/<model>/<subfolder>``, then in the Hugging Face
 cache / hub. That folder holds ``config.yaml`` and ``model.fp16.safetensors`` (or ``model.fp16.ckpt``).
-``mesh()`` runs it on an RGBA cut-out, then hy3dgen's own post-processors (FloaterRemover,
+Calling it runs it on an RGBA cut-out, then hy3dgen's own post-processors (FloaterRemover,
 DegenerateFaceRemover, FaceReducer).
 
 The defaults are hy3dgen's where they suit a miner: guidance 5.0, mc_level 0, box 1.01 and 8000
@@ -98,7 +98,7 @@ def _local_folder(model: str, subfolder: str) -> Path | None:
 def _scratch_tempdir() -> Iterator[None]:
     # hy3dgen's post-processors pass meshes to pymeshlab through NamedTemporaryFile(delete=False)
     # files that nothing removes; point tempfile at a folder of our own and remove it afterwards.
-    # (tempfile.tempdir is process-wide: run one mesh() at a time per process.)
+    # (tempfile.tempdir is process-wide: run one call at a time per process.)
     with tempfile.TemporaryDirectory(prefix="hy3dgen-") as scratch:
         saved, tempfile.tempdir = tempfile.tempdir, scratch
         try:
@@ -110,10 +110,10 @@ def _scratch_tempdir() -> Iterator[None]:
 class HunyuanShape(ImageToMesh):
     """The ``image_to_mesh`` backend ``hunyuan`` (Hunyuan3D-2 shape generation)."""
 
-    name, options_type = "hunyuan", HunyuanConfig
     env = {"model": ("THREEGEN_HUNYUAN_MODEL", str), "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
            "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
            "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}
+    name, options_type = "hunyuan", HunyuanConfig
 
     def __init__(self, config: HunyuanConfig) -> None:
         self.config = config
@@ -173,7 +173,7 @@ class HunyuanShape(ImageToMesh):
                 "guidance": c.guidance, "octree_resolution": c.octree_resolution, "dtype": c.dtype,
                 "device": self._device or c.device, "torchvision": torchvision_in_use()}
 
-    def mesh(self, image: Image.Image, seed: int):
+    def __call__(self, image: Image.Image, seed: int):
         """An untextured trimesh.Trimesh of the object in the RGBA cut-out ``image``."""
         import torch
         import trimesh

@@ -90,5 +90,5 @@ class Inflate(ImageToMesh):
                                f"{depth_ratio} > 0")
         self.resolution, self.depth_ratio = resolution, depth_ratio
 
-    def mesh(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
+    def __call__(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
         return inflate(image, self.resolution, self.depth_ratio)

@@ -76,5 +76,5 @@ class FloodFill(Background):
                                f"within 0..1")
         self.tolerance, self.min_fraction = tolerance, min_fraction
 
-    def remove(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image) -> Image.Image:
         return remove_background(image, self.tolerance, self.min_fraction)

@@ -207,5 +207,5 @@ class Procedural(TextToImage):
             raise BackendError(f"procedural size {size}: use 64 to 2048 pixels")
         self.size = size
 
-    def generate(self, prompt: str, seed: int) -> Image.Image:
+    def __call__(self, prompt: str, seed: int) -> Image.Image:
         return render_prompt(prompt, seed, self.size)

@@ -121,7 +121,7 @@ class ProxyScorer(Score):
     name, model = "proxy", "geometric proxy + the validator's zero-score checks (not a learned model)"
     on_worker = False
 
-    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+    def __call__(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
               image: bytes | None = None) -> tuple[dict, bytes]:
         if foreground is None:
             raise BackendError("the proxy scorer compares the splat with the foreground cut-out, and none was given")

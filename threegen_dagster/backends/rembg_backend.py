@@ -70,7 +70,7 @@ class RembgBackground(Background):
                 "providers": providers,
                 "device": "cuda" if "CUDAExecutionProvider" in providers else "cpu"}
 
-    def remove(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image) -> Image.Image:
         """An RGBA copy of ``image`` whose alpha is the model's foreground mask."""
         if image.has_transparency_data:
             rgba = image.convert("RGBA")

@@ -5,17 +5,17 @@ A stage's name is its resource key in ``definitions.py``, its key in the backend
 (``worker.BODIES``). The asset it materializes keeps its own name (assets name what is stored,
 stages what is done; asset names are the store's paths, so they never change):
 
-    stage           asset             contract       call                                       backends
-    text_to_image   generated_image   TextToImage    generate(prompt, seed) -> RGB image        procedural | flux
-    background      foreground_image  Background     remove(image) -> RGBA image                flood_fill | rembg
-    image_to_mesh   initial_mesh      ImageToMesh    mesh(cut-out, seed) -> trimesh.Trimesh     inflate | hunyuan
-    refine          refined_mesh      Refine         refine(mesh) -> trimesh.Trimesh            decimate | bpt
-    score           validation_score  Score          score(spz, foreground, text, image)        proxy | models |
+    stage           asset             contract       engine(...)                                backends
+    text_to_image   generated_image   TextToImage    (prompt, seed) -> RGB image                procedural | flux
+    background      foreground_image  Background     (image) -> RGBA image                      flood_fill | rembg
+    image_to_mesh   initial_mesh      ImageToMesh    (cut-out, seed) -> trimesh.Trimesh         inflate | hunyuan
+    refine          refined_mesh      Refine         (mesh) -> trimesh.Trimesh                  decimate | bpt
+    score           validation_score  Score          (spz, foreground, text, image)             proxy | models |
                                                        -> (JSON-ready result, ring PNG)         validation_server
 
-Every backend is a subclass of its stage's contract: built from its options (cheap, nothing is
-loaded), loaded once (``load``), described for metadata (``describe``), and called through the
-contract's typed method, or generically as ``engine(*args)``, which is the same call.
+Every backend is a subclass of its stage's contract, and honours one contract, as diffusers'
+pipelines do: built from its options (``from_options``: cheap, nothing is loaded), loaded once
+(``load``), described for metadata (``describe``), and called (``engine(*args)``, typed by the contract).
 """
 
 from __future__ import annotations
@@ -76,65 +76,52 @@ class Engine(ABC):
 
     @abstractmethod
     def __call__(self, *args: Any) -> Any:
-        """The stage's call (each contract types it and names it)."""
+        """The stage's call: each contract below types it."""
 
 
 class TextToImage(Engine):
     stage = "text_to_image"
 
     @abstractmethod
-    def generate(self, prompt: str, seed: int) -> Image.Image:
-        """An RGB image of the prompt; the same prompt and seed give the same image."""
-
     def __call__(self, prompt: str, seed: int) -> Image.Image:
-        return self.generate(prompt, seed)
+        """An RGB image of the prompt; the same prompt and seed give the same image."""
 
 
 class Background(Engine):
     stage = "background"
 
     @abstractmethod
-    def remove(self, image: Image.Image) -> Image.Image:
-        """An RGBA copy of ``image`` whose alpha is the foreground (the background transparent)."""
-
     def __call__(self, image: Image.Image) -> Image.Image:
-        return self.remove(image)
+        """An RGBA copy of ``image`` whose alpha is the foreground: the background transparent, the
+        object opaque (an image that is already a cut-out comes back as it is)."""
 
 
 class ImageToMesh(Engine):
     stage = "image_to_mesh"
 
     @abstractmethod
-    def mesh(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
-        """A mesh of the object in the RGBA cut-out ``image``."""
-
     def __call__(self, image: Image.Image, seed: int) -> trimesh.Trimesh:
-        return self.mesh(image, seed)
+        """A mesh of the object in the RGBA cut-out ``image``: +Y up, seen from +Z (the validator's
+        azimuth-0 camera), vertex colours when the backend makes them."""
 
 
 class Refine(Engine):
     stage = "refine"
 
     @abstractmethod
-    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-        """The mesh made lighter and smoother, colours kept."""
-
     def __call__(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-        return self.refine(mesh)
+        """The mesh made lighter and smoother, colours kept."""
 
 
 class Score(Engine):
     stage = "score"
 
     @abstractmethod
-    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
-              image: bytes | None = None) -> tuple[dict[str, Any], bytes]:
-        """The SPZ scored as a validator would: a JSON-ready result (``score``, ``parts``, ``kind``,
-        ``checks``) and a PNG of the view ring it was scored on."""
-
     def __call__(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
                  image: bytes | None = None) -> tuple[dict[str, Any], bytes]:
-        return self.score(spz, foreground, text, image)
+        """The SPZ scored as a validator would, against the prompt's ``text`` or ``image`` (the proxy:
+        against the ``foreground`` cut-out): a JSON-ready result (``score``, ``parts``, ``kind``,
+        ``checks``) and a PNG of the view ring it was scored on."""
 
 
 @dataclass(frozen=True)

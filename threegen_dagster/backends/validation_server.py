@@ -68,7 +68,7 @@ class ValidationServerScorer(Score):
     def describe(self) -> dict:
         return {"backend": self.name, "model": f"SN17 validation server at {self.client.url}", "device": "remote"}
 
-    def score(self, spz: bytes, foreground=None, text: str = "", image: bytes | None = None):
+    def __call__(self, spz: bytes, foreground=None, text: str = "", image: bytes | None = None):
         from ..splats import spz as spz_codec
         from ..splats.render import preview_grid_png
         from ..splats.validate import check_for_validator

@@ -259,7 +259,7 @@ class ValidatorModels(Score):
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
+    def __call__(self, spz: bytes, foreground: Image.Image | None = None, text: str = "",
               image: bytes | None = None) -> tuple[dict[str, Any], bytes]:
         """The engine call: decode ``spz`` as the validator does and score it against the prompt."""
         from ..splats import spz as spz_codec

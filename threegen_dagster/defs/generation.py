@@ -1,37 +1,25 @@
-"""The generation's assets, one partition per (prompt, seed). Each loads, calls a resource,
-and returns the value with metadata (timings, sizes, counts, a small preview)."""
+"""Room ``generation``: the generation's assets, one partition per (prompt, seed), its blocking
+score check, and the ``generate`` job. Each asset loads, calls its stage's resource (keyed by the
+stage's name, ``backends/stages.py``) and returns the value with metadata (timings, sizes, counts,
+a small preview)."""
 
 
 import base64
 import io
-import time
 import warnings
 from typing import Any
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 import trimesh
 from PIL import Image
 
-from .catalog import build_catalog, markdown_table, statuses
-from .ledger import Generation
-from .codecs import stored_image
-from .resources import (
-    BackgroundResource,
-    ImageToMeshResource,
-    RefineResource,
-    ScoreResource,
-    SplatResource,
-    StoreResource,
-    TextToImageResource,
-    ValidatorPolicyResource,
-    stopwatch,
-)
-from .sn17.validators import ValidatorBook, records_table
-from .splats import GaussianCloud, spz
-from .splats.ply import ply_header
-from .splats.render import preview_grid_png
+from ..codecs import stored_image
+from ..ledger import Generation
+from ..splats import GaussianCloud, spz
+from ..splats.ply import ply_header
+from ..splats.render import preview_grid_png
+from .resources import ScoreResource, SplatResource, StageResource, StoreResource, stopwatch
 
 generations = dg.DynamicPartitionsDefinition(name="generations")
 GROUP = "generation"
@@ -62,23 +50,23 @@ def _entry(context: dg.AssetExecutionContext, store: StoreResource) -> Generatio
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
 def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
-                    text_to_image: TextToImageResource) -> dg.Output[Image.Image]:
+                    text_to_image: StageResource) -> dg.Output[Image.Image]:
     """The prompt as an image: text through the text-to-image backend, an image prompt as given."""
     entry = _entry(context, store)
     prompt = store.ledger().prompt(entry.key)
     with stopwatch() as t:
-        image = stored_image(prompt.image) if prompt.kind == "image" else text_to_image.generate(prompt.text, entry.seed)
+        image = stored_image(prompt.image) if prompt.kind == "image" else text_to_image.run(prompt.text, entry.seed)
     backend = {"backend": "given image"} if prompt.kind == "image" else text_to_image.describe()
     return dg.Output(image, metadata={**describe(entry), **backend, "seconds": t["seconds"],
                                       "width": image.width, "height": image.height, "preview": preview(image)})
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
-def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: BackgroundResource,
+def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: StageResource,
                      generated_image: Image.Image) -> dg.Output[Image.Image]:
     """The object cut out of the generated image (RGBA, background transparent)."""
     with stopwatch() as t:
-        cut = background.remove(generated_image)
+        cut = background.run(generated_image)
     coverage = float((np.asarray(cut)[..., 3] >= 128).mean())
     return dg.Output(cut, metadata={**describe(_entry(context, store)), **background.describe(),
                                     "seconds": t["seconds"], "foreground_fraction": round(coverage, 4),
@@ -91,22 +79,22 @@ def _mesh_metadata(mesh: trimesh.Trimesh) -> dict[str, Any]:
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"glb"})
-def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_to_mesh: ImageToMeshResource,
+def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_to_mesh: StageResource,
                  foreground_image: Image.Image) -> dg.Output[trimesh.Trimesh]:
     """A coloured mesh from the cut-out (GLB, and the PLY form beside it)."""
     entry = _entry(context, store)
     with stopwatch() as t:
-        mesh = image_to_mesh.mesh(foreground_image, entry.seed)
+        mesh = image_to_mesh.run(foreground_image, entry.seed)
     return dg.Output(mesh, metadata={**describe(entry), **image_to_mesh.describe(), "seconds": t["seconds"],
                                      **_mesh_metadata(mesh)})
 
 
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"glb"})
-def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refine: RefineResource,
+def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refine: StageResource,
                  initial_mesh: trimesh.Trimesh) -> dg.Output[trimesh.Trimesh]:
     """The mesh made lighter and smoother, colours kept."""
     with stopwatch() as t:
-        mesh = refine.refine(initial_mesh)
+        mesh = refine.run(initial_mesh)
     return dg.Output(mesh, metadata={**describe(_entry(context, store)), **refine.describe(),
                                      "seconds": t["seconds"], **_mesh_metadata(mesh)})
 
@@ -175,37 +163,12 @@ def validation_score(context: dg.AssetExecutionContext, store: StoreResource, sc
     )
 
 
-@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
-    """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score."""
-    artifacts = store.artifacts()
-    snapshot = artifacts.snapshot()  # one read of every version and blob serves both views
-    frame = build_catalog(artifacts, store.ledger(), snapshot)
-    totals = artifacts.stats(statuses(frame), snapshot)
-    return dg.Output(frame, metadata={
-        "generations": len(frame),
-        "complete": int((frame["status"] == "complete").sum()) if len(frame) else 0,
-        "store": totals["store"], "versions": totals["versions"], "blobs": totals["blobs"],
-        "stored_bytes": totals["stored_bytes"], "logical_bytes": totals["logical_bytes"],
-        "dedup_ratio": totals["dedup_ratio"] or 0.0,
-        "unreadable_records": "\n".join(totals["unreadable_records"][:50]) or "none",  # skipped, named
-        "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
-    })
-
-
-@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output[pd.DataFrame]:
-    """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
-    times, cooldowns and blacklist state (manual or automatic, with the reason)."""
-    rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
-    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
-    return dg.Output(frame, metadata={
-        "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
-        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
-            "uid", "pulls", "tasks", "submissions", "accepted", "empty", "success_rate", "mean_response_s",
-            "mean_score", "cooldown_s", "blacklisted")) if rows else "(no validator records yet)"),
-    })
-
-
 PIPELINE = [generated_image, foreground_image, initial_mesh, refined_mesh, gaussian_splat, compressed_splat,
             validation_score]
+
+
+generate_job = dg.define_asset_job(
+    "generate", selection=dg.AssetSelection.assets(*PIPELINE),
+    executor_def=dg.in_process_executor,  # a generation is a chain: one process keeps models and imports warm
+    description="Every stage of one generation (partition = prompt x seed)",
+)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from .failures import InstanceUnavailable, root_cause
+from ..failures import InstanceUnavailable, root_cause
 
 PROJECT_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 FALLBACK_YAML = """\

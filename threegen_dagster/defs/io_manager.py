@@ -1,4 +1,4 @@
-"""The typed I/O manager: each asset serialised to a file format a person can open (PNG, GLB,
+"""The typed I/O manager (codecs in the pure ``codecs.py``): each asset serialised to a file format a person can open (PNG, GLB,
 PLY, SPZ, JSON, CSV) and stored through ``ArtifactStore``: one content-addressed blob, one new
 version record naming it, the run and the materialization's metadata, so the catalog and
 other workers read what happened from the store alone (local folder or S3 bucket alike).
@@ -13,12 +13,11 @@ from typing import Any, Callable
 
 import dagster as dg
 import pandas as pd
-import trimesh
-from PIL import Image
 
-from .artifacts import EXTENSIONS
-from .resources import StoreResource, open_image
-from .splats import read_ply, write_ply
+from ..artifacts import EXTENSIONS
+from ..codecs import glb_bytes, glb_mesh, mesh_ply_bytes, png_bytes, stored_image
+from ..splats import read_ply, write_ply
+from .resources import StoreResource
 
 
 @dataclass(frozen=True)
@@ -27,24 +26,6 @@ class Format:
     dump: Callable[[Any], bytes]
     load: Callable[[bytes], Any]
     extras: tuple[tuple[str, Callable[[Any], bytes]], ...] = ()
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
-
-
-def _glb(mesh: trimesh.Trimesh) -> bytes:
-    return mesh.export(file_type="glb")
-
-
-def _mesh_ply(mesh: trimesh.Trimesh) -> bytes:
-    return mesh.export(file_type="ply")
-
-
-def _load_mesh(data: bytes) -> trimesh.Trimesh:
-    return trimesh.load(io.BytesIO(data), file_type="glb", force="mesh", process=False)
 
 
 def _json(value: dict) -> bytes:
@@ -56,10 +37,10 @@ def _csv(frame: pd.DataFrame) -> bytes:
 
 
 FORMATS: dict[str, Format] = {name: Format(EXTENSIONS[name], *how) for name, how in {  # one table of extensions
-    "generated_image": (_png, open_image),
-    "foreground_image": (_png, open_image),
-    "initial_mesh": (_glb, _load_mesh, (("ply", _mesh_ply),)),
-    "refined_mesh": (_glb, _load_mesh),
+    "generated_image": (png_bytes, stored_image),
+    "foreground_image": (png_bytes, stored_image),
+    "initial_mesh": (glb_bytes, glb_mesh, (("ply", mesh_ply_bytes),)),
+    "refined_mesh": (glb_bytes, glb_mesh),
     "gaussian_splat": (write_ply, read_ply),
     "compressed_splat": (bytes, bytes),
     "validation_score": (_json, json.loads),

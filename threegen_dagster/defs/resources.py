@@ -9,7 +9,7 @@ same typed call.
 
 import time
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import dagster as dg
 import trimesh
@@ -17,21 +17,21 @@ from PIL import Image
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, model_validator
 
-from .artifacts import ArtifactStore
-from .backends import registry
-from .backends.gpu import free_gpu_memory, peak_gpu_memory
-from .backends.registry import STAGE_BACKENDS
-from .backends.stages import Engine
-from .codecs import stored_image
-from .keys import Prompt
-from .ledger import Ledger
-from .settings import DEFAULT_POLICY, Settings
-from .sn17.validators import ValidatorPolicy
-from .splats import GaussianCloud
-from .splats.mesh import mesh_to_gaussians
-from .splats.validate import normalize_for_validator
-from .worker import WorkerClient
-from .storage import LocalStore, S3Store, Store, parse_s3_uri
+from ..artifacts import ArtifactStore
+from ..backends import registry
+from ..backends.gpu import BackendError, free_gpu_memory, peak_gpu_memory
+from ..backends.registry import STAGE_BACKENDS
+from ..backends.stages import Engine
+from ..keys import Prompt
+from ..ledger import Ledger
+from ..settings import DEFAULT_POLICY, Settings
+from ..sn17.signing import WALLET_HOTKEY, WALLET_NAME, WALLET_PATH, open_wallet
+from ..sn17.validators import ValidatorPolicy
+from ..splats import GaussianCloud
+from ..splats.mesh import mesh_to_gaussians
+from ..splats.validate import normalize_for_validator
+from ..worker import WorkerClient
+from ..storage import MULTIPART_THRESHOLD, S3_MAX_ATTEMPTS, Store, open_store
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -43,10 +43,11 @@ class StoreResource(dg.ConfigurableResource):
     """
 
     uri: str = Field(description="A directory, or s3://BUCKET[/PREFIX]")
-    s3: S3Resource = Field(default_factory=lambda: S3Resource(max_attempts=3),
+    s3: S3Resource = Field(default_factory=lambda: S3Resource(max_attempts=S3_MAX_ATTEMPTS),
                            description="Endpoint, region and retries for s3:// stores")
-    presign_seconds: int = Field(Settings.presign_seconds, ge=60, le=604_800, description="Lifetime of the download links in metadata")
-    multipart_threshold_mb: int = Field(64, ge=5, description="Objects larger than this go up as multipart uploads")
+    presign_seconds: int = Field(Settings.presign_seconds, ge=60, le=604_800,
+                                 description="Lifetime of the download links in metadata")
+    multipart_threshold_mb: int = Field(MULTIPART_THRESHOLD // 2**20, ge=5, description="Objects larger than this go up as multipart uploads")
 
     _opened: Store | None = PrivateAttr(default=None)
     _artifacts: ArtifactStore | None = PrivateAttr(default=None)
@@ -54,16 +55,13 @@ class StoreResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings) -> "StoreResource":
         return cls(uri=settings.store, presign_seconds=settings.presign_seconds,
-                   s3=S3Resource(endpoint_url=settings.s3_endpoint, region_name=settings.s3_region, max_attempts=3))
+                   s3=S3Resource(endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                                 max_attempts=S3_MAX_ATTEMPTS))
 
     def store(self) -> Store:
-        if self._opened is None:
-            if self.uri.startswith("s3://"):
-                bucket, prefix = parse_s3_uri(self.uri)
-                self._opened = S3Store(self.s3.get_client(), bucket, prefix,
-                                       multipart_threshold=self.multipart_threshold_mb * 2**20)
-            else:
-                self._opened = LocalStore(self.uri)
+        if self._opened is None:  # the pure opener, with dagster-aws's client for s3://
+            self._opened = open_store(self.uri, client=self.s3.get_client,
+                                      multipart_threshold=self.multipart_threshold_mb * 2**20)
         return self._opened
 
     def artifacts(self) -> ArtifactStore:
@@ -75,12 +73,15 @@ class StoreResource(dg.ConfigurableResource):
         return Ledger(self.store())
 
 
-class _StageResource(dg.ConfigurableResource):
-    """A model stage (``backends/stages.py``): run in this process on the configured backend (loaded
-    once per process), or sent to a warm GPU worker (`threegen worker`) when ``worker_url`` is set.
-    The resource key is the stage's name; ``options`` are the backend's own (its class's options,
-    checked by name here; unset ones keep the backend's defaults)."""
+class StageResource(dg.ConfigurableResource):
+    """A model stage (``backends/stages.py``), under its name as resource key: run in this process on
+    the configured backend (loaded once per process), or sent to a warm GPU worker (`threegen worker`)
+    when ``worker_url`` is set. ``options`` are the backend's own (checked by name here; unset ones
+    keep the backend's defaults)."""
 
+    stage: str = Field(description="The stage: text_to_image, background, image_to_mesh, refine or score")
+    backend: str = Field(description="One of the stage's backends (backends/registry.py); the first is the "
+                                     "embedded CPU one")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="The backend's options (e.g. flux: model, revision, steps, size, "
                                                 "dtype, device); unset ones keep its defaults")
@@ -89,12 +90,13 @@ class _StageResource(dg.ConfigurableResource):
     free_gpu_between_stages: bool = Field(False, description="Return cached GPU memory after the stage")
 
     _last: dict = PrivateAttr(default_factory=dict)
-    stage: ClassVar[str] = ""
-    backend: str
 
     @model_validator(mode="after")
-    def _known_options(self) -> "_StageResource":
-        known = registry.backend_class(self.stage, self.backend).option_names()
+    def _known(self) -> "StageResource":
+        try:
+            known = registry.backend_class(self.stage, self.backend).option_names()
+        except BackendError as exc:
+            raise ValueError(str(exc)) from None
         unknown = sorted(set(self.options) - set(known))
         if unknown:
             raise ValueError(f"{self.stage} backend {self.backend!r} has no option {', '.join(unknown)} "
@@ -102,17 +104,18 @@ class _StageResource(dg.ConfigurableResource):
         return self
 
     @classmethod
-    def from_settings(cls, settings, **overrides: Any) -> "_StageResource":
-        backend, options = settings.models.get(cls.stage, (STAGE_BACKENDS[cls.stage][0], {}))
-        return cls(backend=backend, options=options, worker_url=settings.worker_url,
+    def from_settings(cls, settings, stage: str, **overrides: Any) -> "StageResource":
+        backend, options = settings.models.get(stage, (STAGE_BACKENDS[stage][0], {}))
+        return cls(stage=stage, backend=backend, options=options, worker_url=settings.worker_url,
                    worker_timeout_s=settings.worker_timeout_s,
                    free_gpu_between_stages=settings.free_gpu_between_stages, **overrides)
 
     def engine(self) -> Engine:
         return registry.engine(self.stage, self.backend, self.options)
 
-    def _run(self, *args: Any) -> Any:
-        """The stage's call (the contract's arguments), on the worker or here."""
+    def run(self, *args: Any) -> Any:
+        """The stage's call, typed by its contract (``TextToImage``: (prompt, seed) -> image, ...), on
+        the worker or here."""
         if self.worker_url and registry.backend_class(self.stage, self.backend).on_worker:
             result, self._last = WorkerClient(self.worker_url, self.worker_timeout_s).call(self.stage, *args)
             return result
@@ -131,43 +134,6 @@ class _StageResource(dg.ConfigurableResource):
         return {"backend": self.backend}
 
 
-def _backends(stage: str) -> Any:
-    """The stage's backend names as a Literal (the UI offers them), from the registry."""
-    return Literal[STAGE_BACKENDS[stage]]
-
-
-class TextToImageResource(_StageResource):
-    stage: ClassVar[str] = "text_to_image"
-    backend: _backends("text_to_image") = Field("procedural", description="'procedural' (embedded CPU) or 'flux'")
-
-    def generate(self, prompt: str, seed: int) -> Image.Image:
-        return self._run(prompt, seed)
-
-
-class BackgroundResource(_StageResource):
-    stage: ClassVar[str] = "background"
-    backend: _backends("background") = Field("flood_fill", description="'flood_fill' (embedded CPU) or 'rembg'")
-
-    def remove(self, image: Image.Image) -> Image.Image:
-        return self._run(image)
-
-
-class ImageToMeshResource(_StageResource):
-    stage: ClassVar[str] = "image_to_mesh"
-    backend: _backends("image_to_mesh") = Field("inflate", description="'inflate' (embedded CPU) or 'hunyuan'")
-
-    def mesh(self, foreground: Image.Image, seed: int) -> trimesh.Trimesh:
-        return self._run(foreground, seed)
-
-
-class RefineResource(_StageResource):
-    stage: ClassVar[str] = "refine"
-    backend: _backends("refine") = Field("decimate", description="'decimate' (embedded CPU) or 'bpt' (not installable)")
-
-    def refine(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-        return self._run(mesh)
-
-
 class SplatResource(dg.ConfigurableResource):
     """How a mesh becomes the splat a validator receives."""
 
@@ -182,14 +148,12 @@ class SplatResource(dg.ConfigurableResource):
                                        remove_floaters=self.remove_floaters)
 
 
-class ScoreResource(_StageResource):
-    """Pre-validation of the SPZ a validator would receive: the embedded proxy, SN17's scoring
-    models in process (or on the worker), or a running SN17 validation server."""
+class ScoreResource(StageResource):
+    """The ``score`` stage, judged: pre-validation of the SPZ a validator would receive (the embedded
+    proxy, SN17's scoring models in process or on the worker, or a running SN17 validation server)
+    against the blocking check's threshold."""
 
-    stage: ClassVar[str] = "score"
-    backend: _backends("score") = Field(
-        "proxy", description="'proxy': checks + geometric proxy, no models; 'models': OpenCLIP + DINOv2 as the "
-                             "validator scores; 'validation_server': SN17's own server")
+    stage: str = "score"
     threshold: float = Field(Settings.score_threshold, ge=0, le=1, description="Scores below this fail the blocking check")
 
     def score(self, spz: bytes, foreground: Image.Image | None = None,
@@ -197,11 +161,8 @@ class ScoreResource(_StageResource):
         """The score as JSON-ready parts (``parts``: what it is made of), and a PNG of the 16-view ring."""
         text = prompt.text if prompt is not None and prompt.kind == "text" else ""
         image = prompt.image if prompt is not None and prompt.kind == "image" else None
-        out, ring = self._run(spz, foreground, text, image)
+        out, ring = self.run(spz, foreground, text, image)
         return {**out, "threshold": self.threshold, "passed": out["score"] >= self.threshold}, ring
-
-
-ScoringResource = ScoreResource  # the old name, until sn17_jobs.py moves into its room
 
 
 class ValidatorPolicyResource(dg.ConfigurableResource):
@@ -232,9 +193,9 @@ class SN17Resource(dg.ConfigurableResource):
     """The miner's identity and how tasks become generations. The wallet's keys stay in its files;
     only the names are configuration."""
 
-    wallet_name: str = Field("default", description="bittensor wallet (coldkey) name")
-    wallet_hotkey: str = Field("default", description="the miner hotkey that signs submissions")
-    wallet_path: str = Field("~/.bittensor/wallets", description="folder holding the wallets")
+    wallet_name: str = Field(WALLET_NAME, description="bittensor wallet (coldkey) name")
+    wallet_hotkey: str = Field(WALLET_HOTKEY, description="the miner hotkey that signs submissions")
+    wallet_path: str = Field(WALLET_PATH, description="folder holding the wallets")
     variants: int = Field(1, ge=1, le=8, description="seeds per task; the best-scoring one is submitted")
     max_per_tick: int = Field(8, ge=1, description="tasks the sensor turns into runs per tick")
     submit_timeout_s: float = Field(300.0, gt=0, description="SubmitResults timeout (the protocol's 300 s)")
@@ -243,12 +204,9 @@ class SN17Resource(dg.ConfigurableResource):
     submit_retry_delay_s: float = Field(10.0, ge=0, description="seconds between those retries")
 
     def wallet(self):
-        from bittensor_wallet import Wallet
-
-        return Wallet(name=self.wallet_name, hotkey=self.wallet_hotkey, path=self.wallet_path)
+        return open_wallet(self.wallet_name, self.wallet_hotkey, self.wallet_path)
 
 
-open_image = stored_image  # the I/O manager's import, until it moves into its room
 
 
 @contextmanager

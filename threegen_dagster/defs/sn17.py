@@ -1,6 +1,7 @@
-"""SN17 in Dagster: queued validator tasks become generations and runs (sensor), and when every
-variant of a task has finished, a run decides and submits (sensor + job). The network calls for
-pulling live in the puller (``threegen puller``); the submission is one signed call from its run."""
+"""Room ``sn17``: queued validator tasks become generations and runs (sensor), and when every
+variant of a task has finished, a run decides and submits (sensor + job); the tables of submissions
+and of validators as this miner has seen them (``catalog`` group). The network calls for pulling
+live in the puller (``threegen puller``); the submission is one signed call from its run."""
 
 import asyncio
 import base64
@@ -11,14 +12,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from .assets import generations
-from .catalog import markdown_table
-from .jobs import generate_job
-from .resources import ScoringResource, SN17Resource, StoreResource
-from .sn17.decision import Candidate, decide
-from .sn17.queue import STATES, TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
-from .storage import StorageError
-from .tasks import TaskError
+from ..catalog import markdown_table
+from ..sn17.decision import Candidate, decide
+from ..sn17.queue import STATES, TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
+from ..sn17.validators import ValidatorBook, records_table
+from ..storage import StorageError
+from ..tasks import TaskError
+from .generation import generate_job, generations
+from .resources import ScoreResource, SN17Resource, StoreResource, ValidatorPolicyResource
 
 TAG_TASK = "threegen/task_id"
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -199,8 +200,8 @@ def fail_unknown(queue: TaskQueue, ledger, entry: dict, why: str) -> str:
 def _prepare(context, store: StoreResource, sn17: SN17Resource, threshold: float, entry: dict):
     """Everything before the send, none of it seen by the validator: the decision, the bytes, the hotkey
     and the dendrite (either can fail to load). Returns (decision, spz bytes, client)."""
-    from .sn17.client import MinerClient
-    from .sn17.validators import ValidatorBook
+    from ..sn17.client import MinerClient
+    from ..sn17.validators import ValidatorBook
 
     artifacts, candidates = store.artifacts(), []
     for key in entry.get("keys", []):
@@ -246,8 +247,8 @@ def _record_answer(context, queue: TaskQueue, task_id: str, check, record: dict)
 @dg.op(description="Picks the best variant (or an empty result below the threshold), signs and sends "
                    "SubmitResults once, records the validator's feedback and cooldown")
 def submit_task(context: dg.OpExecutionContext, config: SubmitConfig, store: StoreResource, sn17: SN17Resource,
-                scoring: ScoringResource) -> dg.Output[dict]:
-    from .sn17.puller import task_of, validator_of
+                score: ScoreResource) -> dg.Output[dict]:
+    from ..sn17.puller import task_of, validator_of
 
     queue, ledger, task_id = TaskQueue(store.store()), store.ledger(), config.task_id
     entry = queue.get(task_id)
@@ -263,7 +264,7 @@ def submit_task(context: dg.OpExecutionContext, config: SubmitConfig, store: Sto
     if entry["state"] != "running":
         raise dg.Failure(f"task {task_id} is {entry['state']}: its generations were not started")
     try:
-        decision, spz, client = _prepare(context, store, sn17, scoring.threshold, entry)
+        decision, spz, client = _prepare(context, store, sn17, score.threshold, entry)
     except Exception as exc:  # noqa: BLE001 - nothing was sent: retried, then the task fails with the reason
         _retry_or_fail(context, queue, ledger, entry, sn17, f"{type(exc).__name__}: {exc}")
 
@@ -371,3 +372,17 @@ def sn17_submissions(store: StoreResource) -> dg.Output[pd.DataFrame]:
         "accepted": int(frame["accepted"].fillna(False).astype(bool).sum()) if len(frame) else 0,
         "table": dg.MetadataValue.md(markdown_table(frame, columns=(
             "task_id", "validator_uid", "state", "score", "accepted", "fidelity", "decision", "reason")))})
+
+
+@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
+def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output[pd.DataFrame]:
+    """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
+    times, cooldowns and blacklist state (manual or automatic, with the reason)."""
+    rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
+    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
+    return dg.Output(frame, metadata={
+        "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
+        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
+            "uid", "pulls", "tasks", "submissions", "accepted", "empty", "success_rate", "mean_response_s",
+            "mean_score", "cooldown_s", "blacklisted")) if rows else "(no validator records yet)"),
+    })

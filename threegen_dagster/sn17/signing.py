@@ -39,3 +39,13 @@ def verify_submission(signature_b64: str, message: str | bytes, miner_hotkey_ss5
         return bool(Keypair(ss58_address=miner_hotkey_ss58).verify(message, signature))
     except (binascii.Error, UnicodeEncodeError, ValueError):
         return False
+
+
+WALLET_NAME, WALLET_HOTKEY, WALLET_PATH = "default", "default", "~/.bittensor/wallets"
+
+
+def open_wallet(name: str = WALLET_NAME, hotkey: str = WALLET_HOTKEY, path: str = WALLET_PATH) -> Any:
+    """The miner's bittensor wallet by name (its keys stay in its files; only names are configuration)."""
+    from bittensor_wallet import Wallet
+
+    return Wallet(name=name, hotkey=hotkey, path=path)

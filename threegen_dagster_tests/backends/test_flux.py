@@ -80,32 +80,32 @@ def test_variant_defaults_and_overrides():
 
 
 def test_generates_an_rgb_square(flux):
-    image = flux.generate("a red ceramic mug", seed=1)
+    image = flux("a red ceramic mug", seed=1)
     assert image.mode == "RGB" and image.size == (64, 64)
     assert pixels(image).std() > 1  # a real decoded image, not a flat fill
     assert flux.last_stats["seconds"] > 0
 
 
 def test_same_seed_same_pixels_other_seed_differs(flux):
-    a, b = flux.generate("a red ceramic mug", seed=7), flux.generate("a red ceramic mug", seed=7)
-    c = flux.generate("a red ceramic mug", seed=8)
+    a, b = flux("a red ceramic mug", seed=7), flux("a red ceramic mug", seed=7)
+    c = flux("a red ceramic mug", seed=8)
     assert np.array_equal(pixels(a), pixels(b))
     assert np.abs(pixels(a) - pixels(c)).mean() > 1
 
 
 def test_the_prompt_reaches_the_model(flux):
-    a, b = flux.generate("a red ceramic mug", seed=3), flux.generate("a wooden chair", seed=3)
+    a, b = flux("a red ceramic mug", seed=3), flux("a wooden chair", seed=3)
     assert not np.array_equal(pixels(a), pixels(b))
 
 
 def test_template_is_applied_and_braces_in_prompts_are_literal(tiny_flux, flux):
     assert flux.prompt_text("a {weird} cup") == (
         "a {weird} cup, 3D render, single object, centred, plain white background")
-    assert flux.generate("a {weird} cup {0} {}", seed=2).size == (64, 64)
+    assert flux("a {weird} cup {0} {}", seed=2).size == (64, 64)
     bare = FluxTextToImage(config(tiny_flux, prompt_template="{prompt}"))
     assert bare.prompt_text("a {weird} cup") == "a {weird} cup"
     # the default template changes what the model sees, so the image too
-    assert not np.array_equal(pixels(bare.generate("a mug", seed=4)), pixels(flux.generate("a mug", seed=4)))
+    assert not np.array_equal(pixels(bare("a mug", seed=4)), pixels(flux("a mug", seed=4)))
 
 
 def test_describe(tiny_flux, flux):
@@ -123,11 +123,11 @@ def test_load_is_idempotent(flux):
 
 def test_unload_then_generate_loads_again_with_the_same_result(tiny_flux):
     backend = FluxTextToImage(config(tiny_flux))
-    before = pixels(backend.generate("a lamp", seed=5))  # generate() loads on demand
+    before = pixels(backend("a lamp", seed=5))  # the call loads on demand
     assert backend.loaded
     backend.unload()
     assert not backend.loaded and backend._pipe is None
-    assert np.array_equal(pixels(backend.generate("a lamp", seed=5)), before)
+    assert np.array_equal(pixels(backend("a lamp", seed=5)), before)
     assert backend.loaded
 
 

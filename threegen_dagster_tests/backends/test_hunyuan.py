@@ -48,14 +48,14 @@ def cutout() -> Image.Image:
 
 
 def test_mesh_is_a_trimesh_with_faces(shape, cutout):
-    mesh = shape.mesh(cutout, seed=1)
+    mesh = shape(cutout, seed=1)
     assert isinstance(mesh, trimesh.Trimesh)
     assert len(mesh.faces) > 0 and mesh.vertices.shape[1] == 3
     assert np.abs(mesh.vertices).max() <= 1.01 + 1e-4  # inside hy3dgen's decoding box
 
 
 def test_same_seed_same_mesh_other_seed_other_mesh(shape, cutout):
-    a, b, c = shape.mesh(cutout, seed=5), shape.mesh(cutout, seed=5), shape.mesh(cutout, seed=2)
+    a, b, c = shape(cutout, seed=5), shape(cutout, seed=5), shape(cutout, seed=2)
     np.testing.assert_array_equal(a.vertices, b.vertices)
     np.testing.assert_array_equal(a.faces, b.faces)
     assert a.vertices.shape != c.vertices.shape or not np.array_equal(a.vertices, c.vertices)
@@ -63,8 +63,8 @@ def test_same_seed_same_mesh_other_seed_other_mesh(shape, cutout):
 
 def test_face_reducer_caps_the_face_count(models, cutout):
     config = dict(FAST, remove_floaters=False, remove_degenerate=False)
-    raw = HunyuanShape(HunyuanConfig(model=str(models["random"]), max_faces=0, **config)).mesh(cutout, 1)
-    reduced = HunyuanShape(HunyuanConfig(model=str(models["random"]), max_faces=300, **config)).mesh(cutout, 1)
+    raw = HunyuanShape(HunyuanConfig(model=str(models["random"]), max_faces=0, **config))(cutout, 1)
+    reduced = HunyuanShape(HunyuanConfig(model=str(models["random"]), max_faces=300, **config))(cutout, 1)
     assert len(raw.faces) > 600
     # quadric decimation that preserves topology lands near the target, not exactly on it
     assert 0 < len(reduced.faces) <= 1.25 * 300 < len(raw.faces) / 2
@@ -92,19 +92,19 @@ def test_load_is_idempotent_and_unload_reloads(models, cutout):
     assert backend._pipeline is pipeline
     backend.unload()
     assert not backend.loaded
-    assert len(backend.mesh(cutout, seed=1).faces) > 0  # loads again on demand
+    assert len(backend(cutout, seed=1).faces) > 0  # loads again on demand
     assert backend.loaded
 
 
 def test_no_surface_is_a_clear_error(models, cutout):
     flat = HunyuanShape(HunyuanConfig(model=str(models["flat"]), **FAST))
     with pytest.raises(BackendError, match="found no surface.*try another seed"):
-        flat.mesh(cutout, seed=0)
+        flat(cutout, seed=0)
 
 
 def test_transparent_image_is_a_clear_error(shape):
     with pytest.raises(BackendError, match="fully transparent"):
-        shape.mesh(Image.new("RGBA", (64, 64), (0, 0, 0, 0)), seed=0)
+        shape(Image.new("RGBA", (64, 64), (0, 0, 0, 0)), seed=0)
 
 
 def test_missing_folder_names_the_path_and_files(tmp_path):

@@ -127,5 +127,5 @@ def test_empty_or_tiny_silhouette_raises(alpha_box):
     if alpha_box:
         r0, c0, r1, c1 = alpha_box
         rgba[r0: r1 + 1, c0: c1 + 1] = (200, 40, 40, 255)  # 4 pixels: fewer than 16
-    with pytest.raises(InflationError):
+    with pytest.raises(InflationError, match=r"the cut-out's silhouette is empty \(fewer than 16 opaque pixels\)"):
         inflate(Image.fromarray(rgba, "RGBA"))

@@ -92,7 +92,7 @@ def test_opaque_rgba_is_matted_like_rgb():
 
 @pytest.mark.parametrize("colour", [(255, 255, 255), (128, 128, 128)])
 def test_plain_image_raises(colour):
-    with pytest.raises(MattingError):
+    with pytest.raises(MattingError, match=r"no object found: the image is a plain background"):
         remove_background(Image.new("RGB", (64, 64), colour))
 
 

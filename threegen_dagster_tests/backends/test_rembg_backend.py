@@ -65,10 +65,10 @@ def check_cutout(out: Image.Image) -> None:
 
 def test_named_model_from_model_home(model_home):
     backend = RembgBackground(RembgConfig(model="u2netp", model_home=str(model_home), providers=CPU))
-    first = backend.remove(scene())
+    first = backend(scene())
     check_cutout(first)
-    assert np.array_equal(np.asarray(first), np.asarray(backend.remove(scene())))
-    again = RembgBackground(RembgConfig(model="u2netp", model_home=str(model_home))).remove(scene())
+    assert np.array_equal(np.asarray(first), np.asarray(backend(scene())))
+    again = RembgBackground(RembgConfig(model="u2netp", model_home=str(model_home)))(scene())
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not (model_home / "models").exists()  # rembg wrote nothing
     assert os.environ["U2NET_HOME"].endswith("default-home")  # restored after load
@@ -77,14 +77,14 @@ def test_named_model_from_model_home(model_home):
 def test_rembg_default_home(model_home, monkeypatch):
     monkeypatch.setenv("U2NET_HOME", str(model_home))
     backend = RembgBackground(RembgConfig())
-    check_cutout(backend.remove(scene()))
+    check_cutout(backend(scene()))
     assert backend.describe()["model_file"] == str(model_home / "u2netp.onnx")
 
 
 def test_custom_model_path(tmp_path):
     path = build_tiny_segmenter(tmp_path / "elsewhere" / "my-segmenter.onnx", seed=3)
     backend = RembgBackground(RembgConfig(model_path=str(path), providers=CPU))
-    check_cutout(backend.remove(scene()))
+    check_cutout(backend(scene()))
     info = backend.describe()
     assert info["model"] == "u2net_custom" and info["model_file"] == str(path)
 
@@ -110,7 +110,7 @@ def test_load_is_idempotent(model_home):
     backend.load()
     session = backend._session
     backend.load()
-    backend.remove(scene())
+    backend(scene())
     assert backend._session is session and backend.loaded
     backend.unload()
     assert not backend.loaded
@@ -119,7 +119,7 @@ def test_load_is_idempotent(model_home):
 
 
 def test_missing_weights_fail_before_any_download(model_home, offline):
-    with pytest.raises(BackendError) as err:  # u2net.onnx is not in the home: only u2netp.onnx
+    with pytest.raises(BackendError, match=r"rembg model 'u2net' not found at .*u2net\.onnx") as err:  # only u2netp.onnx is in the home
         RembgBackground(RembgConfig(model="u2net", model_home=str(model_home))).load()
     message = str(err.value)
     assert str(model_home / "u2net.onnx") in message and "not found" in message
@@ -159,7 +159,7 @@ def test_already_transparent_passes_through_without_a_model():
     image.putalpha(0)
     ImageDraw.Draw(image).ellipse((20, 30, 76, 100), fill=(200, 40, 40, 255))
     backend = RembgBackground(RembgConfig(model="u2net"))  # whose weights are missing
-    out = backend.remove(image)
+    out = backend(image)
     assert np.array_equal(np.asarray(out), np.asarray(image)) and out is not image
     assert not backend.loaded
 
@@ -168,9 +168,9 @@ def test_no_foreground_is_an_error(tmp_path):
     path = build_blank_segmenter(tmp_path / "blank.onnx")
     backend = RembgBackground(RembgConfig(model_path=str(path), providers=CPU))
     with pytest.raises(BackendError, match="no foreground"):
-        backend.remove(scene())
+        backend(scene())
 
 
 def test_alpha_matting(model_home):
     backend = RembgBackground(RembgConfig(model_home=str(model_home), alpha_matting=True, providers=CPU))
-    check_cutout(backend.remove(scene()))
+    check_cutout(backend(scene()))

@@ -2,7 +2,6 @@
 honours its stage's contract; the registry is data (adding a backend is a class and a row)."""
 
 import inspect
-import typing
 
 import dagster as dg
 import numpy as np
@@ -36,14 +35,14 @@ def test_the_definitions_wire_each_stage_under_its_name_to_its_asset(tmp_path) -
     for stage in STAGES.values():
         resource = defs.resources[stage.name]
         assert resource.stage == stage.name and resource.backend == next(iter(BACKENDS[stage.name]))
-        assert typing.get_args(type(resource).model_fields["backend"].annotation) == STAGE_BACKENDS[stage.name]
         node = graph.get(dg.AssetKey(stage.asset))
         assert stage.name in node.assets_def.required_resource_keys
 
 
-def test_the_generic_call_is_the_typed_call() -> None:
+def test_each_contract_is_one_typed_call() -> None:
     procedural = engine("text_to_image", "procedural", {"size": 64})
-    assert procedural("a red mug", 3).tobytes() == procedural.generate("a red mug", 3).tobytes()
+    image = procedural("a red mug", 3)
+    assert image.size == (64, 64) and image.mode == "RGB"
     cut = engine("background", "flood_fill")(procedural("a red mug", 3))
     assert cut.mode == "RGBA" and np.asarray(cut)[..., 3].min() == 0
 
@@ -60,13 +59,18 @@ def test_unknown_backends_and_options_are_refused_by_name() -> None:
         engine("text_to_image", "procedural", {"size": 32})
 
 
-def test_a_stage_resource_checks_its_backends_option_names() -> None:
-    from threegen_dagster.resources import RefineResource, TextToImageResource
+def test_a_stage_resource_checks_its_stage_backend_and_option_names() -> None:
+    from threegen_dagster.defs.resources import StageResource
 
     with pytest.raises(ValueError, match=r"text_to_image backend 'flux' has no option flux_model \(its options: model,"):
-        TextToImageResource(backend="flux", options={"flux_model": "x"})
-    with pytest.raises(ValueError, match=r"Input should be 'decimate' or 'bpt'"):
-        RefineResource(backend="bpt2")
+        StageResource(stage="text_to_image", backend="flux", options={"flux_model": "x"})
+    with pytest.raises(ValueError, match=r"no backend 'bpt2' for refine: one of decimate, bpt"):
+        StageResource(stage="refine", backend="bpt2")
+    with pytest.raises(ValueError, match=r"no stage 'paint': one of text_to_image, background"):
+        StageResource(stage="paint", backend="procedural")
+    for stage, contract in ((s.name, s.contract) for s in STAGES.values()):  # each signature is its contract's
+        assert list(inspect.signature(contract.__call__).parameters)[0] == "self"
+        assert inspect.isabstract(contract) and contract.__call__ is not Engine.__call__
 
 
 def test_settings_read_each_backends_declared_variables() -> None:
@@ -94,7 +98,7 @@ class Sepia(TextToImage):
     def __init__(self, size: int = 16) -> None:
         self.size = size
 
-    def generate(self, prompt: str, seed: int) -> Image.Image:
+    def __call__(self, prompt: str, seed: int) -> Image.Image:
         return Image.new("RGB", (self.size, self.size), (112, 66, 20))
 
 

@@ -53,11 +53,11 @@ def test_the_shim_is_whole_inside_the_block_and_gone_after():
         import torchvision.transforms.functional as F
 
         assert FrozenBatchNorm2d is T.FrozenBatchNorm2d and F.InterpolationMode is InterpolationMode
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(NotImplementedError, match=r"CIFAR10 needs the real torchvision"):
             CIFAR10("/nowhere")
         with pytest.raises(AttributeError, match="not in threegen's torchvision compat shim"):
             F.resize  # noqa: B018
-        with pytest.raises(ImportError):
+        with pytest.raises(ImportError, match=r"torchvision\.models"):
             import torchvision.models.feature_extraction  # noqa: F401 - timm expects this to fail cleanly
     assert not any(name == "torchvision" or name.startswith("torchvision.") for name in sys.modules)
     assert importlib.util.find_spec("torchvision") is None

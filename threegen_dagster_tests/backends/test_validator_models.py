@@ -149,7 +149,7 @@ def test_an_image_prompt_matches_the_view_it_was_taken_from(models, cloud):
 
 @needs_models
 def test_the_engine_call_decodes_the_spz_as_the_validator_does(models, cloud):
-    out, ring = models.score(spz.encode(cloud), None, "a wooden chair")
+    out, ring = models(spz.encode(cloud), None, "a wooden chair")
     direct = models.score_cloud(spz.decode(spz.encode(cloud)), text="a wooden chair")
     assert out["score"] == direct.score and out["kind"] == "models" and ring
     assert out["parts"] == {"alignment": direct.alignment, "quality": direct.quality, "ssim": direct.ssim}

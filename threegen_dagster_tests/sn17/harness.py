@@ -11,12 +11,12 @@ import bittensor as bt
 import dagster as dg
 
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.resources import StoreResource
+from threegen_dagster.defs.resources import StoreResource
 from threegen_dagster.settings import Settings
 from threegen_dagster.sn17.client import MinerClient
 from threegen_dagster.sn17.puller import TaskQueue, pull_once
 from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPolicy
-from threegen_dagster.sn17_jobs import INDEXED
+from threegen_dagster.defs.sn17 import INDEXED
 from threegen_dagster.storage import LocalStore, S3Store, parse_s3_uri
 
 from .local_validator import HOST

@@ -17,7 +17,7 @@ def main() -> None:
     import dagster as dg
 
     from threegen_dagster.definitions import build_definitions
-    from threegen_dagster.sn17_jobs import TAG_TASK
+    from threegen_dagster.defs.sn17 import TAG_TASK
 
     from .harness import miner_settings
 

@@ -17,12 +17,12 @@ from PIL import Image
 
 from threegen_dagster import cli
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.resources import StoreResource
+from threegen_dagster.defs.resources import StoreResource
 from threegen_dagster.settings import Settings
 from threegen_dagster.sn17.client import MinerClient
 from threegen_dagster.sn17.puller import TaskQueue, pull_once
 from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPolicy
-from threegen_dagster.sn17_jobs import sn17_submission_sensor, sn17_task_sensor
+from threegen_dagster.defs.sn17 import sn17_submission_sensor, sn17_task_sensor
 from threegen_dagster.splats import spz
 
 from .local_validator import HOST, LocalValidator, make_wallet

@@ -18,7 +18,7 @@ from threegen_dagster.keys import Prompt, generation_key
 from threegen_dagster.sn17.client import PulledTask
 from threegen_dagster.sn17.protocol import Task
 from threegen_dagster.sn17.queue import ACTIVE, TaskQueue
-from threegen_dagster.sn17_jobs import (
+from threegen_dagster.defs.sn17 import (
     RELAUNCH_AFTER_S,
     TAG_TASK,
     hold_name,
@@ -276,3 +276,28 @@ def test_a_damaged_task_record_is_reported_and_the_others_go_on(tmp_path, miner,
     logged = capfd.readouterr().err  # the ticks' log (Dagster's handler writes it to stderr)
     assert logged.count(f"WARNING - sn17: skipped the task record {store.uri(TaskQueue.path(damaged.id))}: ") == 2
     assert queue_of(settings).get(fine.id)["state"] == "running"
+
+
+def test_the_submission_waits_for_every_variants_run(tmp_path, miner, validators, instance):
+    """Two seed variants: no submit run while one variant's run is missing or still going; one as
+    soon as both have finished, whichever way they ended."""
+    settings = miner_settings(tmp_path, variants=2)
+    vs = validators(1)
+    task = vs[0].add_task("a wooden chair")
+    pull(settings, miner, vs)
+    res = resources(settings)
+    first, second = tick(sn17_task_sensor, instance, res)
+    job = build_definitions(settings).resolve_job_def("generate")
+
+    def run_of(request, status):
+        return instance.create_run_for_job(job_def=job, status=status,
+                                           tags={**request.tags, "dagster/run_key": request.run_key})
+
+    run_of(first, dg.DagsterRunStatus.SUCCESS)
+    assert tick(sn17_submission_sensor, instance, res) == []  # the second variant has no run yet
+    going = run_of(second, dg.DagsterRunStatus.STARTED)
+    assert tick(sn17_submission_sensor, instance, res) == []  # ... and then it is still running
+    instance.delete_run(going.run_id)
+    run_of(second, dg.DagsterRunStatus.FAILURE)
+    (submit,) = tick(sn17_submission_sensor, instance, res)
+    assert submit.run_key == f"submit:{task.id}" and submit.tags[TAG_TASK] == task.id

@@ -19,7 +19,7 @@ from bittensor.utils import networking
 
 from threegen_dagster import cli
 from threegen_dagster.definitions import build_definitions
-from threegen_dagster.sn17_jobs import TAG_TASK, hold_name, sn17_submission_sensor, sn17_task_sensor
+from threegen_dagster.defs.sn17 import TAG_TASK, hold_name, sn17_submission_sensor, sn17_task_sensor
 
 from ..s3_server import BUCKET, S3Server
 from .harness import miner_settings, pull, queue_of, resources, tick

@@ -233,8 +233,10 @@ def test_deterministic_per_seed() -> None:
     ],
     ids=["empty", "no-faces", "zero-area", "nan-vertex"],
 )
-def test_unusable_meshes_raise(mesh: trimesh.Trimesh) -> None:
-    with pytest.raises(SplatError):
+def test_unusable_meshes_raise(mesh: trimesh.Trimesh, request) -> None:
+    why = {"empty": "the mesh is empty", "no-faces": "the mesh is empty", "zero-area": "zero surface area",
+           "nan-vertex": r"non-finite \(NaN or inf\) vertex"}[request.node.callspec.id]
+    with pytest.raises(SplatError, match=why):
         mesh_to_gaussians(mesh, 100)
 
 
@@ -253,7 +255,8 @@ def test_bad_counts_raise(count: int) -> None:
     "kwargs", [{"opacity": 0.0}, {"opacity": 1.0}, {"thickness": 0.0}, {"scale_factor": -1.0}, {"thickness": np.nan}]
 )
 def test_bad_parameters_raise(kwargs: dict[str, float]) -> None:
-    with pytest.raises(SplatError):
+    (name, value), = kwargs.items()
+    with pytest.raises(SplatError, match=rf"{name} must .*, got {value}"):
         mesh_to_gaussians(trimesh.creation.box(), 100, **kwargs)  # type: ignore[arg-type]
 
 

@@ -149,7 +149,7 @@ def test_malformed_files_get_specific_errors(data: bytes, message: str) -> None:
 
 
 def test_ply_errors_are_splat_errors_and_value_errors() -> None:
-    with pytest.raises(SplatError):
+    with pytest.raises(SplatError, match=r"not a PLY file: it starts with b'nope', expected 'ply'"):
         read_ply(b"nope")
     assert issubclass(PlyError, ValueError)
 

@@ -147,7 +147,7 @@ def test_azimuth_zero_is_on_plus_z_and_azimuth_grows_counter_clockwise_from_abov
 
 
 def test_look_at_rejects_view_parallel_to_up() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"the view direction is parallel to the up vector"):
         look_at((0.0, 3.0, 0.0))
 
 
@@ -240,7 +240,7 @@ def test_zero_quaternion_renders_as_identity() -> None:
 
 
 def test_rejects_empty_image_size() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"image size must be positive, got 0x10"):
         render(make_cloud([0, 0, 0], 0.1, (1, 0, 0)), FRONT, 0, 10)
 
 
@@ -376,5 +376,5 @@ def test_preview_grid_png_decodes_with_expected_size(grid: int, size: int) -> No
 
 
 def test_preview_grid_png_rejects_other_grids() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"grid must be 2 or 4, got 3"):
         preview_grid_png(make_cloud([0, 0, 0], 0.1, (1, 0, 0)), grid=3)

@@ -164,7 +164,7 @@ def test_corrupt_spz_is_refused_without_a_huge_allocation(frame: bytes, message:
 def test_cut_off_frames_are_refused_at_every_length() -> None:
     frame = spz.compress(vector("inria_1000_sh1.ply"))
     for cut in range(0, len(frame), 997):
-        with pytest.raises(SpzError):
+        with pytest.raises(SpzError, match=r"SPZ"):
             spz.decode(frame[:cut])
 
 

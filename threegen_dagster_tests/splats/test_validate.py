@@ -237,14 +237,18 @@ def test_floater_removal_drops_nearly_transparent_gaussians() -> None:
     ],
     ids=["empty", "nan-position", "inf-scale", "no-extent"],
 )
-def test_normalise_refuses_unusable_clouds(cloud: GaussianCloud) -> None:
-    with pytest.raises(SplatError):
+def test_normalise_refuses_unusable_clouds(cloud: GaussianCloud, request) -> None:
+    why = {"empty": "the cloud is empty", "nan-position": r"non-finite values \(NaN or inf\) in positions",
+           "inf-scale": r"non-finite values \(NaN or inf\) in log_scales",
+           "no-extent": "the cloud has no extent to scale"}[request.node.callspec.id]
+    with pytest.raises(SplatError, match=why):
         normalize_for_validator(cloud)
 
 
 @pytest.mark.parametrize("kwargs", [{"frame": "z_up"}, {"max_extent": 0.0}, {"max_extent": np.inf}])
 def test_normalise_refuses_bad_arguments(kwargs: dict[str, object]) -> None:
-    with pytest.raises(SplatError):
+    (name, value), = kwargs.items()
+    with pytest.raises(SplatError, match=rf"{name} must .*, got '?{value}'?"):
         normalize_for_validator(_random_cloud(), **kwargs)  # type: ignore[arg-type]
 
 
@@ -327,7 +331,7 @@ def test_every_rule_reports_at_once_and_the_verdict_is_frozen() -> None:
     rules = [failure.split(":")[0] for failure in verdict.failures]
     assert rules == ["min_gaussians", "max_transparent_fraction", "identity_rotations", "finite"]
     assert all(np.isfinite(verdict.extent))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"cannot assign to field 'count'"):
         verdict.count = 5  # type: ignore[misc]
 
 
