@@ -6,6 +6,7 @@ import http.client
 import json
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -115,3 +116,11 @@ def test_head_answers_the_headers_without_the_body(view_server, red_mug) -> None
     assert status == 200 and body == b""
     assert int(headers["content-length"]) == red_mug.artifacts.latest(red_mug.key, "refined_mesh").bytes
     assert headers["content-type"] == "model/gltf-binary"
+
+
+def test_get_of_a_generation_with_nothing_stored_still_fails_but_writes_its_viewer(tmp_path) -> None:
+    key = json.loads(threegen(tmp_path, "add", "a blue cup", "--seed", "1", "--json").stdout)["key"]
+    done = threegen(tmp_path, "get", key, "-o", "out", check=False)
+    assert done.returncode == 1 and done.stdout.split() == [str(Path("out") / "viewer.html")]
+    page = (tmp_path / "out" / "viewer.html").read_text()
+    assert "<h1>a blue cup</h1>" in page and "no score stored yet" in page and "nothing stored yet" in page
