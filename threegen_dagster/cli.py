@@ -17,14 +17,10 @@ from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import UnknownGeneration
 from .settings import Settings, SettingsError
+from .stores import OpenedStore
 from .storage import StorageError
 from .viewer import DEFAULT_PORT as VIEW_PORT
 
-
-def _store(settings: Settings):
-    from .resources import StoreResource  # the same resource the pipeline uses: one way to open a store
-
-    return StoreResource.from_settings(settings)
 
 def _prompt(args: argparse.Namespace) -> Prompt:
     if args.image:
@@ -71,7 +67,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from .instance import get_instance
+    from .defs.instance import get_instance
 
     entry, new = register(_prompt(args), args.seed, "cli", settings, get_instance())
     if args.json:
@@ -82,7 +78,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
-    entry = _store(settings).ledger().set_keep(args.key, not args.off)
+    entry = OpenedStore.from_settings(settings).ledger().set_keep(args.key, not args.off)
     print(f"{entry.key}: {'kept' if entry.keep else 'no longer kept'} by retention")
     return 0
 
@@ -90,7 +86,7 @@ def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     from .catalog import build_catalog, markdown_table
 
-    store = _store(settings)
+    store = OpenedStore.from_settings(settings)
     snapshot = store.artifacts().snapshot()
     frame = build_catalog(store.artifacts(), store.ledger(), snapshot)
     print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
@@ -103,7 +99,7 @@ def _when(ts: float) -> str:
 
 
 def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
-    store = _store(settings)
+    store = OpenedStore.from_settings(settings)
     store.ledger().get(args.key)
     artifacts, bad = store.artifacts(), []
     rows = [m for asset in ([args.asset] if args.asset else STAGES) for m in artifacts.versions(args.key, asset, bad)]
@@ -133,7 +129,7 @@ def _export_viewer(artifacts: ArtifactStore, ledger, key: str, folder: Path) -> 
 
 
 def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
-    store = _store(settings)
+    store = OpenedStore.from_settings(settings)
     store.ledger().get(args.key)
     artifacts = store.artifacts()
     if args.asset is None:
@@ -164,7 +160,7 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from .catalog import build_catalog, statuses
 
-    store = _store(settings)
+    store = OpenedStore.from_settings(settings)
     artifacts = store.artifacts()
     snapshot = artifacts.snapshot()
     totals = artifacts.stats(statuses(build_catalog(artifacts, store.ledger(), snapshot)), snapshot)
@@ -226,7 +222,7 @@ def cmd_view(args: argparse.Namespace, settings: Settings) -> int:
     from .viewer.server import HOST, serve
     from .worker_http import bind
 
-    store = _store(settings)
+    store = OpenedStore.from_settings(settings)
     sock = bind(HOST, args.port)
     sock.listen(128)  # connections wait in the backlog from now on, until the server takes them
     print(f"threegen view serving {store.store().location} on http://{HOST}:{sock.getsockname()[1]}/ "
@@ -238,7 +234,7 @@ def cmd_view(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_validators(args: argparse.Namespace, settings: Settings) -> int:
     from .sn17.validators import ValidatorBook, records_table
 
-    book = ValidatorBook(_store(settings).store())
+    book = ValidatorBook(OpenedStore.from_settings(settings).store())
     if args.blacklist is not None or args.unblacklist is not None:
         uid, on = (args.blacklist, True) if args.blacklist is not None else (args.unblacklist, False)
         book.set_blacklisted(uid, on)
@@ -276,13 +272,13 @@ def _static_neuron(spec: str):
 def cmd_puller(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from .resources import SN17Resource
+    from .sn17.signing import open_wallet
     from .sn17.client import MinerClient
     from .sn17.puller import TaskQueue, neurons_from_metagraph, pull_once, run_forever
     from .sn17.validators import ValidatorBook
 
-    store = _store(settings).store()
-    wallet = SN17Resource(**settings.sn17).wallet()
+    store = OpenedStore.from_settings(settings).store()
+    wallet = open_wallet(**{k.removeprefix('wallet_'): v for k, v in settings.sn17.items() if k.startswith('wallet_')})
     if args.validator:
         static = [_static_neuron(spec) for spec in args.validator]
         neurons = lambda: static  # noqa: E731

@@ -202,7 +202,7 @@ def test_the_cleanup_job_succeeds_and_warns_about_a_bad_record(tmp_path) -> None
         assert any(m.path in message and "bad record" in message for message in logged)
         assert artifacts.store.exists(m.path)  # not cleaned away: left for a person, still reported
 
-        from threegen_dagster.assets import generation_catalog
+        from threegen_dagster.defs.catalog import generation_catalog
 
         catalog = dg.materialize([generation_catalog], instance=instance,
                                  resources=build_definitions(settings).resources)
@@ -249,7 +249,7 @@ def test_a_swapped_ledger_image_is_refused_not_generated_from(store) -> None:
 
 
 def test_the_pipeline_refuses_a_swapped_ledger_image(tmp_path) -> None:
-    from threegen_dagster.assets import PIPELINE, generated_image
+    from threegen_dagster.defs.generation import PIPELINE, generated_image
 
     settings = Settings(store=str(tmp_path / "artifacts"), inbox=tmp_path / "inbox")
     ledger = Ledger(LocalStore(tmp_path / "artifacts"))
