@@ -102,7 +102,7 @@ def test_get_a_whole_generation_into_a_folder(here) -> None:
     code, text = run(["get", report["key"], "-o", "all"])
     files = {p.name: p.read_bytes() for p in (root / "all").iterdir()}
     assert code == 0 and sorted(text.split()) == sorted(str(Path("all") / name) for name in files)
-    assert sorted(files) == sorted(f"{asset}.{EXTENSIONS[asset]}" for asset in STAGES)
+    assert sorted(files) == sorted([f"{asset}.{EXTENSIONS[asset]}" for asset in STAGES] + ["viewer.html"])
     for asset, stage in report["stages"].items():
         assert files[f"{asset}.{EXTENSIONS[asset]}"] == Path(stage["file"]).read_bytes()
 
