@@ -57,7 +57,12 @@ class PgServer:
         self.password = secrets.token_urlsafe(18)  # this throw-away server's, never a real credential
         self.as_root = os.geteuid() == 0
         if self.as_root:  # postgres refuses to run as root: the folder belongs to the package's user
-            account = pwd.getpwnam(RUN_AS)
+            try:
+                account = pwd.getpwnam(RUN_AS)
+            except KeyError:
+                shutil.rmtree(self.root)
+                raise RuntimeError(f"running as root, and there is no {RUN_AS!r} user to run PostgreSQL as "
+                                   "(Debian's postgresql package creates it: scripts/install_postgres.sh)") from None
             os.chown(self.root, account.pw_uid, account.pw_gid)
 
     @property

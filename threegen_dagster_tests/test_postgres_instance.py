@@ -52,5 +52,14 @@ def test_threegen_generate_records_everything_in_postgres(pg_home, pg_server) ->
         cur.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
                     (report["run_id"],))
         assert cur.fetchone()[0] == len(STAGES)
+        cur.execute("SHOW listen_addresses")
+        assert cur.fetchone() == ("127.0.0.1",)  # the test server listens on loopback only
     conn.close()
     assert not list(Path(pg_home["DAGSTER_HOME"]).rglob("*.db"))  # no SQLite file anywhere in DAGSTER_HOME
+
+
+def test_the_test_server_wants_its_password(pg_server) -> None:
+    import psycopg2
+
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(host="127.0.0.1", port=pg_server.port, user="threegen", password="wrong", dbname="postgres")

@@ -67,11 +67,17 @@ def test_queued_runs_go_through_the_daemon_within_their_limits(deployment, tmp_p
 
     with Daemon(env, tmp_path / "daemon.log") as daemon, dg.DagsterInstance.from_config(str(home)) as instance:
         launches = [launch(key, env) for key in keys]
-        for task in TASKS:
-            drop_task(inbox, *task)
-        for process, key in zip(launches, keys):
-            output = process.communicate(timeout=120)[0]
-            assert process.returncode == 0, f"dagster job launch {key}: {output[-3000:]}"
+        try:
+            for task in TASKS:
+                drop_task(inbox, *task)
+            for process, key in zip(launches, keys):
+                output = process.communicate(timeout=120)[0]
+                assert process.returncode == 0, f"dagster job launch {key}: {output[-3000:]}"
+        finally:
+            for process in launches:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
 
         follow = storage == "postgres"  # the run-status sensor's tick waits up to 30 s: once is enough
 
