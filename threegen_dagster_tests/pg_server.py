@@ -46,6 +46,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _owner_mark(pid: int) -> str:
+    """The owning process, told apart from a later process that reuses its pid by its start time."""
+    import psutil
+
+    try:
+        return f"{pid} {psutil.Process(pid).create_time()}"
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def stop_orphans() -> None:
+    """Stop and remove the servers of test sessions that were killed before they could stop theirs
+    (pg_ctl detaches the server, so it outlives a killed pytest); a live owner's server is left alone."""
+    for owner in Path(tempfile.gettempdir()).glob("threegen-pg-*/owner"):
+        mark = owner.read_text().strip()
+        if not mark or _owner_mark(int(mark.split()[0])) == mark:
+            continue
+        import psutil
+
+        data = str(owner.parent / "data")
+        for proc in psutil.process_iter(["name", "cmdline"]):  # its postmaster: started on that data folder
+            if proc.info["name"] == "postgres" and data in (proc.info["cmdline"] or []):
+                try:
+                    proc.send_signal(signal.SIGQUIT)  # postgres: immediate shutdown, children included
+                    proc.wait(10)
+                except psutil.Error:
+                    pass
+        shutil.rmtree(owner.parent, ignore_errors=True)
+
+
 class PgServer:
     """``initdb`` + ``pg_ctl start`` in a temporary folder; ``stop`` stops the server and removes it."""
 
@@ -74,6 +104,8 @@ class PgServer:
         return subprocess.run(prefix + list(args), check=True, capture_output=True, text=True, cwd=self.root, **kwargs)
 
     def start(self, timeout: float = 60.0) -> PgServer:
+        stop_orphans()
+        (self.root / "owner").write_text(_owner_mark(os.getpid()))
         pwfile = self.root / "pw"
         pwfile.write_text(self.password + "\n")
         if self.as_root:

@@ -6,6 +6,7 @@ as it is documented, the test's own server is reached through its DAGSTER_PG_* v
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -63,3 +64,26 @@ def test_the_test_server_wants_its_password(pg_server) -> None:
 
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         psycopg2.connect(host="127.0.0.1", port=pg_server.port, user="threegen", password="wrong", dbname="postgres")
+
+
+def test_a_server_left_by_a_killed_session_is_stopped_by_the_next_one() -> None:
+    import psutil
+
+    from .pg_server import PgServer
+
+    def postmasters(root: Path) -> list[int]:
+        return [p.pid for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "postgres" and str(root / "data") in (p.info["cmdline"] or [])]
+
+    session = subprocess.Popen([sys.executable, "-c", "import time; from threegen_dagster_tests.pg_server import "
+                                "PgServer; print(PgServer().start().root, flush=True); time.sleep(300)"],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        orphan = Path(session.stdout.readline().strip())
+        assert postmasters(orphan)
+    finally:
+        session.kill()  # SIGKILL: no teardown; pg_ctl detached the server, which lives on
+        session.wait()
+    assert postmasters(orphan)
+    with PgServer():
+        assert postmasters(orphan) == [] and not orphan.exists()
