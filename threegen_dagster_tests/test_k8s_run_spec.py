@@ -130,3 +130,14 @@ def test_a_misspelt_tag_is_refused_by_dagster_k8s_before_any_job_is_made(launche
         run_job(launcher, "registry.example.com/threegen-dagster:0.1.0", tags)
     with pytest.raises(json.JSONDecodeError, match="Expecting property name"):  # a tag that is not JSON
         run_job(launcher, "registry.example.com/threegen-dagster:0.1.0", {"dagster-k8s/config": "{not json"})
+
+
+def test_the_code_location_never_imports_the_kubernetes_client() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, threegen_dagster.definitions; "
+             "print(sorted(m for m in ('kubernetes', 'dagster_k8s') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=DEPLOY.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"  # the heavy client loads in the run launcher's processes only
