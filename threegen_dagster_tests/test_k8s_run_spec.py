@@ -141,3 +141,17 @@ def test_the_code_location_never_imports_the_kubernetes_client() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=DEPLOY.parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"  # the heavy client loads in the run launcher's processes only
+
+
+def test_the_charts_queue_is_the_tested_one(values) -> None:
+    """The Helm values' queue and run monitoring say what deploy/dagster.postgres.yaml says (which the
+    daemon test runs), so the two deployments cannot drift apart."""
+    tested = yaml.safe_load((DEPLOY / "dagster.postgres.yaml").read_text())
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert queue["maxConcurrentRuns"] == tested["concurrency"]["runs"]["max_concurrent_runs"]
+    assert queue["tagConcurrencyLimits"] == tested["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert queue["dequeueIntervalSeconds"] == tested["run_coordinator"]["config"]["dequeue_interval_seconds"]
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["enabled"] is tested["run_monitoring"]["enabled"] is True
+    assert monitoring["freeSlotsAfterRunEndSeconds"] == tested["run_monitoring"]["free_slots_after_run_end_seconds"]
