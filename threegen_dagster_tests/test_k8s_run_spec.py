@@ -152,6 +152,8 @@ def test_the_charts_queue_is_the_tested_one(values) -> None:
     assert queue["maxConcurrentRuns"] == tested["concurrency"]["runs"]["max_concurrent_runs"]
     assert queue["tagConcurrencyLimits"] == tested["concurrency"]["runs"]["tag_concurrency_limits"]
     assert queue["dequeueIntervalSeconds"] == tested["run_coordinator"]["config"]["dequeue_interval_seconds"]
+    assert queue["blockOpConcurrencyLimitedRuns"] == {
+        "enabled": True, "opConcurrencySlotBuffer": tested["concurrency"]["pools"]["op_granularity_run_buffer"]}
     monitoring = values["dagsterDaemon"]["runMonitoring"]
     assert monitoring["enabled"] is tested["run_monitoring"]["enabled"] is True
     assert monitoring["freeSlotsAfterRunEndSeconds"] == tested["run_monitoring"]["free_slots_after_run_end_seconds"]
