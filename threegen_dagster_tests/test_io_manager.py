@@ -65,10 +65,13 @@ def test_each_asset_round_trips_through_its_file_format(tmp_path, asset) -> None
         if partitioned:
             instance.add_dynamic_partitions(generations.name, [KEY])
         parts = {"asset_partitions_def": generations, "instance": instance} if partitioned else {}
-        out = dg.build_output_context(**where, run_id="r1", **parts)
-        manager.handle_output(out, value)
-        manager.handle_output(dg.build_output_context(**where, run_id="r2", **parts), value)
-        loaded = manager.load_input(dg.build_input_context(**where, upstream_output=out, **parts))
+        # contexts closed as they are made to be (each holds resources, on an instance of its own)
+        with dg.build_output_context(**where, run_id="r1", **parts) as out:
+            manager.handle_output(out, value)
+        with dg.build_output_context(**where, run_id="r2", **parts) as again:
+            manager.handle_output(again, value)
+        with dg.build_input_context(**where, upstream_output=out, **parts) as into:
+            loaded = manager.load_input(into)
     assert same(asset, value, loaded)
     artifacts = ArtifactStore(LocalStore(tmp_path))
     versions = artifacts.versions(KEY if partitioned else None, asset)
@@ -82,8 +85,9 @@ def test_each_asset_round_trips_through_its_file_format(tmp_path, asset) -> None
 
 def test_an_asset_without_a_format_is_refused(tmp_path) -> None:
     manager = ArtifactIOManager(store=StoreResource.from_settings(Settings(store=str(tmp_path), inbox=tmp_path)))
-    with pytest.raises(dg.DagsterInvariantViolationError, match=r"no file format for asset 'paint'"):
-        manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("paint")), b"x")
+    with dg.build_output_context(asset_key=dg.AssetKey("paint")) as out:
+        with pytest.raises(dg.DagsterInvariantViolationError, match=r"no file format for asset 'paint'"):
+            manager.handle_output(out, b"x")
 
 
 def test_the_catalog_refreshes_after_each_successful_generation() -> None:
