@@ -132,9 +132,16 @@ class LocalValidator:
     def stop(self) -> None:
         self.axon.stop()
 
-    def restart(self) -> "LocalValidator":
+    def fresh_axon(self) -> "bt.Axon":
+        """A new axon on the same port, keys and memory, for ``restart``. Build it on the thread that runs
+        Dagster: uvicorn's Config calls ``logging.config.dictConfig``, which takes logging's module lock and
+        then each handler's lock, the opposite order to a handler emitting a Dagster event; built on another
+        thread while a job logs, the two deadlock."""
+        return self._axon()
+
+    def restart(self, axon: "bt.Axon | None" = None) -> "LocalValidator":
         """Up again on the same port with the same keys and memory (after ``stop``: a validator that was down)."""
-        self.axon = self._axon()
+        self.axon = axon or self._axon()
         return self.start()
 
     def add_task(self, prompt: str, type: str = "text", id: str | None = None) -> Task:

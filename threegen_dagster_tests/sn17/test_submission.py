@@ -87,12 +87,12 @@ def test_a_refused_submission_goes_out_once_the_validator_is_back(tmp_path, mine
     with dg.instance_for_test() as instance:
         task_id = claimed(settings, miner, v, instance)
         v.stop()  # down: every connection is refused, so nothing can have reached it
-        queue = queue_of(settings)
+        queue, axon = queue_of(settings), v.fresh_axon()  # built here: see LocalValidator.fresh_axon
 
         def back_after_the_first_refusal():
             while not (queue.get(task_id) or {}).get("last_error"):
                 time.sleep(0.05)
-            v.restart()
+            v.restart(axon)
 
         helper = threading.Thread(target=back_after_the_first_refusal)
         helper.start()
