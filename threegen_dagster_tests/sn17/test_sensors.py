@@ -4,14 +4,12 @@ however many sensors share the store, and a tick whose result was lost made good
 happens: LocalValidators on bittensor's Axon, the real puller, real files and a real S3 server, sensor
 ticks through ``dg.build_sensor_context``."""
 
-import gc
 import threading
 import time
 import uuid
 
 import dagster as dg
 import pytest
-from bittensor.utils import networking
 
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt, generation_key
@@ -31,16 +29,9 @@ from threegen_dagster.tasks import TASK_ID_CHARS
 from ..s3_server import BUCKET
 from . import harness
 from .harness import CALLS, CountingStoreResource, miner_settings, pull, queue_of, resources, tick
-from .local_validator import HOST, LocalValidator, make_wallet
+from .local_validator import HOST, LocalValidator
 
 GOOD_ID = ("T." + "ab:c_d-" * 12)[:TASK_ID_CHARS]  # the longest id allowed, every allowed character
-
-
-@pytest.fixture
-def miner(tmp_path, monkeypatch):
-    monkeypatch.setattr(networking, "get_external_ip", lambda: HOST)  # no lookup on a closed network
-    yield make_wallet(tmp_path / "wallets", "miner")
-    gc.collect()
 
 
 @pytest.fixture

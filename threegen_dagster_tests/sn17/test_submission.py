@@ -4,7 +4,6 @@ answered, the submitting process killed mid-send, and two code locations submitt
 each case the validator receives the result at most once, and the task ends in a terminal state with its
 holds released."""
 
-import gc
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import time
 
 import dagster as dg
 import pytest
-from bittensor.utils import networking
 
 from threegen_dagster import cli
 from threegen_dagster.definitions import build_definitions
@@ -23,14 +21,7 @@ from threegen_dagster.defs.sn17 import TAG_TASK, hold_name, sn17_submission_sens
 
 from ..s3_server import BUCKET, S3Server
 from .harness import miner_settings, pull, queue_of, resources, tick
-from .local_validator import HOST, LocalValidator, make_wallet
-
-
-@pytest.fixture
-def miner(tmp_path, monkeypatch):
-    monkeypatch.setattr(networking, "get_external_ip", lambda: HOST)  # no lookup on a closed network
-    yield make_wallet(tmp_path / "wallets", "miner")
-    gc.collect()
+from .local_validator import LocalValidator
 
 
 @pytest.fixture
