@@ -16,8 +16,8 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
+def times_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> list[float]:
+    """Wall time of each of ``repeat`` calls of ``fn`` in milliseconds, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -25,7 +25,12 @@ def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> fl
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 15, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    return statistics.median(times_ms(fn, repeat, warmup))
 
 
 def peak_rss_mb(code: str) -> float:

@@ -15,12 +15,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent)]
-from _common import machine, peak_rss_mb  # noqa: E402
+from _common import machine, peak_rss_mb, times_ms  # noqa: E402
 
 from threegen_dagster.splats import ply, spz  # noqa: E402
 from threegen_dagster_tests.splats.conftest import random_cloud  # noqa: E402
@@ -47,14 +46,7 @@ def _call(case: str):
 
 def _time_case(case: str, repeat: int) -> None:
     """Child process: print {"median": ms, "min": ms} for one case."""
-    fn = _call(case)
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = times_ms(_call(case), repeat, warmup=3)
     print(json.dumps({"median": statistics.median(times), "min": min(times)}))
 
 
