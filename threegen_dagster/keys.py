@@ -1,9 +1,18 @@
 """Generation keys: one short, deterministic, path-safe partition key per (prompt, seed).
 
-A key looks like ``a-wooden-chair-3f2a9c1b0d-s42``: a slug of the prompt for people, a
-hash of the full prompt (text, or the image's bytes) so different prompts never share a
-key, and the seed. Only ``[a-z0-9-]``: safe in the Dagster UI's "add partition" dialog,
-on the command line, in file paths and in S3 keys. No Dagster imports.
+Two forms, both only ``[a-z0-9-]``: safe in the Dagster UI's "add partition" dialog, on the
+command line, in file paths and in S3 keys.
+
+- **hashed** (what ``threegen add``, the request job, the inbox and SN17 make):
+  ``a-wooden-chair-3f2a9c1b0d-s42``: a slug of the prompt for people, 10 (or more) hex of the
+  sha256 of the full prompt (text, or the image's bytes) so different prompts never share a key,
+  and the seed.
+- **readable** (typed by a person into "add partition"): ``a-blue-vase-s3``: the prompt's words
+  and the seed, no hash; the key *is* the prompt (``a blue vase``, seed 3). A readable key never
+  matches the hashed form (its last word may not look like a hash: 7 or more hex digits with a
+  digit), so no two routes give two different prompts the same key.
+
+No Dagster imports.
 """
 
 from __future__ import annotations
@@ -23,7 +32,11 @@ SLUG_WORDS = 6
 SLUG_CHARS = 40
 HASH_CHARS = 10  # hex of the prompt's sha256 in a key; lengthened only to tell colliding prompts apart
 LONGER_HASH_CHARS = (16, 24, 32, 64)
-KEY_PATTERN = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d,64}-s[0-9]+$" % HASH_CHARS)
+HASHED_KEY = re.compile(r"^(?:[a-z0-9]+(?:-[a-z0-9]+)*-)?[0-9a-f]{%d,64}-s[0-9]+$" % HASH_CHARS)
+READABLE_KEY = re.compile(r"^([a-z0-9]+(?:-[a-z0-9]+)*)-s(0|[1-9][0-9]*)$")
+MAX_READABLE_KEY_CHARS = 120
+_CUT_HASH = re.compile(r"(?=[0-9a-f]*[0-9])[0-9a-f]{7,}")  # a word that looks like (part of) a hash
+KEY_PATTERN = re.compile(f"{HASHED_KEY.pattern}|{READABLE_KEY.pattern}")  # the shape of either (records)
 
 
 class PromptError(ValueError):
@@ -140,17 +153,71 @@ def candidate_keys(prompt: Prompt, seed: int) -> list[str]:
 
 
 def key_fits(key: str, digest: str, seed: int) -> bool:
-    """Whether ``key`` can be the key of a prompt with sha256 ``digest`` and ``seed``."""
-    return is_generation_key(key) and digest.startswith(key.rsplit("-s", 1)[0].rsplit("-", 1)[-1]) \
+    """Whether ``key`` can be the key of a prompt with sha256 ``digest`` and ``seed`` (a readable key:
+    only of the text its words spell)."""
+    if is_readable_key(key):
+        prompt, key_seed = parse_readable_key(key)
+        return prompt.digest == digest and key_seed == seed
+    return is_hashed_key(key) and digest.startswith(key.rsplit("-s", 1)[0].rsplit("-", 1)[-1]) \
         and seed_of(key) == seed
 
 
 def is_generation_key(key: str) -> bool:
-    return isinstance(key, str) and bool(KEY_PATTERN.fullmatch(key))
+    """A key of either form (hashed or readable)."""
+    return is_hashed_key(key) or is_readable_key(key)
+
+
+def is_hashed_key(key: str) -> bool:
+    return isinstance(key, str) and bool(HASHED_KEY.fullmatch(key))
+
+
+def is_readable_key(key: str) -> bool:
+    """Words and a seed (``a-blue-vase-s3``): not a hashed key, its last word not like a hash, the seed
+    written without leading zeros and in range, at most MAX_READABLE_KEY_CHARS."""
+    match = READABLE_KEY.fullmatch(key) if isinstance(key, str) and len(key) <= MAX_READABLE_KEY_CHARS else None
+    return bool(match) and not is_hashed_key(key) and not _CUT_HASH.fullmatch(match.group(1).rsplit("-", 1)[-1]) \
+        and int(match.group(2)) <= MAX_SEED
+
+
+def readable_key(text: str, seed: int) -> str:
+    """The readable key of a text and a seed (its words lower-cased, ASCII): ``a-blue-vase-s3``."""
+    words = re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower())
+    return f"{'-'.join(words) or 'a-blue-vase'}-s{check_seed(seed)}"
+
+
+def parse_readable_key(key: str) -> tuple[Prompt, int]:
+    """The prompt and seed a readable key stands for (``a-blue-vase-s3``: "a blue vase", 3)."""
+    if not is_readable_key(key):
+        raise PromptError(key_error(key))
+    words, seed = key.rsplit("-s", 1)
+    return Prompt.from_text(words.replace("-", " ")), int(seed)
+
+
+def key_error(key: object) -> str:
+    """One line for something that is not a key, saying what to type instead."""
+    shown = repr(key[:MAX_READABLE_KEY_CHARS] if isinstance(key, str) else key)
+    if not isinstance(key, str) or not key.strip():
+        return f"{shown} is not a generation key: type words and a seed like a-blue-vase-s3"
+    match = READABLE_KEY.fullmatch(key)
+    if match and int(match.group(2)) > MAX_SEED:
+        return f"{shown} is not a generation key: the seed must be between 0 and {MAX_SEED}"
+    if match and _CUT_HASH.fullmatch(match.group(1).rsplit("-", 1)[-1]):
+        return (f"{shown} is not a generation key: its last word looks like a cut hash (a hashed key has 10 or "
+                f"more hex digits); copy the key again from the catalog, or type words and a seed like "
+                f"a-blue-vase-s3")
+    if match and len(key) > MAX_READABLE_KEY_CHARS:
+        return (f"{shown} is not a generation key: a readable key has at most {MAX_READABLE_KEY_CHARS} characters; "
+                f"request a longer prompt with the request_generations job (or `threegen add`)")
+    key = key[:1000]  # a suggestion from the start of whatever was typed
+    seed = re.search(r"-s0*([0-9]+)$", key, re.IGNORECASE)
+    suggestion = readable_key(key.replace("-", " ")[:seed.start()] if seed else key.replace("-", " "),
+                              min(int(seed.group(1)), MAX_SEED) if seed else 0)
+    return (f"{shown} is not a generation key: type lower-case words and a seed like {suggestion[:MAX_READABLE_KEY_CHARS]}, "
+            f"or request the prompt with the request_generations job (or `threegen add`)")
 
 
 def seed_of(key: str) -> int:
-    """The seed a key carries (the prompt itself lives in the ledger)."""
+    """The seed a key carries (the prompt itself lives in the ledger, or, readable, in the key)."""
     if not is_generation_key(key):
-        raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
+        raise PromptError(key_error(key))
     return int(key.rsplit("-s", 1)[1])

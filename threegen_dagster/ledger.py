@@ -25,7 +25,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, TypeAdapter
 
-from .keys import MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_fits, seed_of
+from .keys import (MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_error, key_fits,
+                   parse_readable_key, seed_of)
 from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse, read_each
 from .storage import Conflict, Store, StorageError
 
@@ -66,7 +67,7 @@ def key_of(path: str) -> str:
 class UnknownGeneration(KeyError):
     def __str__(self) -> str:
         return (f"no generation {self.args[0]!r} in the ledger: register it first "
-                f"(`threegen add PROMPT --seed N`), or check the key")
+                f"(`threegen add PROMPT --seed N`, or the request_generations job in the UI), or check the key")
 
 
 class Ledger:
@@ -97,6 +98,19 @@ class Ledger:
             # else a different prompt holds this key (their hashes collide): try a longer one
         raise PromptError(f"every key of this prompt is held by another prompt ({key}): the ledger is damaged")
 
+    def add_readable(self, key: str, source: str, now: float | None = None) -> tuple[Generation, bool]:
+        """Register a readable key (``a-blue-vase-s3``) under itself, as the prompt its words spell
+        ("a blue vase", seed 3); adding it again finds it. PromptError for any other key."""
+        prompt, seed = parse_readable_key(key)
+        entry = Generation(key=key, kind="text", prompt=prompt.text, seed=seed, source=source,
+                           created_at=time.time() if now is None else now)
+        try:
+            self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(),
+                             if_absent=True, content_type="application/json")
+            return entry, True
+        except Conflict:  # registered before (or by a concurrent run): the entry is checked when read
+            return self.get(key), False
+
     def _image_digest(self, key: str) -> str:
         return hashlib.sha256(self.store.read(f"{LEDGER}/{key}.image")).hexdigest()
 
@@ -113,7 +127,7 @@ class Ledger:
 
     def find(self, key: str) -> Generation | None:
         if not is_generation_key(key):
-            raise PromptError(f"{key!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
+            raise PromptError(key_error(key))
         try:
             return self._read(f"{LEDGER}/{key}.json")
         except CorruptRecord:
@@ -158,7 +172,9 @@ class Ledger:
                 raise UnknownGeneration(key)
             return asdict(replace(Generation(**current), keep=keep))
 
-        return Generation(**self.store.update_json(f"{LEDGER}/{key}.json", change))
+        kept = Generation(**self.store.update_json(f"{LEDGER}/{key}.json", change))
+        mark_changed(self.store, [key])  # the catalog row shows the mark
+        return kept
 
     def hold(self, key: str, name: str, note: str = "") -> None:
         """Protect ``key`` from retention until ``release(key, name)`` (e.g. a pending submission)."""
