@@ -29,6 +29,8 @@ ui: $(STAMP)
 test: $(STAMP)
 	@# PostgreSQL for the instance tests (Debian's package); the tests start their own server and stop it
 	bash scripts/install_postgres.sh
+	@# the SN17 comp 2 module checker's Node packages (three@0.183.2, acorn, ...) from the npm registry
+	bash scripts/install_node_checker.sh
 	@# Chromium for the viewer's browser tests (Debian's package); without it they skip, saying why
 	scripts/install_browser.sh >/dev/null || echo "make test: no Chromium: the viewer's browser tests will be skipped"
 	$(PY) -m pytest
