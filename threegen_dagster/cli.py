@@ -12,6 +12,7 @@ from pathlib import Path
 from .artifacts import EXTENSIONS, ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
+from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
@@ -359,6 +360,7 @@ def parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="a read-only server on loopback: every generation's 3D viewer, files and JSON")
     view.add_argument("--port", type=int, default=VIEW_PORT, help=f"port on 127.0.0.1 (default {VIEW_PORT}; 0: any free one)")
     view.set_defaults(run=cmd_view)
+    add_search(sub)  # threegen search (cli_search.py)
     stats = sub.add_parser("stats", help="counts, bytes and de-duplication, by asset and status")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=cmd_stats)

@@ -160,8 +160,27 @@ class ValidatorModels(Score):
             require("timm")
             self._device = pick_device(self.config.device)
             self._dtype = torch_dtype(self.config.dtype)
-            self._load_clip()
+            if self._clip is None:  # embed_images may have loaded it alone
+                self._load_clip()
             self._load_dino()
+
+    def embed_images(self, images: list[Image.Image], batch: int = 16) -> np.ndarray:
+        """OpenCLIP image embeddings, L2-normalised, one row per image (transparency over white);
+        for image search. Loads the CLIP model alone if nothing is loaded yet."""
+        import torch
+
+        with self._lock:
+            if self._clip is None:
+                require("open_clip")
+                self._device, self._dtype = pick_device(self.config.device), torch_dtype(self.config.dtype)
+                self._load_clip()
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                pixels = torch.stack([self._clip_pixels(_rgb_over_white(im)) for im in images[start:start + batch]])
+                found = self._clip.encode_image(pixels.to(self._device, self._dtype)).float()
+                rows.append(torch.nn.functional.normalize(found, dim=-1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
     def unload(self) -> None:
         self._clip = self._tokenizer = self._dino = self._head = None
@@ -345,14 +364,19 @@ class ValidatorModels(Score):
         return (x - mean) / std
 
 
+def _rgb_over_white(image: Image.Image) -> np.ndarray:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), np.float32) / 255.0
+
+
 def _prompt_rgb(image: bytes) -> np.ndarray:
     """An image prompt as float RGB in [0, 1], transparency composited over white (the renders' background)."""
     try:  # bounded when it was registered; to_rgb scales 16-bit greyscale (convert() would clip it white)
         rgba = images.to_rgb(images.decode(image, max_pixels=None)).convert("RGBA")
     except images.ImageError as e:
         raise BackendError(f"the image prompt cannot be read: {e}") from e
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), np.float32) / 255.0
+    return _rgb_over_white(rgba)
 
 
 def import_open_clip() -> Any:

@@ -17,6 +17,7 @@ import pandas as pd
 from ..artifacts import EXTENSIONS
 from ..codecs import glb_bytes, glb_mesh, mesh_ply_bytes, png_bytes, stored_image
 from ..splats import read_ply, write_ply
+from ..viewer.publish import VIEWER_ASSET, publish_viewer, viewer_links
 from .resources import StoreResource
 
 
@@ -64,6 +65,17 @@ def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _viewer(context: dg.OutputContext, artifacts, store: StoreResource, key: str) -> dict[str, Any]:
+    """The generation's viewer page written next to its files, and links to it (``viewer/publish.py``);
+    a page that cannot be written is a warning, never a failed step (the score is stored)."""
+    try:
+        publish_viewer(artifacts, store.ledger(), key)
+    except Exception as exc:  # noqa: BLE001 - any failure to build or write the page
+        context.log.warning(f"the viewer page of {key} was not written: {type(exc).__name__}: {exc}")
+        return {"viewer": f"not written: {type(exc).__name__}: {str(exc)[:300]}"}
+    return {name: dg.MetadataValue.url(url) for name, url in viewer_links(artifacts, key, store.presign_seconds).items()}
+
+
 def _run_id(context: dg.InputContext) -> str | None:
     try:
         return context.step_context.run_id
@@ -97,6 +109,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         link = artifacts.url(manifest, self.store.presign_seconds)
         if link:
             meta["download"] = dg.MetadataValue.url(link)
+        if key is not None and asset == VIEWER_ASSET:  # links are never stored in the record (presigned)
+            meta.update(_viewer(context, artifacts, self.store, key))
         context.add_output_metadata(meta)
 
     def load_input(self, context: dg.InputContext) -> Any:

@@ -1,12 +1,15 @@
 """``threegen view``: a read-only HTTP server on loopback over the store, for people (the list of
 generations, each one's viewer page) and for programs (the same as JSON and files):
 
-- ``GET /``: the generations, newest first, each linked to its viewer; ``GET /api/generations``: as JSON
+- ``GET /``: the generations, newest first, each linked to its viewer; ``GET /api/generations``: as JSON,
+  one page at a time, filtered as ``threegen search`` filters (``?text=&words=&status=&min_score=&max_score=
+  &since=&until=&limit=&offset=``; ``search.py``), answering ``{"total", "offset", "limit", "next_offset",
+  "generations"}``
 - ``GET /g/{key}``: the generation's viewer page (``viewer.html``)
 - ``GET /api/generations/{key}``: its ledger entry and each stage's latest version (size, sha256,
   metadata, download path); ``GET /api/generations/{key}/{asset}[?version=N]``: the bytes, hash-verified,
   with the asset's content type and file name
-- ``GET /api/stats``: what ``threegen stats --json`` prints; ``GET /health``
+- ``GET /api/stats``: what ``threegen stats --json`` prints; ``GET /api/health`` (and ``/health``)
 
 Keys and assets are checked at the edge (the key pattern, the stage list) before the store is read;
 anything unknown is a 404 with a JSON ``{"error": ...}`` naming it. Only GET and HEAD; a ``Host``
@@ -33,6 +36,8 @@ from ..artifacts import CONTENT_TYPES, EXTENSIONS, ArtifactStore
 from ..catalog import STAGES, build_catalog, statuses
 from ..keys import is_generation_key
 from ..ledger import Ledger, UnknownGeneration
+from ..search import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, MAX_TEXT_CHARS, SearchError, SearchQuery, catalog_rows, \
+    search
 from ..storage import StorageError
 from ..worker_http import LOOPBACK, DeadlineH11, hostname
 from .page import CONTENT_TYPE, viewer_html
@@ -103,7 +108,7 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else \
-            f"no such page {request.url.path[:120]}: /, /g/KEY, /api/generations[/KEY[/ASSET]], /api/stats, /health"
+            f"no such page {request.url.path[:120]}: /, /g/KEY, /api/generations[/KEY[/ASSET]], /api/stats, /api/health"
         return JSONResponse({"error": str(detail)}, status_code=exc.status_code, headers=_HEADERS)
 
     @app.exception_handler(RequestValidationError)
@@ -121,11 +126,14 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
         return JSONResponse({"error": str(exc)}, status_code=status, headers=_HEADERS)
 
     def catalog() -> list[dict]:
-        frame = build_catalog(artifacts, ledger)
-        rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-        return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
+        return catalog_rows(build_catalog(artifacts, ledger))
+
+    @app.exception_handler(SearchError)
+    async def _bad_search(request: Request, exc: SearchError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400, headers=_HEADERS)
 
     @get("/health")
+    @get("/api/health")
     def health() -> JSONResponse:
         return JSONResponse({"ok": True, "store": artifacts.store.location}, headers=_HEADERS)
 
@@ -135,8 +143,15 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
                             headers={**_HEADERS, "content-security-policy": LIST_CSP})
 
     @get("/api/generations")
-    def generations() -> JSONResponse:
-        return JSONResponse(catalog(), headers=_HEADERS)
+    def generations(text: str = Query("", max_length=MAX_TEXT_CHARS), words: bool = False,
+                    status: str = Query("", max_length=40), min_score: float | None = Query(None, ge=0, le=1),
+                    max_score: float | None = Query(None, ge=0, le=1), since: str | None = Query(None, max_length=40),
+                    until: str | None = Query(None, max_length=40),
+                    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+                    offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> JSONResponse:
+        query = SearchQuery(text=text, whole_words=words, status=status, min_score=min_score, max_score=max_score,
+                            since=since, until=until, limit=limit, offset=offset)  # SearchError: a 400 naming it
+        return JSONResponse(search(catalog(), query).to_dict(), headers=_HEADERS)
 
     @get("/api/stats")
     def stats() -> JSONResponse:

@@ -30,14 +30,15 @@ def get(base: str, path: str, method: str = "GET", headers: dict | None = None) 
 
 
 def test_health_list_and_stats(view_server, red_mug) -> None:
-    status, _, body = get(view_server, "/health")
-    assert status == 200 and json.loads(body) == {"ok": True, "store": str(red_mug.root / "store")}
+    for path in ("/health", "/api/health"):
+        status, _, body = get(view_server, path)
+        assert status == 200 and json.loads(body) == {"ok": True, "store": str(red_mug.root / "store")}
     status, headers, body = get(view_server, "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert f'<a href="/g/{red_mug.key}">{red_mug.key}</a></td><td>a red mug</td><td>3</td><td>complete</td>' \
         in body.decode()
     status, _, body = get(view_server, "/api/generations")
-    rows = json.loads(body)
+    rows = json.loads(body)["generations"]
     assert status == 200 and [(r["key"], r["status"], r["seed"]) for r in rows] == [(red_mug.key, "complete", 3)]
     status, _, body = get(view_server, "/api/stats")
     printed = json.loads(threegen(red_mug.root, "stats", "--json").stdout)
