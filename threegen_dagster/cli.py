@@ -14,6 +14,7 @@ from .backends.gpu import BackendError
 from .catalog import STAGES
 from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
+from .cli_remove import add_parser as add_remove
 from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import UnknownGeneration
@@ -324,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     keep.add_argument("key")
     keep.add_argument("--off", action="store_true")
     keep.set_defaults(run=cmd_keep)
+    add_remove(sub)  # threegen remove (cli_remove.py)
     cat = sub.add_parser("catalog", help="list generations with status and score")
     cat.add_argument("--json", action="store_true")
     cat.set_defaults(run=cmd_catalog)

@@ -22,7 +22,7 @@ from .artifacts import ArtifactStore
 from .catalog import STAGES
 from .failures import InstanceUnavailable, root_cause
 from .keys import Prompt
-from .ledger import Generation
+from .ledger import Generation, Ledger
 from .settings import Settings
 from .stores import OpenedStore
 
@@ -41,9 +41,14 @@ def register(prompt: Prompt, seed: int, source: str, settings: Settings, instanc
 
 
 def _register(prompt: Prompt, seed: int, source: str, settings: Settings, instance) -> tuple[Generation, bool, bool]:
-    """... and whether the partition was added here. An instance that refuses the partition keeps
-    no new ledger entry either: nothing is registered that no run could use."""
-    ledger = OpenedStore.from_settings(settings).ledger()
+    """... and whether the partition was added here."""
+    return register_in(OpenedStore.from_settings(settings).ledger(), prompt, seed, source, instance)
+
+
+def register_in(ledger: Ledger, prompt: Prompt, seed: int, source: str, instance) -> tuple[Generation, bool, bool]:
+    """Add (prompt, seed) to ``ledger`` and the instance's `generations` partitions: the entry, whether it
+    is new, whether the partition was added here. An instance that refuses the partition keeps no new
+    ledger entry either: nothing is registered that no run could use."""
     entry, new = ledger.add(prompt, seed, source=source)
     try:
         added = not instance.has_dynamic_partition("generations", entry.key)

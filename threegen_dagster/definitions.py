@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import catalog, generation, inbox, retention, sn17
+from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
     ScoreResource,
@@ -24,9 +24,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions],
-        jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit],
+        jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit,
+              requests.request_generations, removal.remove_generations_job],
         sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor,
-                 sn17.sn17_submission_sensor],
+                 sn17.sn17_submission_sensor, requests.start_requested_generations,
+                 requests.remove_junk_partitions],
         schedules=[retention.cleanup_schedule(settings.retention)],
         # a generation is a chain of heavy steps: one process per run keeps imports and models warm;
         # scale out across runs (queued runs, run workers), not across one chain's steps

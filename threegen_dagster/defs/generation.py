@@ -15,7 +15,8 @@ import trimesh
 from PIL import Image
 
 from ..codecs import stored_image
-from ..ledger import Generation
+from ..keys import PromptError, is_readable_key
+from ..ledger import Generation, UnknownGeneration
 from ..splats import GaussianCloud, spz
 from ..splats.ply import ply_header
 from ..splats.render import preview_grid_png
@@ -48,11 +49,26 @@ def _entry(context: dg.AssetExecutionContext, store: StoreResource) -> Generatio
     return store.ledger().get(context.partition_key)
 
 
+def _first_entry(context: dg.AssetExecutionContext, store: StoreResource) -> Generation:
+    """The first stage's entry: a readable key typed into "Add partition" (``a-blue-vase-s3``) is
+    registered here as the prompt its words spell; any other key the ledger lacks fails in one line."""
+    key = context.partition_key
+    try:
+        if is_readable_key(key):
+            entry, new = store.ledger().add_readable(key, source="ui")
+            if new:
+                context.log.info(f"registered the readable key {key}: prompt {entry.prompt!r}, seed {entry.seed}")
+            return entry
+        return store.ledger().get(key)
+    except (PromptError, UnknownGeneration) as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
 @dg.asset(partitions_def=generations, group_name=GROUP, pool="gpu", io_manager_key="artifacts", kinds={"png"})
 def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
                     text_to_image: StageResource) -> dg.Output[Image.Image]:
     """The prompt as an image: text through the text-to-image backend, an image prompt as given."""
-    entry = _entry(context, store)
+    entry = _first_entry(context, store)
     prompt = store.ledger().prompt(entry.key)
     with stopwatch() as t:
         image = stored_image(prompt.image) if prompt.kind == "image" else text_to_image.run(prompt.text, entry.seed)
