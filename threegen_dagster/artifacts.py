@@ -32,11 +32,12 @@ from .storage import Conflict, ObjectInfo, Store, StorageError
 
 BLOBS = "blobs/sha256"
 CONTENT_TYPES = {"png": "image/png", "glb": "model/gltf-binary", "json": "application/json", "csv": "text/csv",
-                 "ply": "application/octet-stream", "spz": "application/octet-stream"}
+                 "ply": "application/octet-stream", "spz": "application/octet-stream", "js": "text/javascript"}
 # each asset's file type: local file names (``threegen get``) come from here, never from a stored record
 EXTENSIONS = {"generated_image": "png", "foreground_image": "png", "initial_mesh": "glb", "refined_mesh": "glb",
               "gaussian_splat": "ply", "compressed_splat": "spz", "validation_score": "json",
-              "generation_catalog": "csv", "validator_records": "csv", "sn17_submissions": "csv"}
+              "generation_catalog": "csv", "validator_records": "csv", "sn17_submissions": "csv",
+              "comp0_splat": "ply", "comp1_mesh": "glb", "comp2_module": "js"}  # SN17 rounds' outputs
 LOOK_FIRST_BYTES = 8 * 2**20  # above this, a HEAD costs far less than re-uploading duplicate bytes
 # A blob collection (retention) holds this while it deletes; it names the blobs it condemned. A writer
 # whose new version uses one of them waits for it to finish (at most until the lock is GC_WAIT_S old,

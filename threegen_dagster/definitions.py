@@ -8,6 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
+from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
     ScoreResource,
@@ -23,10 +24,11 @@ from .settings import Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
-        assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions],
-        jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit,
+        assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
+                *rounds.ASSETS],
+        jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               requests.request_generations, removal.remove_generations_job],
-        sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor,
+        sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
                  sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],
         schedules=[retention.cleanup_schedule(settings.retention)],
@@ -40,6 +42,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "retention": retention.RetentionResource.from_policy(settings.retention),  # the schedule's and by hand
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
+            "round_state": rounds.RoundsResource.from_settings(settings),  # where the round state is read
             # the model stages, each under its stage's name (backends/stages.py)
             **{stage: StageResource.from_settings(settings, stage)
                for stage in ("text_to_image", "background", "image_to_mesh", "refine")},

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .images import MAX_IMAGE_PIXELS
 from .retention import RetentionPolicy
+from .rounds.source import DEFAULT_BASE as ROUNDS_SOURCE
+from .rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK
 from .sn17.validators import ValidatorPolicy
 from .splats.mesh import DEFAULT_GAUSSIAN_COUNT
 from .storage import StorageError, parse_s3_uri
@@ -61,6 +63,14 @@ class Settings:
     """THREEGEN_WORKER_MAX_CONNECTIONS: open connections and calls beyond this get HTTP 503."""
     max_image_pixels: int = MAX_IMAGE_PIXELS
     """THREEGEN_MAX_IMAGE_PIXELS: width x height bound on image prompts and on images sent to the worker."""
+    rounds_source: str = ROUNDS_SOURCE
+    """THREEGEN_ROUNDS_SOURCE: SN17's round state: the state repository's raw files (an http(s) URL) or a folder."""
+    competition: int = COMPETITION
+    """THREEGEN_COMPETITION: the competition profile a round's generations are made for: 0, 1 or 2."""
+    seconds_per_block: float = SECONDS_PER_BLOCK
+    """THREEGEN_SECONDS_PER_BLOCK: how long a chain block lasts, to turn the round's deadline block into a time."""
+    round_margin_s: float = ROUND_MARGIN_S
+    """THREEGEN_ROUND_MARGIN_S: seconds taken off the deadline for the state repository's delay in announcing a round."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -120,6 +130,10 @@ class Settings:
             worker_read_timeout_s=positive(env, "THREEGEN_WORKER_READ_TIMEOUT", cls.worker_read_timeout_s, float),
             worker_max_connections=positive(env, "THREEGEN_WORKER_MAX_CONNECTIONS", cls.worker_max_connections, int),
             max_image_pixels=image_pixel_limit(env),
+            rounds_source=rounds_source(env.get("THREEGEN_ROUNDS_SOURCE", ""), base),
+            competition=competition(env),
+            seconds_per_block=positive(env, "THREEGEN_SECONDS_PER_BLOCK", SECONDS_PER_BLOCK, float),
+            round_margin_s=number("THREEGEN_ROUND_MARGIN_S", ROUND_MARGIN_S, float),
         )
 
 
@@ -135,6 +149,20 @@ def positive(env: Mapping[str, str], name: str, default: float, kind: type) -> f
     if not value > 0:
         raise SettingsError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def rounds_source(raw: str, base: Path) -> str:
+    """THREEGEN_ROUNDS_SOURCE: an http(s) URL as it is, a folder made absolute; unset: the state repository."""
+    if not raw:
+        return ROUNDS_SOURCE
+    return raw.rstrip("/") if raw.startswith(("http://", "https://")) else str((base / raw).expanduser().resolve())
+
+
+def competition(env: Mapping[str, str]) -> int:
+    raw = env.get("THREEGEN_COMPETITION", "")
+    if raw and raw not in ("0", "1", "2"):
+        raise SettingsError(f"THREEGEN_COMPETITION={raw!r}: 0 (gaussian splats), 1 (meshes) or 2 (three.js modules)")
+    return int(raw) if raw else COMPETITION
 
 
 def image_pixel_limit(env: Mapping[str, str] | None = None) -> int:

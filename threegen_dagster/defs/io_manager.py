@@ -48,6 +48,9 @@ FORMATS: dict[str, Format] = {name: Format(EXTENSIONS[name], *how) for name, how
     "generation_catalog": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
     "validator_records": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
     "sn17_submissions": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "comp0_splat": (bytes, bytes),  # SN17 rounds' outputs: the file a validator fetches, as bytes
+    "comp1_mesh": (bytes, bytes),
+    "comp2_module": (bytes, bytes),
 }.items()}
 
 

@@ -12,8 +12,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .rules import CheckReport, Failure
 
 CHECKER = Path(__file__).parent / "node_checker"
 INSTALL_HINT = "run scripts/install_node_checker.sh (Node 20+ and npm)"
@@ -35,32 +37,7 @@ class Comp2Limits:
     bound: float = 0.5
 
 
-@dataclass(frozen=True)
-class Failure:
-    stage: str
-    rule: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.rule} ({self.stage}): {self.detail}"
-
-
-@dataclass(frozen=True)
-class Comp2Report:
-    ok: bool
-    failures: tuple[Failure, ...] = ()
-    metrics: dict = field(default_factory=dict)
-    three: str = ""
-
-    @property
-    def rules(self) -> list[str]:
-        return [f.rule for f in self.failures]
-
-    def summary(self) -> str:
-        return "passes every rule" if self.ok else "; ".join(str(f) for f in self.failures)
-
-    def to_json(self) -> dict:
-        return asdict(self)
+Comp2Report = CheckReport  # the verdict on a module (rules.py: one shape for every competition)
 
 
 class CheckerError(RuntimeError):
