@@ -212,8 +212,12 @@ def key_error(key: object) -> str:
     seed = re.search(r"-s0*([0-9]+)$", key, re.IGNORECASE)
     suggestion = readable_key(key.replace("-", " ")[:seed.start()] if seed else key.replace("-", " "),
                               min(int(seed.group(1)), MAX_SEED) if seed else 0)
-    return (f"{shown} is not a generation key: type lower-case words and a seed like {suggestion[:MAX_READABLE_KEY_CHARS]}, "
-            f"or request the prompt with the request_generations job (or `threegen add`)")
+    if len(suggestion) > MAX_READABLE_KEY_CHARS:
+        return (f"{shown} is not a generation key, and too long for a readable one (at most "
+                f"{MAX_READABLE_KEY_CHARS} characters): request the prompt with the request_generations job "
+                f"(or `threegen add`)")
+    return (f"{shown} is not a generation key: type lower-case words and a seed like {suggestion}, or request "
+            f"the prompt with the request_generations job (or `threegen add`)")
 
 
 def seed_of(key: str) -> int:

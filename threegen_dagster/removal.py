@@ -50,10 +50,14 @@ def check_removable(artifacts: ArtifactStore, ledger: Ledger, keys: list[str], p
         if key in holds:
             problems.append(f"{key} is held ({', '.join(sorted(holds[key]))}: a pending SN17 submission needs it); "
                             f"remove it once that is done")
-        elif ledger.find(key) is None and key not in partitions and not artifacts.store.list(scope(key)):
+        elif ledger.find(key) is None and key not in partitions and not _has_files(artifacts, key):
             problems.append(f"no generation {key!r}: not in the ledger, the store or the partitions; "
                             f"check the key (`threegen catalog`)")
     return problems
+
+
+def _has_files(artifacts: ArtifactStore, key: str) -> bool:
+    return next(iter(artifacts.store.list(scope(key))), None) is not None
 
 
 def remove_generations(artifacts: ArtifactStore, ledger: Ledger, keys: list[str]) -> Removal:

@@ -116,3 +116,46 @@ def test_longer_keys_for_colliding_prompts_are_keys_too() -> None:
                                  "a-chair-0123456789-s\u0663"])  # ARABIC-INDIC DIGIT THREE: \d would take it
 def test_near_keys_are_not_keys(key: str) -> None:
     assert not is_generation_key(key)
+
+
+@pytest.mark.parametrize("key, text, seed", [("a-blue-vase-s3", "a blue vase", 3), ("robot-s3-s4", "robot s3", 4),
+                                             ("chair-2024-s0", "chair 2024", 0), ("a-bed-cafe-s9", "a bed cafe", 9),
+                                             (f"x-s{2**32 - 1}", "x", 2**32 - 1)])
+def test_a_readable_key_is_the_prompt_it_spells(key: str, text: str, seed: int) -> None:
+    from threegen_dagster.keys import is_hashed_key, is_readable_key, parse_readable_key, readable_key
+
+    assert is_readable_key(key) and is_generation_key(key) and not is_hashed_key(key)
+    prompt, parsed_seed = parse_readable_key(key)
+    assert (prompt.text, parsed_seed) == (text, seed) and readable_key(text, seed) == key and seed_of(key) == seed
+    assert key_fits(key, prompt.digest, seed) and not key_fits(key, prompt.digest, seed + 1)
+    assert not key_fits(key, Prompt.from_text(text + " x").digest, seed)
+
+
+@pytest.mark.parametrize("key, line", [
+    ("a-blue-vase", r"type lower-case words and a seed like a-blue-vase-s0"),
+    ("A Blue Vase", r"'A Blue Vase' is not a generation key: type lower-case words and a seed like a-blue-vase-s0"),
+    ("a-vase-s03", r"like a-vase-s3,"),  # one spelling per seed: a key never has a twin
+    (f"a-vase-s{2**32}", r"the seed must be between 0 and 4294967295"),
+    ("a-chair-012345678-s1", r"its last word looks like a cut hash"),  # a hashed key missing a digit
+    ("a-chair-abc1234-s1", r"its last word looks like a cut hash"),
+    ("a-" * 61 + "s1", r"a readable key has at most 120 characters"),
+])
+def test_near_readable_keys_are_refused_saying_what_to_type(key: str, line: str) -> None:
+    from threegen_dagster.keys import parse_readable_key
+
+    assert not is_generation_key(key)
+    with pytest.raises(PromptError, match=line):
+        parse_readable_key(key)
+
+
+@pytest.mark.parametrize("text", NASTY + ["a blue vase", "deadbeef cafe", "chair 0123456789"])
+def test_the_two_key_forms_never_meet(text: str) -> None:
+    """No prompt's hashed key is a readable key, and no readable key is a hashed one: two routes never give
+    two different prompts one key."""
+    from threegen_dagster.keys import is_hashed_key, is_readable_key, readable_key
+
+    prompt = Prompt.from_text(text)
+    for key in candidate_keys(prompt, 7):
+        assert is_hashed_key(key) and not is_readable_key(key)
+    readable = readable_key(text, 7)  # "chair 0123456789" spells a hashed key's shape: no readable key then
+    assert is_readable_key(readable) != is_hashed_key(readable) or not is_generation_key(readable)

@@ -270,3 +270,25 @@ def test_a_junk_partition_with_a_run_in_progress_is_left_until_it_ends(world) ->
     with dg.build_sensor_context(instance=instance,
                                  cursor=json.dumps({"a-blue-vase": time.time() - JUNK_GRACE_S - 1})) as context:
         assert remove_junk_partitions(context).dynamic_partitions_requests[0].partition_keys == ["a-blue-vase"]
+
+
+def test_an_image_path_that_is_not_a_regular_file_is_never_opened(tmp_path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading would block until a writer came
+    with pytest.raises(PromptError, match=r"fifo.png': not a regular file"):
+        fetch_image(str(tmp_path / "fifo.png"))
+    (tmp_path / "big.png").write_bytes(b"\0" * (MAX_IMAGE_BYTES + 1))
+    with pytest.raises(PromptError, match=r"big.png': 20,971,521 bytes; the limit is 20,971,520"):
+        fetch_image(str(tmp_path / "big.png"))
+
+
+def test_a_readable_entry_altered_in_the_store_is_refused(world, tmp_path) -> None:
+    from threegen_dagster.records import CorruptRecord
+
+    _, _, _, ledger = world
+    entry, _ = ledger.add_readable("a-blue-vase-s3", source="ui")
+    path = tmp_path / "store" / "ledger" / "a-blue-vase-s3.json"
+    path.write_text(path.read_text().replace('"a blue vase"', '"a red vase"'))
+    with pytest.raises(CorruptRecord, match=r"its prompt and seed do not hash to its key a-blue-vase-s3"):
+        ledger.get("a-blue-vase-s3")
