@@ -12,6 +12,7 @@ from pathlib import Path
 from .artifacts import EXTENSIONS, ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
+from .cli_batch import with_seeds
 from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .cli_remove import add_parser as add_remove
@@ -311,16 +312,18 @@ def parser() -> argparse.ArgumentParser:
     def prompt_args(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("prompt", nargs="?", help="what to generate (the caption, with --image)")
         cmd.add_argument("--seed", type=int, default=0, help=f"0..{MAX_SEED} (default 0)")
+        cmd.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 1,2,5-8: one generation each, "
+                                                          "under a progress bar on a terminal (replaces --seed)")
         cmd.add_argument("--image", metavar="FILE", help="an image prompt (PNG, JPEG or WebP)")
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
     gen = sub.add_parser("generate", help="register (prompt, seed) and materialize every stage")
     prompt_args(gen)
     gen.add_argument("--out", metavar="DIR", help="also export each stage's latest file into DIR")
-    gen.set_defaults(run=cmd_generate)
+    gen.set_defaults(run=with_seeds(cmd_generate))
     add = sub.add_parser("add", help="only register (prompt, seed) as a partition")
     prompt_args(add)
-    add.set_defaults(run=cmd_add)
+    add.set_defaults(run=with_seeds(cmd_add))
     keep = sub.add_parser("keep", help="protect a generation from retention (or --off)")
     keep.add_argument("key")
     keep.add_argument("--off", action="store_true")

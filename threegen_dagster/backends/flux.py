@@ -16,7 +16,7 @@ from typing import Any, Literal
 from threegen_dagster.backends.gpu import (
     DTYPES, BackendError, free_gpu_memory, peak_gpu_memory, pick_device, require, torch_dtype,
 )
-from threegen_dagster.backends.stages import TextToImage
+from threegen_dagster.backends.stages import TextToImage, report_progress
 
 # variant -> (steps, guidance, max_sequence_length), as black-forest-labs recommend
 VARIANT_DEFAULTS = {"schnell": (4, 0.0, 256), "dev": (28, 3.5, 512)}
@@ -163,6 +163,11 @@ class FluxTextToImage(TextToImage):
                 "dtype": self.config.dtype, "device": self._device or self.config.device,
                 "cpu_offload": self.config.cpu_offload}
 
+    def _on_step(self, pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        """diffusers' ``callback_on_step_end``: each denoising step done, as progress."""
+        report_progress(step + 1, self.steps, "denoising steps")
+        return tensors
+
     def __call__(self, prompt: str, seed: int) -> Any:
         """A ``size`` x ``size`` RGB PIL image; the same prompt and seed give the same image.
 
@@ -177,7 +182,7 @@ class FluxTextToImage(TextToImage):
                 out = self._pipe(prompt=self.prompt_text(prompt), height=self.size, width=self.size,
                                  num_inference_steps=self.steps, guidance_scale=self.guidance,
                                  max_sequence_length=self.max_sequence_length, generator=generator,
-                                 output_type="pil")
+                                 output_type="pil", callback_on_step_end=self._on_step)
         except torch.cuda.OutOfMemoryError as e:
             raise BackendError(f"FLUX ran out of GPU memory at {self.size}px, {self.config.dtype}: "
                                f"try cpu_offload=True or a smaller size ({e})") from e

@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from .gpu import BackendError, free_gpu_memory, pick_device, require, torch_dtype
-from .stages import ImageToMesh
+from .stages import ImageToMesh, report_progress
 
 WEIGHT_FILES = ("model.fp16.safetensors", "model.fp16.ckpt")
 
@@ -185,19 +185,22 @@ class HunyuanShape(ImageToMesh):
         generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on any device
         meshes = self._pipeline(image=image, num_inference_steps=c.steps, guidance_scale=c.guidance,
                                 generator=generator, octree_resolution=c.octree_resolution,
-                                num_chunks=c.num_chunks, output_type="trimesh", enable_pbar=False)
+                                num_chunks=c.num_chunks, output_type="trimesh", enable_pbar=False,
+                                callback=lambda step, t, out: report_progress(step + 1, c.steps, "denoising steps"),
+                                callback_steps=1)
         mesh = meshes[0] if meshes else None
         if mesh is None or len(mesh.faces) == 0:
             raise BackendError(f"Hunyuan3D-2 found no surface for this image (seed {seed}: the decoded "
                                f"occupancy field never crosses the iso-level); try another seed or image")
         shapegen = sys.modules["hy3dgen.shapegen"]
+        passes = [(on, step) for on, step in ((c.remove_floaters, lambda m: shapegen.FloaterRemover()(m)),
+                                               (c.remove_degenerate, lambda m: shapegen.DegenerateFaceRemover()(m)),
+                                               (c.max_faces, lambda m: shapegen.FaceReducer()(m, max_facenum=c.max_faces)))
+                  if on]
         with _scratch_tempdir():
-            if c.remove_floaters:
-                mesh = shapegen.FloaterRemover()(mesh)
-            if c.remove_degenerate:
-                mesh = shapegen.DegenerateFaceRemover()(mesh)
-            if c.max_faces:
-                mesh = shapegen.FaceReducer()(mesh, max_facenum=c.max_faces)
+            for done, (_, clean) in enumerate(passes, 1):
+                mesh = clean(mesh)
+                report_progress(done, len(passes), "clean-up passes")
         if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
             raise BackendError(f"Hunyuan3D-2's mesh (seed {seed}) had nothing left after removing "
                                f"floaters and degenerate faces; try another seed or image")

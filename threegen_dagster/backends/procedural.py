@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .gpu import BackendError
-from .stages import TextToImage
+from .stages import TextToImage, report_progress
 
 Sdf = Callable[[np.ndarray], np.ndarray]
 
@@ -186,8 +186,11 @@ def _sphere_trace(sdf: Sdf, eye: np.ndarray, rays: np.ndarray, steps: int = 96,
         done = dist < eps
         hit[active[done]] = True
         active = active[~done & (depth[active] < far)]
+        report_progress(len(rays) - active.size, len(rays), "rays traced")
         if active.size == 0:
             break
+    if active.size:  # the rest never converged within ``steps``: traced all the same
+        report_progress(len(rays), len(rays), "rays traced")
     return depth, hit
 
 

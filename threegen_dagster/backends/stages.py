@@ -16,13 +16,20 @@ stages what is done; asset names are the store's paths, so they never change):
 Every backend is a subclass of its stage's contract, and honours one contract, as diffusers'
 pipelines do: built from its options (``from_options``: cheap, nothing is loaded), loaded once
 (``load``), described for metadata (``describe``), and called (``engine(*args)``, typed by the contract).
+
+Progress: inside its call a backend may say how far it is with ``report_progress(done, total, unit)``
+(FLUX's denoising steps, Hunyuan3D-2's steps, the embedded renderer's tracing steps). Whoever calls
+the engine decides where that goes: ``with progress_to(callback): engine(...)`` (the Dagster wiring
+logs it through ``ProgressLog``, every tenth of the way); with no callback it costs one lookup.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +38,56 @@ from .gpu import BackendError
 if TYPE_CHECKING:
     import trimesh
     from PIL import Image
+
+
+Progress = Callable[[int, int, str], None]
+"""(done, total, unit): ``done`` of ``total`` units (``"denoising steps"``, ``"chunks"``) finished."""
+_PROGRESS: ContextVar[Progress | None] = ContextVar("threegen_progress", default=None)
+
+
+def report_progress(done: int, total: int, unit: str = "steps") -> None:
+    """Called by a backend inside its call; goes to the callback of the innermost ``progress_to``."""
+    callback = _PROGRESS.get()
+    if callback is not None:
+        callback(done, total, unit)
+
+
+@contextmanager
+def progress_to(callback: Progress | None) -> Iterator[None]:
+    """Progress reported by engines called inside this block (on this thread) goes to ``callback``."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class ProgressLog:
+    """A ``Progress`` callback that says ``"<what>: 12/28 denoising steps (43%)"`` through ``say`` at
+    most once per ``every`` of the way for each unit (and at the end), so a 1,000-step loop is ten lines."""
+
+    def __init__(self, say: Callable[[str], None], what: str, every: float = 0.1) -> None:
+        self.say, self.what, self.every = say, what, every
+        self._last: dict[str, int] = {}
+
+    def __call__(self, done: int, total: int, unit: str = "steps") -> None:
+        if total <= 0:
+            return
+        fraction = min(max(done / total, 0.0), 1.0)
+        last = self._last.get(unit, 0)
+        if done >= total:
+            if last == _ENDED:  # the end is said once
+                return
+            self._last[unit] = _ENDED
+        else:
+            bucket = int(fraction / self.every + 1e-9)
+            if bucket <= (0 if last == _ENDED else last):  # after an end: a new pass of the same unit
+                return
+            self._last[unit] = bucket
+        self.say(f"{self.what}: {done}/{total} {unit} ({fraction:.0%})")
+
+
+_ENDED = -1
 
 
 class Engine(ABC):

@@ -48,7 +48,7 @@ from ..splats.render import VALIDATOR_RESOLUTION, VALIDATOR_VIEWS, preview_grid,
 from ..splats.validate import as_validator_loads, check_for_validator
 from .gpu import BackendError, peak_gpu_memory, pick_device, require, torch_dtype
 from .proxy_score import ring_consistency
-from .stages import Score
+from .stages import Score, report_progress
 
 CLIP_MODEL = "hf-hub:laion/CLIP-convnext_large_d.laion2B-s26B-b102K-augreg"
 DINO_MODEL = "facebook/dinov2-small"
@@ -297,10 +297,13 @@ class ValidatorModels(Score):
         loaded = as_validator_loads(cloud)
         size = self.config.render_size
         views = render_views(loaded, validator_cameras(self.config.views), size, size)
+        report_progress(1, 3, "scoring phases (views, alignment, quality)")
         rendered = time.perf_counter()
         with peak_gpu_memory() as memory:
             cosines = self.clip_cosines(views, text=text, image=image)
+            report_progress(2, 3, "scoring phases (views, alignment, quality)")
             quality_per_view = self.quality(views)
+            report_progress(3, 3, "scoring phases (views, alignment, quality)")
         scored = time.perf_counter()
         ssim = ring_consistency(views)
         alignment = alignment_from_cosines(cosines)

@@ -7,6 +7,7 @@ a small preview)."""
 import base64
 import io
 import warnings
+from contextlib import AbstractContextManager
 from typing import Any
 
 import dagster as dg
@@ -14,6 +15,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from ..backends.stages import ProgressLog, progress_to
 from ..codecs import stored_image
 from ..keys import PromptError, is_readable_key
 from ..ledger import Generation, UnknownGeneration
@@ -39,6 +41,13 @@ def preview(png_or_image: bytes | Image.Image, size: int = PREVIEW_PX) -> dg.Met
     buf = io.BytesIO()
     thumb.save(buf, format="PNG", optimize=True)
     return dg.MetadataValue.md(f"![preview](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+def progress(context: dg.AssetExecutionContext, stage: str) -> AbstractContextManager:
+    """What the stage's backend reports inside its call (``backends/stages.py``: denoising steps,
+    chunks), as info lines in this step's log, one every tenth of the way. A stage sent to the GPU
+    worker reports nothing until it answers."""
+    return progress_to(ProgressLog(context.log.info, stage))
 
 
 def describe(entry: Generation) -> dict[str, Any]:
@@ -70,7 +79,7 @@ def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
     """The prompt as an image: text through the text-to-image backend, an image prompt as given."""
     entry = _first_entry(context, store)
     prompt = store.ledger().prompt(entry.key)
-    with stopwatch() as t:
+    with stopwatch() as t, progress(context, "text_to_image"):
         image = stored_image(prompt.image) if prompt.kind == "image" else text_to_image.run(prompt.text, entry.seed)
     backend = {"backend": "given image"} if prompt.kind == "image" else text_to_image.describe()
     return dg.Output(image, metadata={**describe(entry), **backend, "seconds": t["seconds"],
@@ -81,7 +90,7 @@ def generated_image(context: dg.AssetExecutionContext, store: StoreResource,
 def foreground_image(context: dg.AssetExecutionContext, store: StoreResource, background: StageResource,
                      generated_image: Image.Image) -> dg.Output[Image.Image]:
     """The object cut out of the generated image (RGBA, background transparent)."""
-    with stopwatch() as t:
+    with stopwatch() as t, progress(context, "background"):
         cut = background.run(generated_image)
     coverage = float((np.asarray(cut)[..., 3] >= 128).mean())
     return dg.Output(cut, metadata={**describe(_entry(context, store)), **background.describe(),
@@ -99,7 +108,7 @@ def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_
                  foreground_image: Image.Image) -> dg.Output[trimesh.Trimesh]:
     """A coloured mesh from the cut-out (GLB, and the PLY form beside it)."""
     entry = _entry(context, store)
-    with stopwatch() as t:
+    with stopwatch() as t, progress(context, "image_to_mesh"):
         mesh = image_to_mesh.run(foreground_image, entry.seed)
     return dg.Output(mesh, metadata={**describe(entry), **image_to_mesh.describe(), "seconds": t["seconds"],
                                      **_mesh_metadata(mesh)})
@@ -109,7 +118,7 @@ def initial_mesh(context: dg.AssetExecutionContext, store: StoreResource, image_
 def refined_mesh(context: dg.AssetExecutionContext, store: StoreResource, refine: StageResource,
                  initial_mesh: trimesh.Trimesh) -> dg.Output[trimesh.Trimesh]:
     """The mesh made lighter and smoother, colours kept."""
-    with stopwatch() as t:
+    with stopwatch() as t, progress(context, "refine"):
         mesh = refine.run(initial_mesh)
     return dg.Output(mesh, metadata={**describe(_entry(context, store)), **refine.describe(),
                                      "seconds": t["seconds"], **_mesh_metadata(mesh)})
@@ -158,7 +167,7 @@ with warnings.catch_warnings():  # partitioned checks are a Dagster "preview" fe
 def validation_score(context: dg.AssetExecutionContext, store: StoreResource, score: ScoreResource,
                      compressed_splat: bytes, foreground_image: Image.Image):
     """The SPZ decoded as a validator would, checked, and scored (parts and kind in the JSON)."""
-    with stopwatch() as t:
+    with stopwatch() as t, progress(context, "score"):
         result, ring_png = score.score(compressed_splat, foreground_image,
                                          store.ledger().prompt(context.partition_key))
     result["seconds"] = t["seconds"]
