@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from .rules import CheckReport, Failure
@@ -35,6 +37,7 @@ class Comp2Limits:
     time_s: float = 5.0
     heap_mb: int = 256
     bound: float = 0.5
+    process_mb: int = 3072  # the checker's address space (RLIMIT_AS): ArrayBuffers live outside the JS heap
 
 
 Comp2Report = CheckReport  # the verdict on a module (rules.py: one shape for every competition)
@@ -42,6 +45,19 @@ Comp2Report = CheckReport  # the verdict on a module (rules.py: one shape for ev
 
 class CheckerError(RuntimeError):
     """The checker itself could not give a verdict (not installed, crashed, killed): never a pass."""
+
+
+def _limit_memory(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _memory_bound(command: list[str], limit: int) -> tuple[list[str], dict]:
+    """The command with its address space bounded (RLIMIT_AS) from its start: through util-linux's
+    ``prlimit``, or where that is missing a ``preexec_fn``; and subprocess's extra arguments."""
+    prlimit = shutil.which("prlimit")
+    if prlimit:
+        return [prlimit, f"--as={limit}", "--", *command], {}
+    return command, {"preexec_fn": partial(_limit_memory, limit)}
 
 
 def checker_ready(folder: Path = CHECKER) -> bool:
@@ -63,9 +79,11 @@ def check_module(source: bytes, limits: Comp2Limits = Comp2Limits(), *, timeout_
         # the main thread's heap is capped too; the module's worker gets limits.heap_mb (resourceLimits)
         command = [node, f"--max-old-space-size={limits.heap_mb + 256}", str(folder / "check.mjs"), str(path),
                    json.dumps(asdict(limits))]
+        command, bound = _memory_bound(command, limits.process_mb * 2**20)
         try:
             done = subprocess.run(command, capture_output=True, timeout=timeout_s, cwd=folder,
-                                  env={"PATH": os.environ.get("PATH", ""), "NODE_OPTIONS": ""})
+                                  env={"PATH": os.environ.get("PATH", ""), "NODE_OPTIONS": ""},
+                                  **bound)
         except subprocess.TimeoutExpired:
             raise CheckerError(f"the comp 2 checker did not answer within {timeout_s:.0f} s: killed") from None
     if done.returncode != 0:

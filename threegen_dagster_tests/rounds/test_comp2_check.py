@@ -2,9 +2,12 @@
 rule of the specification's "Failure Semantics" table, a module that breaks exactly that rule fails
 with exactly that rule code (and nothing else)."""
 
+import json
+import subprocess
+
 import pytest
 
-from threegen_dagster.rounds.comp2_check import CheckerError, Comp2Limits, check_module, checker_ready
+from threegen_dagster.rounds.comp2_check import CHECKER, CheckerError, Comp2Limits, check_module, checker_ready
 
 pytestmark = pytest.mark.skipif(not checker_ready(), reason="the Node checker is not installed: "
                                 "run scripts/install_node_checker.sh (make test does)")
@@ -107,8 +110,16 @@ def test_file_size_is_refused_before_node_runs():
     big = VALID + b"// " + b"x" * 1_048_576 + b"\n"
     report = check_module(big)
     assert report.rules == ["FILE_SIZE_EXCEEDED"] and "1,048,576" in report.failures[0].detail
-    # the same limit in Node itself, for a checker called on its own
-    assert check_module(VALID, Comp2Limits(file_bytes=len(VALID) + 10)).ok
+    assert check_module(VALID, Comp2Limits(file_bytes=len(VALID))).ok  # the limit itself is allowed
+
+
+def test_the_node_checker_alone_applies_the_size_limit(tmp_path):
+    path = tmp_path / "m.js"
+    path.write_bytes(VALID)
+    done = subprocess.run(["node", str(CHECKER / "check.mjs"), str(path), json.dumps({"file_bytes": len(VALID) - 1})],
+                          capture_output=True, timeout=60, check=True)
+    answer = json.loads(done.stdout)
+    assert not answer["ok"] and [f["rule"] for f in answer["failures"]] == ["FILE_SIZE_EXCEEDED"]
 
 
 @pytest.mark.parametrize("body, detail", [
@@ -128,6 +139,12 @@ def test_three_is_never_aliased_and_its_banned_members_are_refused(body, detail)
 def test_banned_identifiers(code):
     report = check_module(module(f"  g.userData.x = {code};"))
     assert report.rules and set(report.rules) <= {"FORBIDDEN_IDENTIFIER"}, report.summary()
+
+
+def test_memory_outside_the_js_heap_is_bounded_too():
+    """A typed array lives outside V8's heap cap: the checker's process limit stops it (6 GB here)."""
+    report = check_module(module("  const big = new Float32Array(1500000000);\n  big.fill(1);"))
+    assert report.rules == ["HEAP_EXCEEDED"] and "outside the JS heap" in report.failures[0].detail
 
 
 def test_not_utf8_is_a_parse_error():

@@ -179,3 +179,26 @@ def test_the_key_is_the_image_and_the_round_seed(served):
 
     image = (folder.root / "procgen" / f"{folder.stems[0]}.png").read_bytes()
     assert generation_key(Prompt.from_image(image), SEED).endswith(f"{folder.stems[0][:10]}-s{SEED}")
+
+
+def test_a_requested_run_makes_the_output_and_knows_the_deadline(served, tmp_path):
+    """The sensor's request, run as the daemon would run it (its job, partition and tags): the round's
+    prompt goes through the embedded pipeline to the comp 1 output, whose metadata shows the deadline."""
+    from threegen_dagster.definitions import build_definitions
+
+    _, server = served
+    settings = Settings(store=str(tmp_path / "store"), inbox=tmp_path / "inbox", gaussians=2000)
+    with dg.instance_for_test() as instance:
+        request = tick(instance, tmp_path, server.url, competition=1, prompts_per_tick=1).run_requests[0]
+        instance.add_dynamic_partitions("generations", [request.partition_key])
+        result = build_definitions(settings).resolve_job_def(request.job_name).execute_in_process(
+            instance=instance, partition_key=request.partition_key, tags=request.tags,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+        assert result.success
+        run = instance.get_run_by_id(result.run_id)
+        assert run.tags["threegen/round"] == str(ROUND) and run.tags["threegen/stem"] == request.tags["threegen/stem"]
+        (check,) = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert check.check_name == "comp1_rules" and check.passed
+    meta = StoreResource.from_settings(settings).artifacts().latest(request.partition_key, "comp1_mesh").metadata
+    assert meta["deadline"] == request.tags["threegen/round_deadline"] and meta["round"] == str(ROUND)
+    assert 0 < meta["seconds_to_deadline"] <= 1200 * 12

@@ -6,7 +6,7 @@ import {Worker} from 'node:worker_threads';
 import {analyze, functionBody, parse} from './static.mjs';
 
 const DEFAULTS = {file_bytes: 1048576, literal_bytes: 51200, vertices: 250000, draw_calls: 200, depth: 32,
-  instances: 50000, texture_bytes: 4194304, time_s: 5, heap_mb: 256, bound: 0.5};
+  instances: 50000, texture_bytes: 4194304, time_s: 5, heap_mb: 256, bound: 0.5, process_mb: 3072};
 const THREE_VERSION = JSON.parse(readFileSync(new URL('./node_modules/three/package.json', import.meta.url))).version;
 
 function done(failures, metrics = {}) {

@@ -75,6 +75,10 @@ parentPort.on('message', ({body, limits}) => {
     }
     root = generate(THREE);
   } catch (err) {
+    if (err instanceof RangeError && String(err.message).includes('allocation failed')) {  // an ArrayBuffer past
+      parentPort.postMessage({failures: [fail(STAGE_RUN, 'HEAP_EXCEEDED', `memory outside the JS heap went over the checker's ${limits.process_mb} MB limit (${err.message})`)]});
+      return;  // the process limit (ArrayBuffers live outside V8's heap and its 256 MB cap)
+    }
     parentPort.postMessage({failures: [fail(STAGE_RUN, 'EXECUTION_THREW', `${err?.name ?? 'Error'}: ${err?.message ?? err}`)]});
     return;
   }
