@@ -362,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--port", type=int, default=8765)
     work.add_argument("--status", metavar="URL", help="print a running worker's status instead")
     work.set_defaults(run=cmd_worker)
+    from .cli_workers import add_parser as workers_parser  # `threegen workers`: the pool's status
+
+    workers_parser(sub)
     view = sub.add_parser("view", help="a read-only server on loopback: every generation's 3D viewer, files and JSON")
     view.add_argument("--port", type=int, default=VIEW_PORT, help=f"port on 127.0.0.1 (default {VIEW_PORT}; 0: any free one)")
     view.set_defaults(run=cmd_view)

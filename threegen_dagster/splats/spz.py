@@ -180,42 +180,47 @@ def _check_header(header: tuple[int, ...]) -> int:
     return n * _bytes_per_point(degree, version)
 
 
-_MIN_BLOCK = 16384  # rows per task at least: below that, thread hand-off costs more than it saves
+_BLOCK = 24576  # rows per task: small enough that a task's temporaries and rows stay in cache
 
 
 def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout], np.ndarray]) -> None:
     """Decode an SPZ frame into the float32 rows of pyspz's PLY body that ``allocate`` gives.
 
-    The payload is decompressed section by section (positions, then alpha/colour/scale, rotation
-    and SH), each read at most doubling what the frame has delivered so far, so a frame cannot
-    make us allocate far ahead of its real content: the rows (at most 42 times the position bytes)
-    only once the positions have arrived. While zstd decompresses a section (it releases the
-    GIL), the pool's threads already write the rows of the sections before it."""
+    The payload is decompressed field by field, each field in two halves, each read at most
+    doubling what the frame has delivered so far, so a frame cannot make us allocate far ahead of
+    its real content: the rows (at most 84 times the position bytes then delivered) only once the
+    first half of the positions has arrived. While zstd decompresses (it releases the GIL), the
+    pool's threads already write the rows of what has arrived, a block of rows per task; once all
+    has arrived, this thread writes the blocks no pool thread has started."""
     header, reader = _open(spz)
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
     lay = unpack.Layout(n, SH_COEFFS_FOR_DEGREE[degree], include_normals)
-    sections = [((6 if version == 1 else 9) * n, partial(unpack.positions, version=version,
-                                                          fractional_bits=fractional_bits)),
-                (7 * n, unpack.attributes), (3 * n, unpack.rotations), (3 * lay.k * n, unpack.sh)]
-    step = max(_MIN_BLOCK, -(-n // _WORKERS))
+    half = -(-n // 2)
+    halves = [(start, min(start + half, n)) for start in range(0, n, half)]
     rows, pending, got, need = None, [], 0, _check_header(header)
     try:
-        for size, write in sections:
-            if not size:
-                continue
-            data = _read(reader, size, got, need, n)
-            got += size
-            rows = allocate(lay) if rows is None else rows
-            for lo in range(0, n, step):
-                task = partial(write, unpack.Block(data, rows, lo, min(lo + step, n)), lay)
-                if step < n:
-                    pending.append(_pool().submit(task))
-                else:
-                    task()
+        for width, write in unpack.fields(lay, version, fractional_bits):
+            for start, stop in halves:
+                data = _read(reader, width * (stop - start), got, need, n)
+                got += len(data)
+                rows = allocate(lay) if rows is None else rows
+                for lo in range(start, stop, _BLOCK):
+                    hi = min(lo + _BLOCK, stop)
+                    task = partial(write, unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi), lay)
+                    if n > _BLOCK:
+                        pending.append((_pool().submit(task), task))
+                    else:
+                        task()
+        for future, task in reversed(pending):  # what no pool thread has started, this one writes
+            if future.cancel():
+                task()
     finally:
-        wait(pending)  # every block has finished writing before the rows can be dropped
-    for future in pending:
-        future.result()
+        for future, _ in pending:
+            future.cancel()
+        wait([future for future, _ in pending])  # every block has finished writing before the rows can be dropped
+    for future, _ in pending:
+        if not future.cancelled():
+            future.result()
 
 
 def _read(reader: zstandard.ZstdDecompressionReader, size: int, got: int, need: int, n: int) -> np.ndarray:

@@ -1,10 +1,14 @@
-"""SPZ payload sections written straight into the float32 rows of pyspz's PLY body.
+"""SPZ payload fields written straight into the float32 rows of pyspz's PLY body.
 
-Each writer fills rows ``lo:hi`` of its columns from one attribute-major payload section, in
-place, through strided views and byte-to-float tables (two adjacent bytes at a time where their
-columns are adjacent too), so no per-field arrays are built and nothing is copied twice; numpy
-releases the GIL in every step, so blocks of rows run on threads. The arithmetic is pyspz's
-(see ``spz_arith``).
+The payload is attribute-major: positions, alphas, colours, scales, rotations, SH, each a run
+of ``n`` equal-width records. Each writer fills rows ``lo:hi`` of its columns from the bytes of
+its field for exactly those rows, in place, through strided views and byte-to-float tables (two
+adjacent bytes at a time where their columns are adjacent too), so no per-field arrays are built
+and nothing is copied twice; numpy releases the GIL in every step, so blocks run on threads
+while zstd delivers the next field. The arithmetic is pyspz's (see ``spz_arith``).
+
+``np.take`` is called with ``mode="clip"``: the indices are bytes, always in range, and numpy's
+default mode would first copy the output buffer to keep it intact on an out-of-range error.
 """
 
 from __future__ import annotations
@@ -41,11 +45,10 @@ class Layout:
 
 
 class Block:
-    """Rows ``lo:hi`` of ``rows``, read from one payload section ``data``."""
+    """Rows ``lo:hi`` of ``rows``, and ``data``: the bytes of one payload field for those rows."""
 
     def __init__(self, data: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
         self.data, self.rows, self.lo, self.m = data, rows, lo, hi - lo
-        self.f32, self.u64 = np.empty(self.m, F), np.empty(self.m, np.uint64)
 
     def column(self, first: int, dtype: str = "<f4") -> np.ndarray:
         """One float column (or, as ``<u8``, two adjacent ones) of the block's rows."""
@@ -53,60 +56,75 @@ class Block:
         return np.ndarray((self.m,), dtype, buffer=self.rows, offset=self.lo * stride + 4 * first, strides=(stride,))
 
     def source(self, start: int, dtype: str = "u1", step: int = 3) -> np.ndarray:
-        """The block's values of one field of the section, ``step`` bytes apart."""
-        return np.ndarray((self.m,), dtype, buffer=self.data, offset=start + self.lo * step, strides=(step,))
+        """One value of each record, read as ``dtype`` from byte ``start`` of records ``step`` bytes wide."""
+        return np.ndarray((self.m,), dtype, buffer=self.data, offset=start, strides=(step,))
 
-    def three(self, start: int, first: int, lut: str) -> tuple[np.ndarray, np.ndarray]:
+    def three(self, first: int, lut: str) -> tuple[np.ndarray, np.ndarray]:
         """A u8 x 3 field through a table: bytes 0-1 as a pair, byte 2 alone; gives both indices."""
-        pair, last = self.source(start, "<u2").astype(np.intp), self.source(start + 2).astype(np.intp)
-        self.column(first, "<u8")[...] = np.take(_PAIRS[lut], pair, out=self.u64)
-        self.column(first + 2)[...] = np.take(LUT[lut], last, out=self.f32)
+        pair, last = self.source(0, "<u2").astype(np.intp), self.source(2).astype(np.intp)
+        self.column(first, "<u8")[...] = np.take(_PAIRS[lut], pair, mode="clip")
+        self.column(first + 2)[...] = np.take(LUT[lut], last, mode="clip")
         return pair, last
 
 
 def positions(block: Block, lay: Layout, version: int, fractional_bits: int) -> None:
     """xyz (and the zero normals) from 24-bit fixed point, or float16 in version 1."""
     if version == 1:
-        half = block.data[6 * block.lo: 6 * (block.lo + block.m)].view("<f2").reshape(block.m, 3)
+        half = block.data.view("<f2").reshape(block.m, 3)
         for c in range(3):
             block.column(c)[...] = half[:, c]
-    else:  # read 4 bytes ending at a value's top byte and shift the extra one out, sign-extending
-        scale, fixed = F(1.0 / (1 << fractional_bits)), block.u64.view(np.int32)[: block.m]
-        np.left_shift(block.source(0, "<i4", 9), 8, out=fixed)  # x has no byte before it: drop the next one
+    else:  # 4 bytes from each value's first: shifting the next value's byte out leaves it times 2^8
+        fixed = np.empty(block.m, np.int32)
         for c in range(3):
-            np.right_shift(block.source(3 * c - 1, "<i4", 9) if c else fixed, 8, out=fixed)
-            np.multiply(fixed, scale, out=block.column(c), dtype=F)
+            if c < 2:
+                np.left_shift(block.source(3 * c, "<i4", 9), 8, out=fixed)
+                scale = F(2.0 ** -(fractional_bits + 8))
+            else:  # z has no byte after it in the last record: read from the byte before and shift right
+                np.right_shift(block.source(5, "<i4", 9), 8, out=fixed)
+                scale = F(2.0 ** -fractional_bits)
+            np.multiply(fixed, scale, out=block.column(c), dtype=F)  # exact: a power of two
     if lay.normals:
         block.column(3, "<u8").fill(0)
         block.column(5).fill(0)
 
 
-def attributes(block: Block, lay: Layout) -> None:
-    """Opacity, f_dc and log-scales from the alpha (N), colour (3N) and scale (3N) bytes."""
-    n = lay.n
-    block.column(lay.opacity)[...] = np.take(LUT["alpha"], block.source(0, step=1), out=block.f32)
-    block.three(n, lay.dc, "color")
-    block.three(4 * n, lay.opacity + 1, "scale")
+def alpha(block: Block, lay: Layout) -> None:
+    block.column(lay.opacity)[...] = np.take(LUT["alpha"], block.source(0, step=1), mode="clip")
 
 
-def rotations(block: Block, lay: Layout) -> None:
+def colour(block: Block, lay: Layout) -> None:
+    block.three(lay.dc, "color")
+
+
+def scale(block: Block, lay: Layout) -> None:
+    block.three(lay.opacity + 1, "scale")
+
+
+def rotation(block: Block, lay: Layout) -> None:
     """rot_1..3 = xyz from the bytes, rot_0 = w = sqrtf(max(0, 1 - fma(z, z, fma(x, x, y*y))))."""
-    xy, z = block.three(0, lay.opacity + 5, "rotation")
+    xy, z = block.three(lay.opacity + 5, "rotation")
     # the inner FMA is a table over the (x, y) bytes, the outer one a float64 sum that is never a
     # float32 double-rounding case (checked for all 2^24 byte triples in the tests)
-    xy_norm = np.take(LUT["xy_norm"], xy, out=block.f32)
-    w = np.add(xy_norm, np.take(LUT["z_square"], z), out=block.u64.view(np.float64))
-    np.subtract(F(1), w, out=block.f32, dtype=F, casting="same_kind")
-    np.maximum(block.f32, F(0), out=block.f32)
-    np.sqrt(block.f32, out=block.column(lay.opacity + 4))
+    w = np.take(LUT["z_square"], z, mode="clip")
+    w += np.take(LUT["xy_norm"], xy, mode="clip")
+    w32 = np.subtract(F(1), w, dtype=F, casting="same_kind")
+    np.maximum(w32, F(0), out=w32)
+    np.sqrt(w32, out=block.column(lay.opacity + 4))
 
 
 def sh(block: Block, lay: Layout) -> None:
     """f_rest from the SH bytes: (b - 128) / 128, exactly b * 2^-7 - 1; coefficient-major in the
     payload, channel-major in the PLY."""
     k, lo, hi = lay.k, block.lo, block.lo + block.m
-    values = np.multiply(block.data[3 * k * lo: 3 * k * hi], F(1 / 128), dtype=F)
+    values = np.multiply(block.data, F(1 / 128), dtype=F)
     values -= F(1)
     dest = block.rows[lo:hi, lay.dc + 3: lay.opacity].reshape(block.m, 3, k)
     dest[...] = values.reshape(block.m, k, 3).transpose(0, 2, 1)
 
+
+def fields(lay: Layout, version: int, fractional_bits: int) -> list[tuple[int, object]]:
+    """(bytes per record, writer) of each payload field in payload order; SH0 has no SH field."""
+    position_bytes = 6 if version == 1 else 9
+    writers = [(position_bytes, lambda block, lay: positions(block, lay, version, fractional_bits)),
+               (1, alpha), (3, colour), (3, scale), (3, rotation), (3 * lay.k, sh)]
+    return [(width, write) for width, write in writers if width]
