@@ -49,6 +49,12 @@ class Settings:
     """THREEGEN_WALLET_NAME, THREEGEN_WALLET_HOTKEY, THREEGEN_WALLET_PATH, THREEGEN_SN17_VARIANTS."""
     worker_url: str = ""
     """THREEGEN_WORKER_URL: a running `threegen worker` to send the model stages to; empty: in-process."""
+    workers: tuple[str, ...] = ()
+    """THREEGEN_WORKERS: a pool of `threegen worker`s (one per card), comma-separated URLs; each model stage
+    goes to a free one. Set this or THREEGEN_WORKER_URL (one worker), not both."""
+    gpu_run_tags: dict = field(default_factory=dict)
+    """THREEGEN_GPU_RUN_TAGS: a YAML file of run tags (deploy/run-tags.gpu.yaml: `dagster-k8s/config` asking
+    for a GPU) that every generation run a sensor launches carries; unset: none."""
     worker_timeout_s: float = 600.0
     """THREEGEN_WORKER_TIMEOUT: seconds to wait for one stage call."""
     free_gpu_between_stages: bool = False
@@ -71,6 +77,11 @@ class Settings:
     """THREEGEN_SECONDS_PER_BLOCK: how long a chain block lasts, to turn the round's deadline block into a time."""
     round_margin_s: float = ROUND_MARGIN_S
     """THREEGEN_ROUND_MARGIN_S: seconds taken off the deadline for the state repository's delay in announcing a round."""
+
+    @property
+    def worker_urls(self) -> tuple[str, ...]:
+        """Every GPU worker the model stages go to (THREEGEN_WORKERS, or THREEGEN_WORKER_URL alone)."""
+        return self.workers or ((self.worker_url,) if self.worker_url else ())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -123,6 +134,8 @@ class Settings:
                 "wallet_path": env.get("THREEGEN_WALLET_PATH"),
                 "variants": int(number("THREEGEN_SN17_VARIANTS", 1, int))}.items() if v is not None},
             worker_url=env.get("THREEGEN_WORKER_URL", "").rstrip("/"),
+            workers=worker_pool(env),
+            gpu_run_tags=run_tags_file(env.get("THREEGEN_GPU_RUN_TAGS", ""), base),
             worker_timeout_s=number("THREEGEN_WORKER_TIMEOUT", 600.0, float),
             free_gpu_between_stages=env.get("THREEGEN_FREE_GPU", "") in ("1", "true", "yes"),
             worker_host=env.get("THREEGEN_WORKER_HOST", "") or cls.worker_host,
@@ -149,6 +162,66 @@ def positive(env: Mapping[str, str], name: str, default: float, kind: type) -> f
     if not value > 0:
         raise SettingsError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+MAX_WORKERS = 64
+
+
+def worker_pool(env: Mapping[str, str]) -> tuple[str, ...]:
+    """THREEGEN_WORKERS as distinct ``http(s)://host:port`` URLs (no path), each checked here."""
+    from urllib.parse import urlsplit
+
+    raw = env.get("THREEGEN_WORKERS", "").strip()
+    if not raw:
+        return ()
+    if env.get("THREEGEN_WORKER_URL", ""):
+        raise SettingsError("THREEGEN_WORKERS and THREEGEN_WORKER_URL are both set: list every worker in "
+                            "THREEGEN_WORKERS and unset THREEGEN_WORKER_URL")
+    urls = [u.strip().rstrip("/") for u in raw.replace(" ", ",").split(",") if u.strip()]
+    if len(urls) > MAX_WORKERS:
+        raise SettingsError(f"THREEGEN_WORKERS lists {len(urls)} workers; at most {MAX_WORKERS}")
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise SettingsError(f"THREEGEN_WORKERS: {url[:100]!r} is not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path \
+                or parts.query or parts.fragment or parts.username:
+            raise SettingsError(f"THREEGEN_WORKERS: {url[:100]!r} is not a worker's address: "
+                                f"use http://HOST:PORT, like http://10.0.0.5:8765")
+    if len(set(urls)) != len(urls):
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        raise SettingsError(f"THREEGEN_WORKERS lists {', '.join(twice)} more than once")
+    return tuple(urls)
+
+
+MAX_RUN_TAGS_BYTES = 64 * 1024
+
+
+def run_tags_file(path: str, base: Path) -> dict[str, str]:
+    """The run tags in a YAML mapping file (tag -> a string, or a mapping sent as its JSON, as
+    ``dagster-k8s/config`` is): {} when ``path`` is empty."""
+    import json
+
+    import yaml
+
+    if not path:
+        return {}
+    file = (base / path).expanduser()
+    try:
+        if file.stat().st_size > MAX_RUN_TAGS_BYTES:
+            raise SettingsError(f"THREEGEN_GPU_RUN_TAGS={path}: over {MAX_RUN_TAGS_BYTES:,} bytes")
+        loaded = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise SettingsError(f"THREEGEN_GPU_RUN_TAGS={path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"THREEGEN_GPU_RUN_TAGS={path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, (str, dict))
+                                               for k, v in loaded.items()):
+        raise SettingsError(f"THREEGEN_GPU_RUN_TAGS={path}: a mapping of tag names to strings or mappings, "
+                            f"like deploy/run-tags.gpu.yaml")
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in loaded.items()}
 
 
 def rounds_source(raw: str, base: Path) -> str:

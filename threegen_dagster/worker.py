@@ -2,7 +2,8 @@
 serves the model stages over HTTP (loopback unless told otherwise), and the client the pipeline uses.
 
     GET  /health               {"ok": true}
-    GET  /status               loaded models, device, GPU memory in use and peak, queue, counts
+    GET  /load                 {"busy", "queue", "served", "device", "last_error"}: cheap, what a pool picks by
+    GET  /status               loaded models, device, GPU memory in use and peak, queue, counts, last error
     POST /v1/<stage>           JSON in, JSON out; images as base64 PNG, meshes as base64 GLB:
          text_to_image         {"prompt", "seed"}      -> {"png_b64", "meta"}
          background            {"png_b64"}             -> {"png_b64", "meta"}
@@ -15,13 +16,15 @@ Here: the typed request bodies, one per stage in ``BODIES`` (each also writes it
 client and reads the answer back; strict: a seed is an integer in [0, 2**32-1], never "3", 3.0 or
 true; a prompt is non-empty printable text; no unknown fields), the stage runner (images decoded
 as PNG within ``max_image_pixels``; calls run one at a time, one GPU, others wait in the queue
-that /status reports) and the client. The HTTP server, its limits and error answers are in
-``worker_http.py``. No Dagster imports.
+that /status reports; a call sent with ``X-Threegen-If-Idle: 1`` never waits: it takes the GPU at
+once or is answered 409, which is how a pool of workers leases a free one, ``workers.py``) and the
+client. The HTTP server, its limits and error answers are in ``worker_http.py``. No Dagster imports.
 """
 
 from __future__ import annotations
 
 import binascii
+import http.client
 import json
 import socket
 import threading
@@ -42,10 +45,27 @@ from .codecs import b64, glb_bytes, glb_mesh, png_bytes, png_image, unb64
 from .keys import MAX_SEED, Prompt, clean_text
 
 DEFAULT_PORT = 8765
+IF_IDLE = "X-Threegen-If-Idle"  # a call with this header set takes the GPU at once or is answered 409
 
 
 class BadRequest(ValueError):
     """A request the worker cannot decode (HTTP 400)."""
+
+
+class Busy(RuntimeError):
+    """An if-idle call that found the GPU taken (HTTP 409)."""
+
+
+class WorkerBusy(BackendError):
+    """Client side: the worker answered an if-idle call with 409: another call holds its GPU."""
+
+
+class WorkerDown(BackendError):
+    """Client side: the worker cannot be reached (refused, reset, closed mid-answer): another may."""
+
+
+class WorkerLost(WorkerDown):
+    """Client side: the connection broke after the call was sent (the worker died mid-stage)."""
 
 
 def _bytes(value: str, field: str) -> bytes:
@@ -217,6 +237,8 @@ class StageRunner:
         self._count = threading.Lock()
         self.served: dict[str, int] = {stage: 0 for stage in STAGE_BACKENDS}
         self.started = time.time()
+        self.last_error = ""  # the last call that failed: when, which stage, why
+        self._device = ""
 
     def engine(self, stage: str):
         backend, options = self.models[stage]
@@ -229,14 +251,19 @@ class StageRunner:
             t = time.perf_counter()
             self.engine(stage)
             seconds[stage] = round(time.perf_counter() - t, 3)
+        self.device()  # found now, so GET /load stays cheap from the first call
         return seconds
 
-    def run(self, stage: str, args: tuple) -> dict[str, Any]:
-        with self._count:
-            self._waiting += 1
-        self._gpu.acquire()
-        with self._count:
-            self._waiting -= 1
+    def run(self, stage: str, args: tuple, if_idle: bool = False) -> dict[str, Any]:
+        if if_idle:  # the lease: the GPU now, or a 409 for the pool to try another worker
+            if not self._gpu.acquire(blocking=False):
+                raise Busy(f"{stage}: busy (another call holds the GPU)")
+        else:
+            with self._count:
+                self._waiting += 1
+            self._gpu.acquire()
+            with self._count:
+                self._waiting -= 1
         try:
             return self._run_locked(stage, args)
         finally:
@@ -244,6 +271,7 @@ class StageRunner:
 
     def _run_locked(self, stage: str, args: tuple) -> dict[str, Any]:
         started = time.perf_counter()
+        print(f"{time.strftime('%H:%M:%S')} {stage} started", flush=True)
         eng = self.engine(stage)
         with peak_gpu_memory() as memory:
             out = BODIES[stage].answer(eng(*args))
@@ -254,35 +282,51 @@ class StageRunner:
                        "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "worker"}
         return out
 
-    def call(self, stage: str, body: _Body) -> tuple[int, dict[str, Any]]:
-        """One stage call as (HTTP status, JSON body): 200, or 400/422/500 with {"error": ...}."""
+    def call(self, stage: str, body: _Body, if_idle: bool = False) -> tuple[int, dict[str, Any]]:
+        """One stage call as (HTTP status, JSON body): 200, or 400/409/422/500 with {"error": ...}."""
         started = time.perf_counter()
         try:
-            return 200, self.run(stage, body.arguments(self.max_image_pixels))
+            return 200, self.run(stage, body.arguments(self.max_image_pixels), if_idle)
+        except Busy as exc:
+            return 409, {"error": str(exc), "busy": True}
         except BadRequest as exc:
-            return 400, {"error": f"{stage}: {exc}"}
+            return 400, self._failed(f"{stage}: {exc}")
         except (BackendError, ValueError) as exc:  # the backend's own verdict (no surface, no object, ...)
-            return 422, {"error": str(exc)}
+            return 422, self._failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad call
-            return 500, {"error": f"{stage} failed: {type(exc).__name__}: {exc}"}
+            return 500, self._failed(f"{stage} failed: {type(exc).__name__}: {exc}")
         finally:
             print(f"{time.strftime('%H:%M:%S')} {stage} {time.perf_counter() - started:.2f} s", flush=True)
+
+    def _failed(self, error: str) -> dict[str, str]:
+        self.last_error = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error[:300]}"
+        return {"error": error}
+
+    def device(self) -> str:
+        """The card the worker computes on ("cpu" without one), found once."""
+        if not self._device:
+            self._device = "cpu"
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    self._device = f"cuda ({torch.cuda.get_device_name(0)})"
+            except ImportError:
+                pass
+        return self._device
+
+    def load(self) -> dict[str, Any]:
+        """What a pool chooses by, cheaply: busy or not, the queue, calls served, the card, the last error."""
+        return {"busy": self._gpu.locked(), "queue": self._waiting, "served": sum(self.served.values()),
+                "device": self.device(), "last_error": self.last_error}
 
     def status(self) -> dict[str, Any]:
         models = {}
         for stage, (backend, _) in self.models.items():
             eng = engine(stage, backend, self.models[stage][1], load=False)
             models[stage] = {**eng.describe(), "loaded": bool(eng.loaded)}
-        device = "cpu"
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                device = f"cuda ({torch.cuda.get_device_name(0)})"
-        except ImportError:
-            pass
-        return {"device": device, "models": models, **gpu_memory(), "queue": self._waiting,
-                "busy": self._gpu.locked(), "served": dict(self.served),
+        return {"device": self.device(), "models": models, **gpu_memory(), "queue": self._waiting,
+                "busy": self._gpu.locked(), "served": dict(self.served), "last_error": self.last_error,
                 "uptime_s": round(time.time() - self.started, 1)}
 
 
@@ -292,10 +336,11 @@ class WorkerClient:
     def __init__(self, url: str, timeout_s: float = 600.0) -> None:
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
 
-    def _call(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> dict:
+    def _call(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None,
+              if_idle: bool = False) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **({IF_IDLE: "1"} if if_idle else {})}
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
                 return json.loads(response.read())
@@ -306,23 +351,34 @@ class WorkerClient:
             except (ValueError, AttributeError):  # not the worker's JSON: uvicorn's own 503, a proxy, ...
                 detail = exc.reason + (" (more connections than THREEGEN_WORKER_MAX_CONNECTIONS: retry later)"
                                        if exc.code == 503 else "")
-            raise BackendError(f"GPU worker at {self.url} refused {path} (HTTP {exc.code}): {detail}") from None
+            error = WorkerBusy if exc.code == 409 else WorkerDown if exc.code == 503 else BackendError
+            raise error(f"GPU worker at {self.url} refused {path} (HTTP {exc.code}): {detail}") from None
         except (TimeoutError, socket.timeout):
             raise BackendError(f"GPU worker at {self.url} did not answer {path} within "
                                f"{timeout_s or self.timeout_s:g} s (THREEGEN_WORKER_TIMEOUT)") from None
-        except (urllib.error.URLError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BackendError(f"GPU worker at {self.url} is down ({reason}): start it with "
-                               f"`threegen worker`, or unset THREEGEN_WORKER_URL to run the stages here") from None
+        except urllib.error.URLError as exc:  # never connected: nothing was sent
+            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                raise BackendError(f"GPU worker at {self.url} did not answer {path} within "
+                                   f"{timeout_s or self.timeout_s:g} s (THREEGEN_WORKER_TIMEOUT)") from None
+            raise WorkerDown(f"GPU worker at {self.url} is down ({exc.reason}): start it with `threegen worker`, "
+                             f"or unset THREEGEN_WORKER_URL / THREEGEN_WORKERS to run the stages here") from None
+        except (ConnectionError, http.client.HTTPException) as exc:  # sent, then the connection broke
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise WorkerLost(f"GPU worker at {self.url} is down: the connection broke during {path} "
+                             f"({reason})") from None
 
     def health(self, timeout_s: float = 5.0) -> bool:
         return bool(self._call("GET", "/health", timeout_s=timeout_s).get("ok"))
 
-    def status(self) -> dict:
-        return self._call("GET", "/status", timeout_s=10.0)
+    def status(self, timeout_s: float = 10.0) -> dict:
+        return self._call("GET", "/status", timeout_s=timeout_s)
 
-    def call(self, stage: str, *args: Any) -> tuple[Any, dict]:
-        """One stage call on the worker: the contract's arguments in, (its result, the worker's meta) out."""
+    def load(self, timeout_s: float = 5.0) -> dict:
+        return self._call("GET", "/load", timeout_s=timeout_s)
+
+    def call(self, stage: str, *args: Any, if_idle: bool = False) -> tuple[Any, dict]:
+        """One stage call on the worker: the contract's arguments in, (its result, the worker's meta) out;
+        ``if_idle``: WorkerBusy at once when its GPU is taken, never waiting in its queue."""
         wire = BODIES[stage]
-        out = self._call("POST", f"/v1/{stage}", wire.request(*args))
+        out = self._call("POST", f"/v1/{stage}", wire.request(*args), if_idle=if_idle)
         return wire.result(out), out["meta"]

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .backends.gpu import BackendError
-from .worker import BODIES, StageRunner
+from .worker import BODIES, IF_IDLE, StageRunner
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -203,7 +203,7 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code == 404:
-            detail = f"no such endpoint {request.url.path}: GET /health, /status; POST /v1/{{{', '.join(BODIES)}}}"
+            detail = f"no such endpoint {request.url.path}: GET /health, /load, /status; POST /v1/{{{', '.join(BODIES)}}}"
         elif exc.status_code == 413:
             detail = body_too_large(limits.max_body_bytes)
         elif exc.status_code == 400:  # FastAPI could not parse the JSON at all (nested too deeply, ...)
@@ -213,6 +213,10 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
     @app.get("/health")
     def health() -> dict:
         return {"ok": True}
+
+    @app.get("/load")
+    def load() -> dict:
+        return runner.load()
 
     @app.get("/status")
     def status() -> dict:
@@ -225,11 +229,12 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
 
 
 def _endpoint(runner: StageRunner, stage: str, body_type: type) -> Any:
-    def endpoint(body) -> JSONResponse:
-        status, answer = runner.call(stage, body)
+    def endpoint(body, request) -> JSONResponse:
+        status, answer = runner.call(stage, body, if_idle=request.headers.get(IF_IDLE) == "1")
         return JSONResponse(answer, status_code=status)
 
-    endpoint.__annotations__ = {"body": body_type, "return": JSONResponse}  # FastAPI reads the body's type here
+    # FastAPI reads the body's type here (and hands over the request, for the if-idle header)
+    endpoint.__annotations__ = {"body": body_type, "request": Request, "return": JSONResponse}
     return endpoint
 
 

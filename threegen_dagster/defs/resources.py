@@ -30,7 +30,7 @@ from ..sn17.validators import ValidatorPolicy
 from ..splats import GaussianCloud
 from ..splats.mesh import mesh_to_gaussians
 from ..splats.validate import normalize_for_validator
-from ..worker import WorkerClient
+from ..workers import WorkerPool
 from ..storage import MULTIPART_THRESHOLD, S3_MAX_ATTEMPTS, Store, open_store
 
 
@@ -75,8 +75,9 @@ class StoreResource(dg.ConfigurableResource):
 
 class StageResource(dg.ConfigurableResource):
     """A model stage (``backends/stages.py``), under its name as resource key: run in this process on
-    the configured backend (loaded once per process), or sent to a warm GPU worker (`threegen worker`)
-    when ``worker_url`` is set. ``options`` are the backend's own (checked by name here; unset ones
+    the configured backend (loaded once per process), or sent to a warm GPU worker (`threegen worker`):
+    to a free one of ``workers`` (``workers.py``: a dead one is skipped and the stage sent to another).
+    ``options`` are the backend's own (checked by name here; unset ones
     keep the backend's defaults)."""
 
     stage: str = Field(description="The stage: text_to_image, background, image_to_mesh, refine or score")
@@ -85,7 +86,8 @@ class StageResource(dg.ConfigurableResource):
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="The backend's options (e.g. flux: model, revision, steps, size, "
                                                 "dtype, device); unset ones keep its defaults")
-    worker_url: str = Field("", description="URL of a running `threegen worker`; empty: run in this process")
+    workers: list[str] = Field(default_factory=list, description="URLs of the running `threegen worker`s (one per "
+                               "card); each call goes to a free one; empty: run in this process")
     worker_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the worker's answer")
     free_gpu_between_stages: bool = Field(False, description="Return cached GPU memory after the stage")
 
@@ -106,7 +108,7 @@ class StageResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings, stage: str, **overrides: Any) -> "StageResource":
         backend, options = settings.models.get(stage, (STAGE_BACKENDS[stage][0], {}))
-        return cls(stage=stage, backend=backend, options=options, worker_url=settings.worker_url,
+        return cls(stage=stage, backend=backend, options=options, workers=list(settings.worker_urls),
                    worker_timeout_s=settings.worker_timeout_s,
                    free_gpu_between_stages=settings.free_gpu_between_stages, **overrides)
 
@@ -116,8 +118,9 @@ class StageResource(dg.ConfigurableResource):
     def run(self, *args: Any) -> Any:
         """The stage's call, typed by its contract (``TextToImage``: (prompt, seed) -> image, ...), on
         the worker or here."""
-        if self.worker_url and registry.backend_class(self.stage, self.backend).on_worker:
-            result, self._last = WorkerClient(self.worker_url, self.worker_timeout_s).call(self.stage, *args)
+        if self.workers and registry.backend_class(self.stage, self.backend).on_worker:
+            pool = WorkerPool(self.workers, self.worker_timeout_s, log=dg.get_dagster_logger().warning)
+            result, self._last = pool.call(self.stage, *args)
             return result
         eng = self.engine()
         with peak_gpu_memory() as memory:
