@@ -26,7 +26,9 @@ export const FORBIDDEN = new Set([
   'require', 'import',
 ]);
 
-// THREE members a module may use (the specification's "Allowed Three.js APIs")
+// THREE members a module may use: the specification's "Allowed Three.js APIs" as SN17-NOW.md sums up
+// today's (geometries; Standard, Physical, Basic, Points and Line materials; DataTexture; math and curve
+// classes; the listed objects; the listed constants)
 export const THREE_ALLOWED = new Set([
   'BufferGeometry', 'BufferAttribute', 'InterleavedBuffer', 'InterleavedBufferAttribute', 'Float32BufferAttribute',
   'Uint8BufferAttribute', 'Uint16BufferAttribute', 'Uint32BufferAttribute', 'Int8BufferAttribute',
@@ -42,7 +44,7 @@ export const THREE_ALLOWED = new Set([
   'Curve', 'CurvePath', 'Shape', 'Path', 'CatmullRomCurve3', 'CubicBezierCurve3', 'LineCurve3',
   'QuadraticBezierCurve3', 'CubicBezierCurve', 'QuadraticBezierCurve', 'LineCurve', 'SplineCurve',
   'EllipseCurve', 'ArcCurve',
-  'Object3D', 'Group', 'Mesh', 'InstancedMesh', 'Line', 'LineSegments', 'LineLoop', 'Points',
+  'Object3D', 'Group', 'Mesh', 'InstancedMesh', 'Line', 'LineSegments', 'Points',
   'SRGBColorSpace', 'LinearSRGBColorSpace', 'NoColorSpace', 'FrontSide', 'BackSide', 'DoubleSide',
   'NormalBlending', 'AdditiveBlending', 'SubtractiveBlending', 'MultiplyBlending', 'NoBlending',
   'NearestFilter', 'LinearFilter', 'NearestMipmapNearestFilter', 'LinearMipmapNearestFilter',
@@ -80,7 +82,8 @@ function structure(ast) {
 }
 
 // the names of `callee`'s parameters when it is a function declared in this module
-function calleeParams(scopeManager, scope, callee) {
+const FUNCTIONS = new Set(['FunctionExpression', 'ArrowFunctionExpression']);
+function calleeParams(scope, callee) {
   if (callee.type !== 'Identifier') return null;
   for (let s = scope; s; s = s.upper) {
     const variable = s.set.get(callee.name);
@@ -88,7 +91,7 @@ function calleeParams(scopeManager, scope, callee) {
     const def = variable.defs[0];
     if (!def) return null;
     if (def.type === 'FunctionName') return def.node.params;
-    if (def.type === 'Variable' && def.node.init && /Function/.test(def.node.init.type)) return def.node.init.params;
+    if (def.type === 'Variable' && def.node.init && FUNCTIONS.has(def.node.init.type)) return def.node.init.params;
     return null;
   }
   return null;
@@ -186,7 +189,7 @@ export function analyze(ast, limits) {
     if (parent.type === 'MemberExpression' && parent.object === node && !parent.computed) return;
     if (parent.type === 'MemberExpression' && parent.object === node) return; // reported as computed access
     if (parent.type === 'CallExpression' && parent.arguments.includes(node)) {
-      const params = calleeParams(scopeManager, scope, parent.callee);
+      const params = calleeParams(scope, parent.callee);
       const at = parent.arguments.indexOf(node);
       if (params && params[at] && params[at].type === 'Identifier' && params[at].name === 'THREE') return;
       push('FORBIDDEN_THREE_API', `THREE passed at ${line(node)} to a function whose parameter there is not named THREE`);
