@@ -196,8 +196,8 @@ def sn17_round_sensor(context: dg.SensorEvaluationContext, store: StoreResource,
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[rounds.build_add_request([str(number)]),
-                                     *([generations.build_add_request(sorted({r.partition_key for r in requests}))]
-                                       if requests else [])],
+                                     generations.build_add_request(sorted({r.partition_key for r in requests}))]
+        if requests else [],
         asset_events=[_round_event(progress, record)] if progress.changed or requests else [])
 
 
