@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .images import MAX_IMAGE_PIXELS
 from .retention import RetentionPolicy
+from .rounds.comp2_llm import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, LlmConfig
 from .rounds.source import DEFAULT_BASE as ROUNDS_SOURCE
 from .rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK
 from .sn17.validators import ValidatorPolicy
@@ -77,6 +78,13 @@ class Settings:
     """THREEGEN_SECONDS_PER_BLOCK: how long a chain block lasts, to turn the round's deadline block into a time."""
     round_margin_s: float = ROUND_MARGIN_S
     """THREEGEN_ROUND_MARGIN_S: seconds taken off the deadline for the state repository's delay in announcing a round."""
+    comp2_backend: str = "embedded"
+    """THREEGEN_COMP2_BACKEND: what writes comp 2 modules: 'embedded' (the mesh, encoded) or 'llm' (a code model)."""
+    comp2_llm: LlmConfig | None = None
+    """THREEGEN_COMP2_LLM_URL (OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1), _MODEL, _KEY (never
+    shown), _ATTEMPTS, _TIMEOUT, _IMAGE (0: a text-only model); None when no URL is set."""
+    chromium: str | None = None
+    """THREEGEN_CHROMIUM: the Chromium the judge-style renders use; unset: Debian's /usr/bin/chromium."""
 
     @property
     def worker_urls(self) -> tuple[str, ...]:
@@ -147,6 +155,9 @@ class Settings:
             competition=competition(env),
             seconds_per_block=positive(env, "THREEGEN_SECONDS_PER_BLOCK", SECONDS_PER_BLOCK, float),
             round_margin_s=number("THREEGEN_ROUND_MARGIN_S", ROUND_MARGIN_S, float),
+            comp2_backend=comp2_backend(env),
+            comp2_llm=comp2_llm(env),
+            chromium=env.get("THREEGEN_CHROMIUM") or None,
         )
 
 
@@ -236,6 +247,30 @@ def competition(env: Mapping[str, str]) -> int:
     if raw and raw not in ("0", "1", "2"):
         raise SettingsError(f"THREEGEN_COMPETITION={raw!r}: 0 (gaussian splats), 1 (meshes) or 2 (three.js modules)")
     return int(raw) if raw else COMPETITION
+
+
+def comp2_backend(env: Mapping[str, str]) -> str:
+    backend = env.get("THREEGEN_COMP2_BACKEND", "") or "embedded"
+    if backend not in ("embedded", "llm"):
+        raise SettingsError(f"THREEGEN_COMP2_BACKEND={backend!r}: 'embedded' or 'llm'")
+    if backend == "llm" and not env.get("THREEGEN_COMP2_LLM_URL"):
+        raise SettingsError("THREEGEN_COMP2_BACKEND=llm needs THREEGEN_COMP2_LLM_URL (and THREEGEN_COMP2_LLM_MODEL)")
+    return backend
+
+
+def comp2_llm(env: Mapping[str, str]) -> LlmConfig | None:
+    """The code model's settings; the key is read here and kept only in the LlmConfig (never in its repr)."""
+    url = env.get("THREEGEN_COMP2_LLM_URL", "")
+    if not url:
+        return None
+    try:
+        return LlmConfig(base_url=url.rstrip("/"), model=env.get("THREEGEN_COMP2_LLM_MODEL", ""),
+                         api_key=env.get("THREEGEN_COMP2_LLM_KEY", ""),
+                         attempts=int(positive(env, "THREEGEN_COMP2_LLM_ATTEMPTS", DEFAULT_ATTEMPTS, int)),
+                         timeout_s=positive(env, "THREEGEN_COMP2_LLM_TIMEOUT", DEFAULT_TIMEOUT_S, float),
+                         send_image=env.get("THREEGEN_COMP2_LLM_IMAGE", "1").lower() not in ("0", "false", "no"))
+    except ValueError as exc:
+        raise SettingsError(f"THREEGEN_COMP2_LLM_*: {exc}") from None
 
 
 def image_pixel_limit(env: Mapping[str, str] | None = None) -> int:
