@@ -13,8 +13,8 @@ import pandas as pd
 
 from .keys import MAX_IMAGE_BYTES, Prompt, PromptError
 from .search import (
-    DEFAULT_LIMIT, MAX_LIMIT, STATUSES, EmbeddingCache, SearchError, SearchQuery, catalog_rows, image_search,
-    model_tag, search,
+    DEFAULT_LIMIT, MAX_LIMIT, STATUSES, EmbeddingCache, SearchError, SearchQuery, image_search,
+    load_rows, model_tag, search,
 )
 from .settings import Settings
 from .stores import OpenedStore
@@ -101,13 +101,13 @@ def run_image_search(opened: OpenedStore, settings: Settings, rows: list[dict], 
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from .catalog import build_catalog, markdown_table
+    from .catalog import markdown_table
 
     query = query_of(args)
     image = query_image(args.image, settings) if args.image else None
     opened = OpenedStore.from_settings(settings)
     snapshot = opened.artifacts().snapshot()  # read once: the catalog and the prompt images' hashes
-    rows = catalog_rows(build_catalog(opened.artifacts(), opened.ledger(), snapshot))
+    rows = load_rows(opened.artifacts(), opened.ledger(), snapshot)
     problems: list[str] = []
     if image is not None:
         shown, total = run_image_search(opened, settings, rows, snapshot.manifests, image, query, problems)

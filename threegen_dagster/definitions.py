@@ -9,6 +9,7 @@ import dagster as dg
 
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
+from .defs import search  # the search_generations job (its config: a search)
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
     ScoreResource,
@@ -27,7 +28,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
                 *rounds.ASSETS],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
-              requests.request_generations, removal.remove_generations_job],
+              requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
                  sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],

@@ -135,6 +135,14 @@ def catalog_rows(frame: pd.DataFrame) -> list[dict]:
     return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
 
 
+def load_rows(artifacts, ledger, snapshot=None) -> list[dict]:
+    """Every generation's catalog row, newest first: what ``threegen search``, the viewer server and
+    the UI's search job search (``snapshot``: ``artifacts.snapshot()`` when the caller has it)."""
+    from .catalog import build_catalog
+
+    return catalog_rows(build_catalog(artifacts, ledger, snapshot))
+
+
 @dataclass(frozen=True)
 class Page:
     rows: list[dict]

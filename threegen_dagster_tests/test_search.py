@@ -203,3 +203,38 @@ def test_image_search_ranks_by_similarity_and_caches_embeddings(made, tiny_score
     assert again.returncode == 0 and again.stderr == ""
     assert [(g["key"], g["similarity"]) for g in json.loads(again.stdout)["generations"]] == \
         [(keys["a red ceramic mug"], dict(ranked)[keys["a red ceramic mug"]])]
+
+
+def _search_run(root: Path, **config):
+    import dagster as dg
+
+    from threegen_dagster.definitions import build_definitions
+    from threegen_dagster.settings import Settings
+
+    job = build_definitions(Settings(store=str(root), inbox=root.parent / "inbox")).resolve_job_def("search_generations")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        run_config={"ops": {"find_generations": {"config": config}}})
+    outputs = [e.event_specific_data.metadata for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    failures = [e.event_specific_data.error_display_string for e in result.all_events if e.is_step_failure]
+    return result.success, outputs, failures
+
+
+def test_the_ui_search_job_shows_the_matches_as_metadata(made) -> None:
+    root, keys = made
+    ok, outputs, _ = _search_run(root, text="cup", min_score=0.1)
+    meta = outputs[0]
+    assert ok and meta["matches"].value == 1 and meta["keys"].value == [keys["a blue cup"]]
+    table = meta["generations"].value.splitlines()
+    assert table[0] == "| key | prompt | seed | status | score | created | viewer |"
+    assert table[2] == (f"| {keys['a blue cup']} | a blue cup | 2 | below threshold | 0.42 | 2026-11-15 12:00:00 | "
+                        f"[open](http://127.0.0.1:8770/g/{keys['a blue cup']}) |")
+    ok, outputs, _ = _search_run(root, status="pending", limit=1)
+    assert outputs[0]["generations"].value.count("\n") == 2 and outputs[0]["matches"].value == 1
+    ok, outputs, failures = _search_run(root, since="soon")
+    assert not ok and not outputs and "search: since 'soon': use a date or date-time" in failures[0]
+
+
+def test_the_ui_search_job_refuses_out_of_range_config(made) -> None:
+    ok, outputs, failures = _search_run(made[0], max_score=2.0)
+    assert not ok and not outputs and "max_score" in failures[0] and "less than or equal to 1" in failures[0]

@@ -36,7 +36,7 @@ from ..artifacts import CONTENT_TYPES, EXTENSIONS, ArtifactStore
 from ..catalog import STAGES, build_catalog, statuses
 from ..keys import is_generation_key
 from ..ledger import Ledger, UnknownGeneration
-from ..search import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, MAX_TEXT_CHARS, SearchError, SearchQuery, catalog_rows, \
+from ..search import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, MAX_TEXT_CHARS, SearchError, SearchQuery, load_rows, \
     search
 from ..storage import StorageError
 from ..worker_http import LOOPBACK, DeadlineH11, hostname
@@ -126,7 +126,7 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
         return JSONResponse({"error": str(exc)}, status_code=status, headers=_HEADERS)
 
     def catalog() -> list[dict]:
-        return catalog_rows(build_catalog(artifacts, ledger))
+        return load_rows(artifacts, ledger)
 
     @app.exception_handler(SearchError)
     async def _bad_search(request: Request, exc: SearchError) -> JSONResponse:
