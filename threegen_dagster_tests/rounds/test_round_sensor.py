@@ -39,8 +39,11 @@ def served(tmp_path):
 
 
 def tick(instance, tmp_path, url, **options):
-    store = StoreResource.from_settings(Settings(store=str(tmp_path / "store"), inbox=tmp_path / "inbox"))
-    resources = {"store": store,
+    """One evaluation with the project's resources (a store in tmp_path), the round state at ``url``."""
+    from threegen_dagster.definitions import build_definitions
+
+    settings = Settings(store=str(tmp_path / "store"), inbox=tmp_path / "inbox")
+    resources = {**build_definitions(settings).resources,
                  "round_state": RoundsResource(source=url, tries=1, **options)}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         return sn17_round_sensor(context)
