@@ -20,7 +20,7 @@ from ..rounds.source import DEFAULT_BASE, RoundSource
 from ..rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK, iso
 from ..splats import GaussianCloud
 from .generation import describe, generations
-from .resources import SplatResource, StoreResource
+from .resources import SplatResource, StoreResource, gpu_tagged
 
 GROUP = "sn17_rounds"
 TAG_ROUND, TAG_STEM, TAG_COMP = "threegen/round", "threegen/stem", "threegen/competition"
@@ -194,7 +194,7 @@ def sn17_round_sensor(context: dg.SensorEvaluationContext, store: StoreResource,
                      f"{len(record['stems'])} prompts registered, {len(progress.given_up)} given up, "
                      f"{progress.untried} left for the next ticks; deadline {record['deadline']}")
     return dg.SensorResult(
-        run_requests=requests,
+        run_requests=gpu_tagged(requests),
         dynamic_partitions_requests=[rounds.build_add_request([str(number)]),
                                      generations.build_add_request(sorted({r.partition_key for r in requests}))]
         if requests else [],

@@ -19,7 +19,7 @@ from ..sn17.validators import ValidatorBook, records_table
 from ..storage import StorageError
 from ..tasks import TaskError
 from .generation import generate_job, generations
-from .resources import ScoreResource, SN17Resource, StoreResource, ValidatorPolicyResource
+from .resources import ScoreResource, SN17Resource, StoreResource, ValidatorPolicyResource, gpu_tagged
 
 TAG_TASK = "threegen/task_id"
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -162,7 +162,7 @@ def sn17_task_sensor(context: dg.SensorEvaluationContext, store: StoreResource, 
     if requests or troubled:
         context.log.info(f"sn17: {len(requests)} run(s) for {len({r.tags[TAG_TASK] for r in requests})} task(s), "
                          f"{troubled} task(s) in trouble (see above)")
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=[
+    return dg.SensorResult(run_requests=gpu_tagged(requests), dynamic_partitions_requests=[
         generations.build_add_request(keys)] if keys else [])
 
 
