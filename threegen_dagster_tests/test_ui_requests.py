@@ -292,3 +292,15 @@ def test_a_readable_entry_altered_in_the_store_is_refused(world, tmp_path) -> No
     path.write_text(path.read_text().replace('"a blue vase"', '"a red vase"'))
     with pytest.raises(CorruptRecord, match=r"its prompt and seed do not hash to its key a-blue-vase-s3"):
         ledger.get("a-blue-vase-s3")
+
+
+def test_a_request_that_fails_midway_undoes_what_it_registered(world, tmp_path) -> None:
+    _, defs, instance, ledger = world
+    second = generation_key(Prompt.from_text("a table"), 1)
+    (tmp_path / "store" / "ledger" / f"{second}.json").mkdir(parents=True)  # its entry cannot be read or written
+    result = request(defs, instance, prompts=["a chair", "a table"], seeds=[1])
+    assert not result.success
+    message = failure_line(result)
+    assert message.startswith("request not registered (undone): ") and second in message, message
+    assert instance.get_dynamic_partitions("generations") == []  # "a chair" was registered, then undone
+    assert ledger.find(generation_key(Prompt.from_text("a chair"), 1)) is None
