@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 
 # The Dagster instance (runs, event log) lives in .dagster/, artifacts in artifacts/.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
+UI_PORT ?= 3000
 
 setup: $(STAMP)
 
@@ -22,9 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/threegen generate "a wooden chair" --seed 42 --out demo
 	@echo "See the run and its assets in the UI: make ui, then open http://127.0.0.1:3000"
 
+# `dg dev` (Dagster's webserver and daemon for the [tool.dg] project) from the project's venv, activated
 ui: $(STAMP)
 	$(PY) -m threegen_dagster.defs.instance >/dev/null
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg dev -h 127.0.0.1 -p $(UI_PORT)
 
 test: $(STAMP)
 	@# PostgreSQL for the instance tests (Debian's package); the tests start their own server and stop it

@@ -13,6 +13,7 @@ from .artifacts import EXTENSIONS, ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
 from .cli_batch import with_seeds
+from .cli_launch import add_parser as add_launch
 from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .cli_remove import add_parser as add_remove
@@ -75,6 +76,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     entry, new = register(_prompt(args), args.seed, "cli", settings, get_instance())
     if args.json:
         print(json.dumps({"key": entry.key, "new": new}))
+    elif args.quiet:  # the key alone, for scripts: key=$(threegen add "..." --seed 1 --quiet)
+        print(entry.key)
     else:
         print(f"{'registered' if new else 'already registered'}: {entry.key}")
     return 0
@@ -323,12 +326,14 @@ def parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=with_seeds(cmd_generate))
     add = sub.add_parser("add", help="only register (prompt, seed) as a partition")
     prompt_args(add)
+    add.add_argument("-q", "--quiet", action="store_true", help="print only the key")
     add.set_defaults(run=with_seeds(cmd_add))
     keep = sub.add_parser("keep", help="protect a generation from retention (or --off)")
     keep.add_argument("key")
     keep.add_argument("--off", action="store_true")
     keep.set_defaults(run=cmd_keep)
     add_remove(sub)  # threegen remove (cli_remove.py)
+    add_launch(sub)  # threegen launch (cli_launch.py)
     cat = sub.add_parser("catalog", help="list generations with status and score")
     cat.add_argument("--json", action="store_true")
     cat.set_defaults(run=cmd_catalog)

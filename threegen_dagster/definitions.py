@@ -9,6 +9,7 @@ import dagster as dg
 
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
+from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
 from .defs import search  # the search_generations job (its config: a search)
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (

@@ -27,6 +27,8 @@ def ensure_home(home: Path | None = None) -> Path:
     home = Path(home or os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
+    if config.is_symlink() and not config.exists():  # a link to where the file was before (the repository root)
+        config.unlink()
     if not config.exists():
         if PROJECT_YAML.exists():
             config.symlink_to(os.path.relpath(PROJECT_YAML, home))

@@ -339,7 +339,9 @@ def _settle_attempt(context, queue: TaskQueue, ledger, entry: dict, submit_timeo
         context.log.error(f"sn17: task {entry['task_id']} failed: {fail_unknown(queue, ledger, entry, why)}")
 
 
-@dg.sensor(job=submit, minimum_interval_seconds=5, default_status=dg.DefaultSensorStatus.RUNNING,
+# the job by name: a job object here makes Definitions copy the sensor to bind its resources, and that
+# copy passes `owners=[]`, which Dagster 1.13 reports as a BetaWarning on every load
+@dg.sensor(job_name="submit", minimum_interval_seconds=5, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Launches the submission of an SN17 task once every variant's run has finished; "
                        "fails a task whose submission ended without an outcome")
 def sn17_submission_sensor(context: dg.SensorEvaluationContext, store: StoreResource, sn17: SN17Resource):
