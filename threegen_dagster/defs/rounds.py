@@ -28,6 +28,25 @@ TAG_DEADLINE, TAG_DEADLINE_BLOCK = "threegen/round_deadline", "threegen/round_de
 rounds = dg.DynamicPartitionsDefinition(name="sn17_rounds")
 
 
+class Comp2Rules(dg.Config):
+    """The numbers the comp 2 check enforces (defaults: ``Comp2Limits``, as SN17-NOW.md gives today's rules);
+    change them here, without a release, when the live rules change."""
+
+    file_bytes: int = Field(Comp2Limits.file_bytes, ge=1)
+    literal_bytes: int = Field(Comp2Limits.literal_bytes, ge=0)
+    vertices: int = Field(Comp2Limits.vertices, ge=1)
+    draw_calls: int = Field(Comp2Limits.draw_calls, ge=1)
+    depth: int = Field(Comp2Limits.depth, ge=1)
+    instances: int = Field(Comp2Limits.instances, ge=0)
+    texture_bytes: int = Field(Comp2Limits.texture_bytes, ge=0)
+    time_s: float = Field(Comp2Limits.time_s, gt=0)
+    heap_mb: int = Field(Comp2Limits.heap_mb, ge=16)
+    bound: float = Field(Comp2Limits.bound, gt=0)
+
+    def limits(self) -> Comp2Limits:
+        return Comp2Limits(**self.model_dump())
+
+
 class RoundsResource(dg.ConfigurableResource):
     """Where the round state is read and how every read and prompt image is bounded; which competition."""
 
@@ -44,6 +63,7 @@ class RoundsResource(dg.ConfigurableResource):
     prompts_per_tick: int = Field(32, ge=1, description="Prompts fetched per tick (a tick stays short)")
     fetch_workers: int = Field(8, ge=1, le=64, description="Prompt images fetched at once")
     prompt_tries: int = Field(3, ge=1, description="Ticks a prompt is tried before it is given up")
+    comp2_rules: Comp2Rules = Field(default_factory=Comp2Rules, description="The limits the comp 2 check enforces")
 
     @classmethod
     def from_settings(cls, settings) -> "RoundsResource":
@@ -119,13 +139,13 @@ def comp1_mesh(context: dg.AssetExecutionContext, store: StoreResource, refined_
 @dg.asset(partitions_def=generations, group_name=GROUP, io_manager_key="artifacts", kinds={"javascript"},
           check_specs=[_spec(COMP2_CHECK, "comp2_module", "Every static and runtime rule of the threejs output "
                                                           "specification, run in Node with three@0.183.2")])
-def comp2_module(context: dg.AssetExecutionContext, store: StoreResource, refined_mesh):
+def comp2_module(context: dg.AssetExecutionContext, store: StoreResource, round_state: RoundsResource, refined_mesh):
     """Comp 2's output: ``{stem}.js``, a module whose ``generate(THREE)`` rebuilds the refined mesh."""
     from ..rounds.comp2_generate import generate_module  # the embedded generator (its own module)
 
     module = generate_module(refined_mesh)
     try:
-        verdict = check_module(module.data, Comp2Limits())
+        verdict = check_module(module.data, round_state.comp2_rules.limits())
     except CheckerError as exc:  # no verdict is never a pass
         raise dg.Failure(f"comp2_module: {exc}") from exc
     entry = store.ledger().get(context.partition_key)

@@ -41,6 +41,10 @@ def pipeline(tmp_path_factory):
             instance=instance, partition_key=key, run_config=QUIET, tags=tags,
             asset_selection=[dg.AssetKey(name)], raise_on_error=False)
             for n, name in ((1, "comp1_mesh"), (2, "comp2_module"))}
+        tight = {**QUIET, "resources": {"round_state": {"config": {"comp2_rules": {"vertices": 100}}}}}
+        later["comp2_tight"] = definitions.resolve_job_def("sn17_comp2").execute_in_process(
+            instance=instance, partition_key=key, run_config=tight, asset_selection=[dg.AssetKey("comp2_module")],
+            raise_on_error=False)
         yield store, key, {0: comp0, **later}
 
 
@@ -120,3 +124,12 @@ def test_comp1_rules(pipeline):
     assert check_comp1(good, max_bytes=len(good) - 1).rules == ["GLB_SIZE_EXCEEDED"]
     assert check_comp1(good[:200]).rules == ["GLB_UNREADABLE"]
     assert check_comp1(json.dumps({"asset": 1}).encode()).rules == ["GLB_UNREADABLE"]
+
+
+def test_the_comp2_limits_are_configurable_and_block(pipeline):
+    """The same module against a vertex limit of 100 (the resource's comp2_rules, set in the run config)."""
+    _, _, results = pipeline
+    verdict = _verdict(results["comp2_tight"], "comp2_rules")
+    assert not verdict.passed and verdict.metadata["rules_failed"].value == "VERTEX_LIMIT_EXCEEDED"
+    assert "(limit 100)" in verdict.metadata["failures"].value
+    assert not results["comp2_tight"].success
