@@ -26,6 +26,7 @@ from typing import Annotated, NamedTuple
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from .changes import mark_changed
 from .records import (Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size, corrupt, named_shas,
                       parse, read_each)
 from .storage import Conflict, ObjectInfo, Store, StorageError
@@ -256,6 +257,8 @@ class ArtifactStore:
         self._outlive_collection({blob.sha256: (data, fmt), **{ref["sha256"]: (extras[ext], ext)
                                                                 for ext, ref in extra_refs.items()}})
         self._known[(key, asset)] = manifest
+        if key is not None:  # after the version: the catalog index recomputes this generation
+            mark_changed(self.store, [key])
         return manifest
 
     def _outlive_collection(self, payloads: dict[str, tuple[bytes, str]]) -> None:

@@ -1,18 +1,22 @@
 """The generation catalog: one row per ledger entry, read from the store (the store is the truth,
 not Dagster's materialization status); a ledger entry that cannot be read is a row with status
-"unreadable" saying why, and every other row is unaffected. No Dagster imports."""
+"unreadable" saying why, and every other row is unaffected. ``build_catalog`` reads the whole store;
+the catalog index (``catalog_index.py``) keeps the same rows up to date one generation at a time.
+No Dagster imports; pandas only where a DataFrame is asked for."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from datetime import datetime, timezone
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .artifacts import ArtifactStore, Manifest, Snapshot
 from .ledger import Generation, Ledger, key_of
 from .records import CorruptRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAGES = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat",
           "compressed_splat", "validation_score")
@@ -63,11 +67,18 @@ def unreadable_row(error: CorruptRecord) -> dict:
 
 
 def build_catalog(artifacts: ArtifactStore, ledger: Ledger, snapshot: Snapshot | None = None) -> pd.DataFrame:
-    """``snapshot``: ``artifacts.snapshot()`` when the caller has read it already. Versions that
-    cannot be read are left out (``snapshot.unreadable`` lists them)."""
+    """The catalog from a full scan of the store. ``snapshot``: ``artifacts.snapshot()`` when the
+    caller has read it already. Versions that cannot be read are left out (``snapshot.unreadable``
+    lists them)."""
     manifests, blob_files, _ = snapshot or artifacts.snapshot()
     latest, blobs, bad = latest_manifests(manifests), set(blob_files), []
     rows = [catalog_row(entry, latest, blobs) for entry in ledger.all(bad)] + [unreadable_row(e) for e in bad]
+    return to_frame(rows)
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -76,15 +87,17 @@ def statuses(frame: pd.DataFrame) -> dict[str, str]:
     return {row.key: row.status.split(" (")[0] for row in frame.itertuples()}
 
 
-def markdown_table(frame: pd.DataFrame, columns: tuple[str, ...] = ("key", "prompt", "seed", "status", "score",
-                                                                    "gaussians", "total_seconds")) -> str:
-    """A small markdown table for the UI (no extra dependency)."""
-    if frame.empty:
+def markdown_table(frame: pd.DataFrame | list[dict], columns: tuple[str, ...] = (
+        "key", "prompt", "seed", "status", "score", "gaussians", "total_seconds")) -> str:
+    """A small markdown table for the UI (no extra dependency): of a DataFrame, or of rows (dicts)."""
+    records = frame.to_dict("records") if hasattr(frame, "to_dict") else list(frame)
+    if not records:
         return "(no generations yet)"
-    cols = [c for c in columns if c in frame.columns]
+    present = frame.columns if hasattr(frame, "columns") else {c for r in records for c in r}
+    cols = [c for c in columns if c in present]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame[cols].iterrows():
-        rows.append("| " + " | ".join(md_cell(row[c]) for c in cols) + " |")
+    for row in records:
+        rows.append("| " + " | ".join(md_cell(row.get(c)) for c in cols) + " |")
     return "\n".join(rows)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from .artifacts import EXTENSIONS, ArtifactStore
 from .backends.gpu import BackendError
 from .catalog import STAGES
-from .cli_batch import with_seeds
 from .cli_launch import add_parser as add_launch
+from .cli_batch import with_seeds
 from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .cli_remove import add_parser as add_remove
@@ -90,13 +90,18 @@ def cmd_keep(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
-    from .catalog import build_catalog, markdown_table
+    from .catalog import markdown_table, to_frame
+    from .catalog_index import CatalogIndex
 
     store = OpenedStore.from_settings(settings)
-    snapshot = store.artifacts().snapshot()
-    frame = build_catalog(store.artifacts(), store.ledger(), snapshot)
+    index = CatalogIndex(store.artifacts(), store.ledger())  # kept up to date per generation (catalog_index.py)
+    if args.rebuild:
+        index.rebuild()
+    entries = index.entries()
+    frame = to_frame([entry["row"] for entry in entries])
     print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
-    _warn(snapshot.unreadable + [row.prompt for row in frame.itertuples() if row.status == "unreadable"])
+    _warn([line for entry in entries for line in entry["unreadable"]]
+          + [row.prompt for row in frame.itertuples() if row.status == "unreadable"])
     return 0
 
 
@@ -164,20 +169,20 @@ def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from .catalog import build_catalog, statuses
+    from .catalog_index import store_stats
 
     store = OpenedStore.from_settings(settings)
-    artifacts = store.artifacts()
-    snapshot = artifacts.snapshot()
-    totals = artifacts.stats(statuses(build_catalog(artifacts, store.ledger(), snapshot)), snapshot)
+    totals = store_stats(store.artifacts(), store.ledger(), full=args.full)  # the index; --full: every record and blob
     if args.json:
         print(json.dumps(totals, indent=1))
         return 0
     ratio = f"{totals['dedup_ratio']:.2f}x" if totals["dedup_ratio"] else "n/a"
     print(f"store {totals['store']}: {totals['generations']} generations, {totals['versions']} versions, "
           f"{totals['blobs']} blobs")
+    unreferenced = (f"{totals['unreferenced_blobs']} unreferenced blobs ({totals['unreferenced_bytes']:,} bytes)"
+                    if totals["unreferenced_blobs"] is not None else "unreferenced blobs: see --full")
     print(f"  {totals['logical_bytes']:,} bytes referenced, {totals['stored_bytes']:,} stored; de-duplication {ratio}; "
-          f"{totals['unreferenced_blobs']} unreferenced blobs ({totals['unreferenced_bytes']:,} bytes)"
+          f"{unreferenced}"
           + (f"; {totals['missing_blobs']} MISSING blobs" if totals["missing_blobs"] else ""))
     if totals["unreadable_records"]:
         print(f"  {len(totals['unreadable_records'])} bad record(s) skipped (not counted above):")
@@ -336,6 +341,7 @@ def parser() -> argparse.ArgumentParser:
     add_launch(sub)  # threegen launch (cli_launch.py)
     cat = sub.add_parser("catalog", help="list generations with status and score")
     cat.add_argument("--json", action="store_true")
+    cat.add_argument("--rebuild", action="store_true", help="recompute every row from the store first")
     cat.set_defaults(run=cmd_catalog)
     ver = sub.add_parser("versions", help="list the stored versions of a generation's assets")
     ver.add_argument("key")
@@ -376,6 +382,7 @@ def parser() -> argparse.ArgumentParser:
     add_search(sub)  # threegen search (cli_search.py)
     stats = sub.add_parser("stats", help="counts, bytes and de-duplication, by asset and status")
     stats.add_argument("--json", action="store_true")
+    stats.add_argument("--full", action="store_true", help="scan every record and blob (also counts unreferenced blobs)")
     stats.set_defaults(run=cmd_stats)
     return p
 

@@ -9,8 +9,8 @@ import dagster as dg
 
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
-from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
 from .defs import search  # the search_generations job (its config: a search)
+from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
     ScoreResource,
@@ -30,7 +30,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 *rounds.ASSETS],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               requests.request_generations, removal.remove_generations_job, search.search_job],
-        sensors=[inbox.inbox_sensor, catalog.catalog_after_generation, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
+        sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
                  sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],
         schedules=[retention.cleanup_schedule(settings.retention)],

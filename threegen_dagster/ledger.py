@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, TypeAdapter
 
+from .changes import mark_changed
 from .keys import (MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_error, key_fits,
                    parse_readable_key, seed_of)
 from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse, read_each

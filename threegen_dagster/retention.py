@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from .artifacts import ArtifactStore, Manifest
 from .blob_gc import collect
+from .changes import mark_changed
 from .ledger import Generation, Ledger, key_of
 from .records import CorruptRecord
 
@@ -154,6 +155,7 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
             record_bytes += store.delete(m.path)
         for m in plan.slim:
             store.write(m.path, replace(m, pruned_at=now).to_json(), content_type="application/json")
+        mark_changed(store, {*plan.remove, *(m.key for m in [*plan.drop, *plan.slim] if m.key)})  # catalog index
     else:
         for key in plan.remove:
             record_bytes += sum(i.size for i in store.list(f"generations/{key}")) + ledger.entry_bytes(key)

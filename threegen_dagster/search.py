@@ -138,8 +138,11 @@ def catalog_rows(frame: pd.DataFrame) -> list[dict]:
 def load_rows(artifacts, ledger, snapshot=None) -> list[dict]:
     """Every generation's catalog row, newest first: what ``threegen search``, the viewer server and
     the UI's search job search (``snapshot``: ``artifacts.snapshot()`` when the caller has it)."""
-    from .catalog import build_catalog
+    from .catalog import build_catalog, to_frame
+    from .catalog_index import CatalogIndex
 
+    if snapshot is None:  # the catalog index: no read of the whole store (catalog_index.py)
+        return catalog_rows(to_frame(CatalogIndex(artifacts, ledger).rows()))
     return catalog_rows(build_catalog(artifacts, ledger, snapshot))
 
 

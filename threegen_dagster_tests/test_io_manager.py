@@ -1,5 +1,5 @@
 """The I/O manager, driven through Dagster's own contexts: each asset's value stored as its file
-format and loaded back equal; a second write is a new version; the catalog sensor's request."""
+format and loaded back equal; a second write is a new version (the catalog sensors: test_catalog_incremental.py)."""
 
 import json
 
@@ -11,7 +11,6 @@ import trimesh
 from PIL import Image
 
 from threegen_dagster.artifacts import ArtifactStore
-from threegen_dagster.defs.catalog import catalog_after_generation
 from threegen_dagster.defs.generation import generations
 from threegen_dagster.defs.io_manager import FORMATS, ArtifactIOManager
 from threegen_dagster.defs.resources import StoreResource
@@ -89,20 +88,3 @@ def test_an_asset_without_a_format_is_refused(tmp_path) -> None:
         with pytest.raises(dg.DagsterInvariantViolationError, match=r"no file format for asset 'paint'"):
             manager.handle_output(out, b"x")
 
-
-def test_the_catalog_refreshes_after_each_successful_generation() -> None:
-    @dg.op
-    def stage() -> None: ...
-
-    @dg.job(name="generate")  # a finished run of a job by that name; the daemon matches monitored_jobs
-    def finished() -> None:
-        stage()
-
-    with dg.instance_for_test() as instance:
-        result = finished.execute_in_process(instance=instance)
-        success = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
-        context = dg.build_run_status_sensor_context(
-            sensor_name=catalog_after_generation.name, dagster_event=success[0].event_log_entry.dagster_event,
-            dagster_instance=instance, dagster_run=instance.get_run_by_id(result.run_id))
-        request = catalog_after_generation(context)
-    assert isinstance(request, dg.RunRequest) and request.run_key == f"catalog-after-{result.run_id}"

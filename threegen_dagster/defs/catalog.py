@@ -1,32 +1,71 @@
 """Room ``catalog``: the unpartitioned tables of what the store holds (generations; SN17's validators
-and submissions, whose assets live in the ``sn17`` room), the job that refreshes them and the sensor
-that runs it after every successful generation."""
+and submissions, whose assets live in the ``sn17`` room), the job that refreshes them, and the sensors
+that refresh the generation catalog after every run that wrote a generation's assets, whoever
+launched it (the ``generate`` job, the UI's asset runs, ``dg launch``, a sensor's run).
+
+The generation catalog is the catalog index in the store (``catalog_index.py``): a refresh recomputes
+the generations the run touched and those the change journal names, so its cost follows the run, not
+the store. Two run-status sensors (success and failure: a blocking score check that fails fails the
+run after the score is stored) watch every job of this code location and ask the run's own event log
+which generation partitions it materialized; that query is bounded by the run, and each tick only
+sees the runs that finished since the last one. (An automation condition on the catalog would be
+evaluated against every partition of its dynamic upstream on every tick, and could not say which
+generations changed.)"""
 
 
 import dagster as dg
-import pandas as pd
+from pydantic import Field
 
-from ..catalog import build_catalog, markdown_table, statuses
-from .generation import generate_job
+from ..catalog import markdown_table
+from ..catalog_index import CatalogIndex
+from .generation import validation_score
 from .resources import StoreResource
 from .sn17 import sn17_submissions, validator_records
 
+CATALOG = dg.AssetKey("generation_catalog")
+INLINE_TAG = "threegen/catalog"  # "inline": the launcher refreshed the catalog itself (threegen generate)
+MAX_KEYS = 1000  # a run that touched more generations than this is followed by a full reconcile instead
 
-@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def generation_catalog(store: StoreResource) -> dg.Output[pd.DataFrame]:
-    """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score."""
-    artifacts = store.artifacts()
-    snapshot = artifacts.snapshot()  # one read of every version and blob serves both views
-    frame = build_catalog(artifacts, store.ledger(), snapshot)
-    totals = artifacts.stats(statuses(frame), snapshot)
-    return dg.Output(frame, metadata={
-        "generations": len(frame),
-        "complete": int((frame["status"] == "complete").sum()) if len(frame) else 0,
-        "store": totals["store"], "versions": totals["versions"], "blobs": totals["blobs"],
-        "stored_bytes": totals["stored_bytes"], "logical_bytes": totals["logical_bytes"],
-        "dedup_ratio": totals["dedup_ratio"] or 0.0,
-        "unreadable_records": "\n".join(totals["unreadable_records"][:50]) or "none",  # skipped, named
-        "preview": dg.MetadataValue.md(markdown_table(frame.head(25))),
+
+class CatalogRefresh(dg.Config):
+    keys: list[str] = Field(default_factory=list, description="Generations to recompute, besides those the change "
+                            "journal names and those materialized earlier in this run")
+    full: bool = Field(False, description="Recompute every generation from the store (reads the whole store)")
+
+
+def touched(instance: dg.DagsterInstance, run_id: str) -> tuple[set[str], bool]:
+    """The generation partitions run ``run_id`` materialized, and whether it materialized the catalog;
+    from that run's own event records (paged), so the cost is the run's, not the history's."""
+    keys, catalog, cursor = set(), False, None
+    while True:
+        page = instance.get_records_for_run(run_id, cursor=cursor, limit=1000,
+                                            of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        for record in page.records:
+            event = record.event_log_entry.dagster_event
+            if event.asset_key == CATALOG:
+                catalog = True
+            elif event.partition:
+                keys.add(event.partition)
+        if not page.has_more:
+            return keys, catalog
+        cursor = page.cursor
+
+
+@dg.asset(group_name="catalog", kinds={"json"}, deps=[validation_score], io_manager_key="artifacts")
+def generation_catalog(context: dg.AssetExecutionContext, config: CatalogRefresh,
+                       store: StoreResource) -> dg.MaterializeResult:
+    """Every generation in the store: prompt, seed, status, per-stage seconds, sizes, gaussians, score
+    (``threegen catalog``; kept in the store's catalog index). A refresh recomputes the generations
+    that changed; ``full: true`` rebuilds every row."""
+    index = CatalogIndex(store.artifacts(), store.ledger())
+    done = index.rebuild() if config.full else index.refresh({*config.keys, *touched(context.instance,
+                                                                                        context.run.run_id)[0]})
+    statuses = [row.get("status", "") for row in done.rows]
+    return dg.MaterializeResult(metadata={
+        "refreshed": len(done.rows), "dropped": len(done.dropped), "full_rebuild": config.full,
+        "complete": statuses.count("complete"), "store": index.store.location,
+        "unreadable_records": "\n".join(done.unreadable[:50]) or "none",  # skipped, named
+        "rows": dg.MetadataValue.md(markdown_table(done.rows[:25])),
     })
 
 
@@ -35,8 +74,33 @@ catalog_job = dg.define_asset_job("refresh_catalog", selection=dg.AssetSelection
                                   executor_def=dg.in_process_executor)
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[generate_job],
-                      request_job=catalog_job, default_status=dg.DefaultSensorStatus.RUNNING,
-                      description="Refreshes the catalog after each successful generation")
+def _refresh_after(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    run = context.dagster_run
+    if run.tags.get(INLINE_TAG) == "inline":
+        return dg.SkipReason(f"run {run.run_id} refreshed the catalog itself")
+    keys, catalog = touched(context.instance, run.run_id)
+    if catalog or not keys:
+        return dg.SkipReason(f"run {run.run_id} " + ("refreshed the catalog itself" if catalog
+                                                      else "materialized no generation"))
+    config = {"keys": sorted(keys)} if len(keys) <= MAX_KEYS else {}  # the journal names them all anyway
+    return dg.RunRequest(run_key=f"catalog-after-{run.run_id}", asset_selection=[CATALOG],
+                         run_config={"ops": {"generation_catalog": {"config": config}}},
+                         tags={"threegen/after_run": run.run_id})
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, request_job=catalog_job,
+                      default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="Refreshes the catalog's rows of the generations a successful run materialized")
 def catalog_after_generation(context: dg.RunStatusSensorContext):
-    return dg.RunRequest(run_key=f"catalog-after-{context.dagster_run.run_id}")
+    return _refresh_after(context)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.FAILURE, request_job=catalog_job,
+                      default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="Refreshes the catalog's rows of the generations a failed run materialized "
+                                  "(a score below the threshold fails its run)")
+def catalog_after_failed_run(context: dg.RunStatusSensorContext):
+    return _refresh_after(context)
+
+
+SENSORS = [catalog_after_generation, catalog_after_failed_run]

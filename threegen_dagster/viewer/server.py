@@ -33,7 +33,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..artifacts import CONTENT_TYPES, EXTENSIONS, ArtifactStore
-from ..catalog import STAGES, build_catalog, statuses
+from ..catalog import STAGES
+from ..catalog_index import store_stats
 from ..keys import is_generation_key
 from ..ledger import Ledger, UnknownGeneration
 from ..search import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, MAX_TEXT_CHARS, SearchError, SearchQuery, load_rows, \
@@ -155,8 +156,7 @@ def make_app(artifacts: ArtifactStore, ledger: Ledger) -> ReadOnlyGuard:
 
     @get("/api/stats")
     def stats() -> JSONResponse:
-        snapshot = artifacts.snapshot()
-        totals = artifacts.stats(statuses(build_catalog(artifacts, ledger, snapshot)), snapshot)
+        totals = store_stats(artifacts, ledger)  # the catalog index, as `threegen stats --json`
         return JSONResponse(totals, headers=_HEADERS)
 
     @get("/g/{key}")

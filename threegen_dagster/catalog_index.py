@@ -1,0 +1,254 @@
+"""The catalog index: the generation catalog and the store statistics kept up to date one generation at
+a time, so that neither a refresh after a run nor ``threegen catalog`` / ``stats`` reads the whole store.
+
+Each generation has one entry: its catalog row (``catalog.catalog_row``) and what it adds to the
+statistics (versions and bytes by asset, the blobs its versions keep alive and which of them are
+missing, the records that could not be read). Entries live in 256 shard files in the store
+(``index/catalog/<xx>.json``, ``xx`` from the sha256 of the key), each replaced with a
+compare-and-swap, so concurrent refreshes never lose each other's rows and a refresh rewrites one
+small shard per generation it touched, whatever the size of the store.
+
+Which generations to recompute comes from the change journal (``changes.py``): every version
+written, pruned or dropped, and every keep mark, leaves a marker, so a refresh recomputes exactly
+the generations that changed. Reading the index reconciles it with the ledger's listing (names
+only): a generation registered but never indexed is computed, one removed is dropped. ``rebuild``
+recomputes every entry from the store (on demand: ``threegen catalog --rebuild``). What only a full
+scan can see (unreferenced blobs; a blob deleted behind the store's back) is ``ArtifactStore.stats``
+(``threegen stats --full``). No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import changes
+from .artifacts import _VERSION, ArtifactStore, Manifest, blob_path, scope
+from .catalog import catalog_row, latest_manifests, unreadable_row
+from .ledger import LEDGER, Ledger
+from .records import CorruptRecord, read_each
+from .storage import Conflict, StorageError
+
+INDEX = "index/catalog"
+FORMAT = 1
+
+
+def shard_path(key: str) -> str:
+    return f"{INDEX}/{hashlib.sha256(key.encode()).hexdigest()[:2]}.json"
+
+
+@dataclass
+class Refreshed:
+    """What one refresh did: the rows it wrote, the generations it dropped, the bad records it met."""
+
+    rows: list[dict] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+class CatalogIndex:
+    def __init__(self, artifacts: ArtifactStore, ledger: Ledger, threads: int | None = None) -> None:
+        self.artifacts, self.ledger, self.store = artifacts, ledger, artifacts.store
+        self.threads = threads or (1 if self.store.cheap_stat else 16)  # S3: round trips in parallel
+
+    # -- one generation ----------------------------------------------------------------------
+    def compute(self, key: str) -> dict:
+        """The entry of ``key`` from the store (its versions, its ledger entry, its blobs); its row is
+        None if the ledger does not know the key (the entry is then dropped from the index)."""
+        as_of = time.time()
+        try:
+            entry = self.ledger.find(key)
+            row = None
+        except CorruptRecord as exc:
+            entry, row = None, unreadable_row(exc)
+        files = [i for i in self.store.list(scope(key)) if _VERSION.search(i.path)]
+        bad: list[CorruptRecord] = []
+        found = self._map(lambda i: read_each(lambda x: self.artifacts.read_manifest(x.path, x.size), [i], bad),
+                          files)  # each file read on its own, so a bad one is collected, not raised
+        manifests = [m for one in found for m in one]
+        sizes = {sha: size for m in manifests for sha, size in _refs(m)}
+        present = dict(zip(sizes, self._map(lambda sha: self.store.exists(blob_path(sha)), list(sizes))))
+        if entry is not None:
+            row = catalog_row(entry, latest_manifests(manifests), {s for s, ok in present.items() if ok})
+        assets: dict[str, list] = {}
+        for m in manifests:
+            refs = m.blobs()
+            usage = assets.setdefault(m.asset, [0, 0, []])
+            usage[0] += 1
+            usage[1] += m.bytes if refs else 0
+            if refs and refs[0] not in usage[2]:
+                usage[2].append(refs[0])
+        return {"key": key, "as_of": as_of, "created_at": entry.created_at if entry else 0.0, "row": row,
+                "assets": assets, "extra_bytes": sum(size for m in manifests if m.pruned_at is None
+                                                     for size in (e["bytes"] for e in m.extras.values())),
+                "blobs": sizes, "missing": sorted(s for s, ok in present.items() if not ok),
+                "unreadable": [str(e) for e in bad]}
+
+    def _map(self, fn, items: list) -> list:
+        if self.threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(min(self.threads, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    # -- refresh -----------------------------------------------------------------------------
+    def refresh(self, keys: Iterable[str] = ()) -> Refreshed:
+        """Recompute ``keys`` and every generation the change journal names; then clear the markers
+        that were listed before the recomputation (later ones stay for the next refresh)."""
+        marked = changes.pending(self.store)
+        done = self._update(set(keys) | set(marked))
+        changes.clear(self.store, [path for paths in marked.values() for path in paths])
+        return done
+
+    def rebuild(self) -> Refreshed:
+        """Every entry recomputed from the store; entries the ledger no longer knows are dropped."""
+        marked = changes.pending(self.store)
+        indexed = {key for shard in self._shards() for key in shard}
+        done = self._update(self._ledger_keys() | indexed)
+        changes.clear(self.store, [path for paths in marked.values() for path in paths])
+        return done
+
+    def _update(self, keys: set[str]) -> Refreshed:
+        done = Refreshed()
+        computed = self._map(self.compute, sorted(keys))
+        by_shard: dict[str, dict[str, dict | None]] = defaultdict(dict)
+        for key, entry in zip(sorted(keys), computed):
+            done.unreadable += entry["unreadable"]
+            if entry["row"] is None:  # not (or no longer) in the ledger
+                by_shard[shard_path(key)][key] = None
+                done.dropped.append(key)
+            else:
+                by_shard[shard_path(key)][key] = entry
+                done.rows.append(entry["row"])
+        self._map(lambda item: self._merge(*item), list(by_shard.items()))
+        return done
+
+    def _merge(self, path: str, entries: dict[str, dict | None]) -> None:
+        """Put ``entries`` into the shard at ``path`` (None: drop the key) with a compare-and-swap;
+        an entry computed earlier than the one stored does not replace it."""
+        for attempt in range(50):
+            shard, tag = self._read_shard(path)
+            for key, entry in entries.items():
+                if entry is None:
+                    shard.pop(key, None)
+                elif key not in shard or shard[key].get("as_of", 0) <= entry["as_of"]:
+                    shard[key] = entry
+            body = json.dumps({"format": FORMAT, "entries": shard}, separators=(",", ":")).encode()
+            try:
+                self.store.write(path, body, if_absent=tag is None, if_match=tag, content_type="application/json")
+                return
+            except Conflict:
+                time.sleep(min(0.002 * 2 ** attempt, 0.1))
+        raise Conflict(errno.EAGAIN, f"{self.store.uri(path)}: still contended after 50 attempts")
+
+    def _read_shard(self, path: str) -> tuple[dict, str | None]:
+        try:
+            data, tag = self.store.read_tagged(path)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return {}, None
+        try:
+            shard = json.loads(data)
+            return (shard["entries"] if shard.get("format") == FORMAT else {}), tag
+        except (ValueError, KeyError, TypeError, AttributeError):  # a damaged shard is a cache: rebuilt
+            return {}, tag
+
+    def _shards(self) -> list[dict]:
+        paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
+        return [shard for shard, _ in self._map(self._read_shard, paths)]
+
+    def _ledger_keys(self) -> set[str]:
+        return {i.path[len(LEDGER) + 1:-5] for i in self.store.list(LEDGER)
+                if i.path.endswith(".json") and i.path.count("/") == 1}
+
+    # -- reading -----------------------------------------------------------------------------
+    def entries(self) -> list[dict]:
+        """Every generation's entry, oldest first: the index reconciled with the ledger's listing and
+        the change journal (new, changed, removed and unreadable generations are recomputed first)."""
+        indexed = {key: entry for shard in self._shards() for key, entry in shard.items()}
+        known = self._ledger_keys()
+        stale = {key for key, entry in indexed.items() if entry["row"].get("status") == "unreadable"}
+        redo = (known - set(indexed)) | (set(indexed) - known) | stale | set(changes.pending(self.store))
+        if redo:
+            self.refresh(redo)
+            indexed = {key: entry for shard in self._shards() for key, entry in shard.items()}
+        return sorted(indexed.values(), key=lambda e: (e["created_at"], e["key"]))
+
+    def rows(self) -> list[dict]:
+        return [entry["row"] for entry in self.entries()]
+
+    def stats(self) -> dict:
+        """``ArtifactStore.stats``'s figures from the index and the (small) catalog tables' versions.
+        Only blobs that versions refer to are counted: ``unreferenced_*`` are None (a full scan counts them)."""
+        entries = self.entries()
+        bad: list[CorruptRecord] = []
+        tables = self.artifacts._read_all([i for i in self.store.list("catalog") if _VERSION.search(i.path)], bad)
+        table_sizes = {sha: size for m in tables for sha, size in _refs(m)}
+        present = dict(zip(table_sizes, self._map(lambda s: self.store.exists(blob_path(s)), list(table_sizes))))
+        sizes, missing = dict(table_sizes), {s for s, ok in present.items() if not ok}
+        by_asset: dict[str, dict] = defaultdict(lambda: {"versions": 0, "logical_bytes": 0, "blobs": set()})
+        by_status: dict[str, dict] = defaultdict(lambda: {"generations": 0, "versions": 0, "logical_bytes": 0})
+        logical = 0
+
+        def add(status: str, asset: str, versions: int, nbytes: int, shas: list[str]) -> None:
+            row = by_asset[asset]
+            row["versions"] += versions
+            row["logical_bytes"] += nbytes
+            row["blobs"].update(shas)
+            by_status[status]["versions"] += versions
+            by_status[status]["logical_bytes"] += nbytes
+
+        for entry in entries:
+            status = entry["row"].get("status", "unknown").split(" (")[0]
+            if entry["assets"]:
+                by_status[status]["generations"] += 1
+            for asset, (versions, nbytes, shas) in entry["assets"].items():
+                add(status, asset, versions, nbytes, shas)
+                logical += nbytes
+            logical += entry["extra_bytes"]
+            sizes.update(entry["blobs"])
+            missing.update(entry["missing"])
+        for m in tables:
+            refs = m.blobs()
+            add("catalog", m.asset, 1, m.bytes if refs else 0, refs[:1])
+            logical += (m.bytes if refs else 0) + sum(e["bytes"] for e in m.extras.values() if refs)
+        if tables:
+            by_status["catalog"]["generations"] = 1
+        stored = {sha: size for sha, size in sizes.items() if sha not in missing}
+        referenced = sum(stored.values())
+        return {
+            "store": self.store.location, "source": "index",
+            "generations": sum(1 for e in entries if e["assets"]),
+            "versions": sum(row["versions"] for row in by_asset.values()),
+            "blobs": len(stored), "logical_bytes": logical, "stored_bytes": referenced,
+            "unreferenced_blobs": None, "unreferenced_bytes": None,
+            "dedup_ratio": round(logical / referenced, 3) if referenced else None, "missing_blobs": len(missing),
+            "by_asset": {name: {"versions": row["versions"], "logical_bytes": row["logical_bytes"],
+                                "stored_bytes": sum(stored.get(s, 0) for s in row["blobs"]),
+                                "unique_blobs": len(row["blobs"])} for name, row in sorted(by_asset.items())},
+            "by_status": {name: row for name, row in sorted(by_status.items())},
+            "unreadable_records": [line for e in entries for line in e["unreadable"]] + [str(e) for e in bad],
+        }
+
+
+def _refs(m: Manifest) -> list[tuple[str, int]]:
+    """(sha, size) of every blob this version keeps alive."""
+    if m.pruned_at is not None:
+        return []
+    return [(m.sha256, m.bytes), *((e["sha256"], e["bytes"]) for e in m.extras.values())]
+
+
+def store_stats(artifacts: ArtifactStore, ledger: Ledger, full: bool = False) -> dict:
+    """``threegen stats``: from the index, or (``full``) from a scan of every record and blob."""
+    if not full:
+        return CatalogIndex(artifacts, ledger).stats()
+    from .catalog import build_catalog, statuses
+
+    snapshot = artifacts.snapshot()
+    return {**artifacts.stats(statuses(build_catalog(artifacts, ledger, snapshot)), snapshot), "source": "full"}
