@@ -16,6 +16,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -90,6 +91,16 @@ class SearchQuery:
     def window(self) -> tuple[datetime | None, datetime | None]:
         return parse_when(self.since, "since"), parse_when(self.until, "until", end=True)
 
+    @cached_property
+    def _created_bounds(self) -> tuple[str | None, str | None]:
+        """The window as the catalog writes ``created`` (UTC, to the second), compared as text: the
+        start rounded up to a whole second, the end down (both inclusive)."""
+        since, until = self.window()
+        if since is not None and since.microsecond:
+            since += timedelta(seconds=1)
+        utc = [when.astimezone(timezone.utc).strftime(CREATED_FORMAT) if when else None for when in (since, until)]
+        return utc[0], utc[1]
+
     def matches(self, row: dict) -> bool:
         """Whether one catalog row (``catalog_rows``) passes every filter."""
         if self.text and not text_matches(str(row.get("prompt") or ""), self.text, self.whole_words):
@@ -102,10 +113,10 @@ class SearchQuery:
             return False
         if self.max_score is not None and (score is None or score > self.max_score):
             return False
-        since, until = self.window()
+        since, until = self._created_bounds
         if since or until:
-            created = _created(row)
-            if created is None or (since and created < since) or (until and created > until):
+            created = str(row.get("created") or "")
+            if not _CREATED.fullmatch(created) or (since and created < since) or (until and created > until):
                 return False
         return True
 
@@ -122,11 +133,7 @@ def text_matches(prompt: str, query: str, whole_words: bool = False) -> bool:
     return True
 
 
-def _created(row: dict) -> datetime | None:
-    try:
-        return datetime.strptime(str(row.get("created")), CREATED_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+_CREATED = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 
 def catalog_rows(frame: pd.DataFrame) -> list[dict]:

@@ -91,6 +91,9 @@ def test_filters_by_text_status_score_and_date(made) -> None:
     assert found(since="2026-11-15", until="2026-11-20") == [keys["a cupboard of oak"], keys["a blue cup"]]
     assert found(until="2026-11-29") == found()[0:4]  # a bare date includes its last minute
     assert found(since="2026-11-15T12:00:01") == [keys["a wooden chair"], keys["a cupboard of oak"]]
+    assert found(since="2026-11-15T14:00:00.5+02:00") == found(since="2026-11-15T12:00:01")  # UTC, a part second
+    assert found(since="2026-11-15T14:00:00+02:00")[-1] == keys["a blue cup"]  # at its very second: included
+    assert found(until="2026-11-15T12:00:00.9")[0] == keys["a blue cup"]
     assert found(text="a", status="complete", min_score=0.8, since="2026-11-01") == [keys["a red ceramic mug"]]
 
 
