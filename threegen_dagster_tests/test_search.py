@@ -132,8 +132,8 @@ def test_cosine_ranking_puts_the_closest_first() -> None:
         [("a", 0.999), ("b", 0.639), ("c", -0.999)]
 
 
-def test_a_damaged_embedding_cache_is_named_and_rebuilt(tmp_path) -> None:
-    store = LocalStore(tmp_path)
+def test_a_damaged_embedding_cache_is_named_and_rebuilt(store) -> None:  # a local folder and an S3 prefix
+    assert EmbeddingCache(store, "m-x").vectors == {}  # none yet
     store.write("search/embeddings/m-x.npz", b"not an npz")
     cache = EmbeddingCache(store, "m-x")
     assert cache.vectors == {} and "m-x.npz was unreadable" in cache.damaged
