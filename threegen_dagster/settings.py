@@ -249,6 +249,11 @@ def competition(env: Mapping[str, str]) -> int:
     return int(raw) if raw else COMPETITION
 
 
+def gpu_run_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """THREEGEN_GPU_RUN_TAGS alone, read where no Settings is at hand (the sensors that launch generations)."""
+    return run_tags_file((os.environ if env is None else env).get("THREEGEN_GPU_RUN_TAGS", ""), Path.cwd())
+
+
 def comp2_backend(env: Mapping[str, str]) -> str:
     backend = env.get("THREEGEN_COMP2_BACKEND", "") or "embedded"
     if backend not in ("embedded", "llm"):

@@ -1,7 +1,9 @@
 """The Kubernetes deployment on paper, checked by dagster-k8s's own code (no cluster runs here): the
 Job that K8sRunLauncher would create for a generation, built from deploy/helm-values.yaml (as the
 chart turns it into the launcher's config) and the run's tags from deploy/run-tags.gpu.yaml, then
-serialized as the Kubernetes client sends it and parsed back by dagster-k8s's strict model parser.
+serialized as the Kubernetes client sends it and parsed back by dagster-k8s's strict model parser;
+and the Job of a run the inbox sensor launched, which carries those tags when THREEGEN_GPU_RUN_TAGS
+names the file.
 (The kubernetes client is imported here only, never by the code location.)"""
 
 import json
@@ -157,3 +159,54 @@ def test_the_charts_queue_is_the_tested_one(values) -> None:
     monitoring = values["dagsterDaemon"]["runMonitoring"]
     assert monitoring["enabled"] is tested["run_monitoring"]["enabled"] is True
     assert monitoring["freeSlotsAfterRunEndSeconds"] == tested["run_monitoring"]["free_slots_after_run_end_seconds"]
+
+
+def tick_inbox(tmp_path, monkeypatch, gpu_tags_file: str | None) -> "dg.RunRequest":
+    """The inbox sensor, ticked on a real task file with THREEGEN_GPU_RUN_TAGS set (or not): its run request."""
+    import dagster as dg
+
+    from threegen_dagster.definitions import build_definitions
+    from threegen_dagster.defs.inbox import InboxResource, inbox_sensor
+    from threegen_dagster.settings import Settings
+
+    if gpu_tags_file:
+        monkeypatch.setenv("THREEGEN_GPU_RUN_TAGS", gpu_tags_file)
+    else:
+        monkeypatch.delenv("THREEGEN_GPU_RUN_TAGS", raising=False)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "t1.json").write_text(json.dumps({"id": "t1", "prompt": "a wooden chair", "seed": 1}))
+    with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance, resources={
+            "store": build_definitions(Settings(store=str(tmp_path / "store"), inbox=tmp_path / "inbox")).resources["store"],
+            "inbox": InboxResource(path=str(tmp_path / "inbox"))}) as context:
+        (request,) = inbox_sensor(context).run_requests
+    return request
+
+
+def test_a_sensor_launched_generation_asks_for_a_gpu_when_the_setting_says_so(launcher, tmp_path, monkeypatch) -> None:
+    request = tick_inbox(tmp_path, monkeypatch, str(DEPLOY / "run-tags.gpu.yaml"))
+    assert request.tags["threegen/source"] == "inbox" and request.tags["threegen/task_id"] == "t1"
+    body = as_sent(run_job(launcher, "registry.example.com/threegen-dagster:0.1.0", dict(request.tags)))
+    pod = body["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_without_the_setting_a_sensor_launched_generation_asks_for_no_gpu(launcher, tmp_path, monkeypatch) -> None:
+    request = tick_inbox(tmp_path, monkeypatch, None)
+    assert "dagster-k8s/config" not in request.tags
+    pod = as_sent(run_job(launcher, "registry.example.com/threegen-dagster:0.1.0", dict(request.tags)))["spec"]["template"]["spec"]
+    assert "limits" not in pod["containers"][0]["resources"] and "nodeSelector" not in pod
+
+
+def test_a_bad_gpu_tags_file_is_refused_when_the_settings_are_read(tmp_path) -> None:
+    from threegen_dagster.settings import Settings, SettingsError
+
+    (tmp_path / "tags.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(SettingsError, match=r"THREEGEN_GPU_RUN_TAGS=tags.yaml: a mapping of tag names"):
+        Settings.from_env({"THREEGEN_GPU_RUN_TAGS": "tags.yaml"}, cwd=tmp_path)
+    with pytest.raises(SettingsError, match=r"THREEGEN_GPU_RUN_TAGS=nope.yaml: cannot read it"):
+        Settings.from_env({"THREEGEN_GPU_RUN_TAGS": "nope.yaml"}, cwd=tmp_path)
+    tags = Settings.from_env({"THREEGEN_GPU_RUN_TAGS": str(DEPLOY / "run-tags.gpu.yaml")}, cwd=tmp_path).gpu_run_tags
+    assert json.loads(tags["dagster-k8s/config"]) == yaml.safe_load((DEPLOY / "run-tags.gpu.yaml").read_text())["dagster-k8s/config"]

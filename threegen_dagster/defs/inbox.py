@@ -11,7 +11,7 @@ from ..inbox import ACCEPTED, DUPLICATE, REJECTED, EntryError, Inbox, InboxError
 from ..ledger import Ledger
 from ..tasks import TaskError, parse_task
 from .generation import generate_job, generations
-from .resources import StoreResource
+from .resources import StoreResource, gpu_tagged
 
 class InboxResource(dg.ConfigurableResource):
     path: str
@@ -66,7 +66,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: StoreResource, inbo
         raise InboxTickError(f"{len(errors)} inbox entr{'y' if len(errors) == 1 else 'ies'} left in place, "
                              f"retried next tick: " + "; ".join(errors[:5]))
     return dg.SensorResult(
-        run_requests=requests,
+        run_requests=gpu_tagged(requests),
         dynamic_partitions_requests=[generations.build_add_request(sorted(set(keys)))] if keys else [],
     )
 

@@ -24,7 +24,7 @@ from ..keys import PromptError, is_generation_key, key_error
 from ..ledger import Generation
 from ..prompt_requests import MAX_GENERATIONS, MAX_PROMPTS, MAX_SEEDS, parse_request
 from .generation import generate_job, generations
-from .resources import StoreResource
+from .resources import StoreResource, gpu_tagged
 
 SOURCE = "ui"
 TAG_REQUEST = "threegen/request_run"
@@ -124,8 +124,8 @@ def start_requested_generations(context: dg.RunStatusSensorContext):
     request_run = context.dagster_run.run_id
     keys = requested_keys(context.instance, request_run)
     context.log.info(f"request {request_run}: starting {len(keys)} generation run(s)")
-    return [dg.RunRequest(run_key=f"{request_run}:{key}", partition_key=key,
-                          tags={"threegen/source": SOURCE, TAG_REQUEST: request_run}) for key in keys]
+    return gpu_tagged([dg.RunRequest(run_key=f"{request_run}:{key}", partition_key=key,
+                                     tags={"threegen/source": SOURCE, TAG_REQUEST: request_run}) for key in keys])
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,

@@ -24,7 +24,7 @@ from ..backends.registry import STAGE_BACKENDS
 from ..backends.stages import Engine
 from ..keys import Prompt
 from ..ledger import Ledger
-from ..settings import DEFAULT_POLICY, Settings
+from ..settings import DEFAULT_POLICY, Settings, gpu_run_tags
 from ..sn17.signing import WALLET_HOTKEY, WALLET_NAME, WALLET_PATH, open_wallet
 from ..sn17.validators import ValidatorPolicy
 from ..splats import GaussianCloud
@@ -135,6 +135,15 @@ class StageResource(dg.ConfigurableResource):
         if self._last:
             return {k: v for k, v in self._last.items() if isinstance(v, (str, int, float, bool)) and k != "seconds"}
         return {"backend": self.backend}
+
+
+def gpu_tagged(requests: list[dg.RunRequest]) -> list[dg.RunRequest]:
+    """Generation run requests with the tags THREEGEN_GPU_RUN_TAGS names (deploy/run-tags.gpu.yaml:
+    ``dagster-k8s/config`` asking for a GPU on a GPU node, read by K8sRunLauncher, ignored by a local
+    launcher): the one place every sensor that launches generations takes them from. A tag a request
+    sets itself wins; none unset."""
+    tags = gpu_run_tags()
+    return [r.with_replaced_attrs(tags={**tags, **r.tags}) for r in requests] if tags else list(requests)
 
 
 class SplatResource(dg.ConfigurableResource):
