@@ -17,11 +17,9 @@ other's files.
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from functools import cache, partial
+from functools import partial
 
 import numpy as np
 import zstandard
@@ -30,6 +28,7 @@ from . import spz_unpack as unpack
 from .cloud import SH_COEFFS_FOR_DEGREE, GaussianCloud, SplatError
 from .ply import ply_header, read_ply
 from .spz_arith import COLOR_FACTOR, expf, pack_rotations, quantize_sh, round_half_away, to_i32, to_u8, u8_of_fma
+from .spz_pool import Tasks
 
 MAGIC = 0x5053474E  # "NGSP"
 VERSION = 2
@@ -100,15 +99,6 @@ def _pack(cloud: GaussianCloud, antialiased: bool) -> np.ndarray:
 
 
 _SH_ROWS = 16384  # rows per block: keeps the quantiser's passes in cache; blocks run on the pool
-_WORKERS = min(4, os.cpu_count() or 1)
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="spz")
-
-
-os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the parent's threads
 
 
 def _pack_sh(sh: np.ndarray, out: np.ndarray) -> None:
@@ -119,7 +109,10 @@ def _pack_sh(sh: np.ndarray, out: np.ndarray) -> None:
         out[start: start + _SH_ROWS, :9] = quantize_sh(rows[:, :9], 8)
         out[start: start + _SH_ROWS, 9:] = quantize_sh(rows[:, 9:], 16)
 
-    list(_pool().map(block, range(0, len(sh), _SH_ROWS)))
+    with Tasks() as tasks:
+        for start in range(0, len(sh), _SH_ROWS):
+            tasks.submit(partial(block, start))
+        tasks.finish()
 
 
 def compress(ply: bytes, compression_level: int = 1, workers: int = -1) -> bytes:
@@ -180,7 +173,8 @@ def _check_header(header: tuple[int, ...]) -> int:
     return n * _bytes_per_point(degree, version)
 
 
-_BLOCK = 24576  # rows per task: small enough that a task's temporaries and rows stay in cache
+_MIN_PARALLEL = 32768  # gaussians: below that, the threads' hand-offs cost more than they save
+_BLOCK = 65536  # rows per task at most: fewer, larger tasks hand the GIL between threads less often
 
 
 def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout], np.ndarray]) -> None:
@@ -189,38 +183,31 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
     The payload is decompressed field by field, each field in two halves, each read at most
     doubling what the frame has delivered so far, so a frame cannot make us allocate far ahead of
     its real content: the rows (at most 84 times the position bytes then delivered) only once the
-    first half of the positions has arrived. While zstd decompresses (it releases the GIL), the
-    pool's threads already write the rows of what has arrived, a block of rows per task; once all
-    has arrived, this thread writes the blocks no pool thread has started."""
+    first half of the positions has arrived. While zstd decompresses the next half, the pool
+    already writes the rows of what has arrived (see ``spz_pool``)."""
     header, reader = _open(spz)
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
     lay = unpack.Layout(n, SH_COEFFS_FOR_DEGREE[degree], include_normals)
     half = -(-n // 2)
     halves = [(start, min(start + half, n)) for start in range(0, n, half)]
-    rows, pending, got, need = None, [], 0, _check_header(header)
-    try:
+    rows, got, need = None, 0, _check_header(header)
+    with Tasks(parallel=n >= _MIN_PARALLEL) as tasks:
         for width, write in unpack.fields(lay, version, fractional_bits):
             for start, stop in halves:
                 data = _read(reader, width * (stop - start), got, need, n)
                 got += len(data)
                 rows = allocate(lay) if rows is None else rows
-                for lo in range(start, stop, _BLOCK):
-                    hi = min(lo + _BLOCK, stop)
-                    task = partial(write, unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi), lay)
-                    if n > _BLOCK:
-                        pending.append((_pool().submit(task), task))
-                    else:
-                        task()
-        for future, task in reversed(pending):  # what no pool thread has started, this one writes
-            if future.cancel():
-                task()
-    finally:
-        for future, _ in pending:
-            future.cancel()
-        wait([future for future, _ in pending])  # every block has finished writing before the rows can be dropped
-    for future, _ in pending:
-        if not future.cancelled():
-            future.result()
+                for lo, hi in _blocks(start, stop):
+                    block = unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi)
+                    tasks.submit(partial(write, block, lay))
+        tasks.finish()
+
+
+def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
+    """Rows ``start:stop`` cut into equal blocks of at most ``_BLOCK`` rows."""
+    count = -(-(stop - start) // _BLOCK)
+    bounds = [start + (stop - start) * i // count for i in range(count + 1)]
+    return list(zip(bounds, bounds[1:]))
 
 
 def _read(reader: zstandard.ZstdDecompressionReader, size: int, got: int, need: int, n: int) -> np.ndarray:
