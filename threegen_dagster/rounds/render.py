@@ -2,15 +2,18 @@
 judges' render service draws them (three r183 in Chromium, ACES filmic tone mapping, sRGB output, their camera,
 lights and view sets; ``SN17-NOW.md`` section 5), for a comp 2 module (``generate(THREE)``) or a GLB.
 
-One headless Chromium (the system's, driven by Playwright) per batch; each output gets a fresh browser context
-and page (as the judges do), served on a virtual origin from memory: the page (``judge_page/``), the vendored
-three.js 0.183.2 and the output's bytes. Nothing is fetched from the network. No Dagster imports."""
+One headless Chromium (the system's, driven by Playwright) and one page per batch, served on a virtual origin from
+memory: the page (``judge_page/``), the vendored three.js 0.183.2 and each output's bytes. Nothing is fetched from
+the network. The judges open a fresh browser context per output; here the page (and its renderers: the grid's
+environment map takes seconds to build in software WebGL) is kept across outputs, each output drawn in its own
+scene and disposed after, and a page an output failed in is closed and replaced. No Dagster imports."""
 
 from __future__ import annotations
 
 import base64
 import io
 import mimetypes
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,7 +75,12 @@ def find_chromium(explicit: str | None = None) -> str | None:
     return None
 
 
+_SERVED = re.compile(r"(render\.html|judge\.js|vendor/three/[\w/.-]+\.js)")
+
+
 def _page_file(path: str) -> bytes:
+    if not _SERVED.fullmatch(path) or ".." in path:
+        raise FileNotFoundError(path)
     return resources.files(__package__).joinpath("judge_page", *path.split("/")).read_bytes()
 
 
@@ -85,7 +93,10 @@ class JudgeRenderer:
             raise RenderError(f"no Chromium found at {chromium or '/usr/bin/chromium'}: run scripts/install_browser.sh"
                               " or set THREEGEN_CHROMIUM")
         self.timeout_ms = timeout_s * 1000
-        self._playwright = self._browser = None
+        self._playwright = self._browser = self._context = self._page = None
+        self._count, self._output = 0, None
+        self._errors: list[str] = []
+        self._warnings: list[str] = []
 
     def __enter__(self) -> JudgeRenderer:
         try:
@@ -102,38 +113,65 @@ class JudgeRenderer:
 
     def __exit__(self, *exc) -> None:
         try:
+            self._close_page()
             if self._browser is not None:
                 self._browser.close()
         finally:
             self._playwright.stop()
             self._browser = self._playwright = None
 
+    def _open_page(self):
+        """The batch's page: three, the judges' rigs and their renderers (the studio rig's environment map costs
+        seconds to build in software WebGL, so it is built once per page, not once per output)."""
+        if self._page is not None:
+            return self._page
+        context = self._browser.new_context(viewport={"width": VIEW_PX, "height": VIEW_PX}, service_workers="block")
+        try:
+            context.route("**/*", self._serve)
+            page = context.new_page()
+            page.on("console", lambda m: (self._errors if m.type == "error" else self._warnings).append(m.text)
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: self._errors.append(f"uncaught: {e}"))
+            page.set_default_timeout(self.timeout_ms)
+            page.goto(f"{ORIGIN}/render.html")
+            page.wait_for_function("window.__ready === true", timeout=self.timeout_ms)
+        except Exception as exc:
+            context.close()
+            raise RenderError(f"the render page did not start ({type(exc).__name__}): "
+                              f"{'; '.join(self._errors)[:500] or str(exc)[:300]}") from None
+        self._context, self._page = context, page
+        return page
+
+    def _close_page(self) -> None:
+        if self._context is not None:
+            try:
+                self._context.close()
+            finally:
+                self._context = self._page = None
+
     def render(self, data: bytes, kind: str, out_dir: Path) -> Rendered:
-        """Render one output (``kind`` "js" or "glb") into ``out_dir``; raises ``RenderError`` naming the cause."""
+        """Render one output (``kind`` "js" or "glb") into ``out_dir``; raises ``RenderError`` naming the cause.
+        After a failure the next output gets a fresh page."""
         if kind not in KINDS:
             raise RenderError(f"cannot render a {kind!r}: only {', '.join(KINDS)}")
         if self._browser is None:
             raise RenderError("JudgeRenderer is not started: use it in a with block")
-        context = self._browser.new_context(viewport={"width": VIEW_PX, "height": VIEW_PX}, service_workers="block")
-        errors: list[str] = []
-        warnings: list[str] = []
+        self._count += 1
+        self._output = (f"/output/{self._count}.{kind}", data, kind)
+        self._errors, self._warnings = [], []
         try:
-            context.route("**/*", lambda route: self._serve(route, data, kind))
-            page = context.new_page()
-            page.on("console", lambda m: (errors if m.type == "error" else warnings).append(m.text)
-                    if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
-            page.goto(f"{ORIGIN}/render.html")
-            page.wait_for_function("window.__ready === true", timeout=self.timeout_ms)
-            page.set_default_timeout(self.timeout_ms)
-            out = Rendered(console=warnings, three=str(page.evaluate("window.__revision")))
+            page = self._open_page()
+            out = Rendered(console=self._warnings, three=str(page.evaluate("window.__revision")))
             white = self._call(page, kind, WHITE_VIEWS, VIEW_PX, WHITE_BG, "follow")
             gray = self._call(page, kind, GRAY_VIEWS, VIEW_PX, GRAY_BG, "follow")
             grid = self._call(page, kind, GRID_VIEWS, GRID_TILE_PX, GRAY_BG, "studio", mode="grid")
-            if errors:
-                raise RenderError(f"the render page reported: {'; '.join(errors)[:500]}")
+            if self._errors:
+                raise RenderError(f"the render page reported: {'; '.join(self._errors)[:500]}")
+        except Exception:
+            self._close_page()  # whatever the output did to the page stays with it
+            raise
         finally:
-            context.close()
+            self._output = None
         out_dir = Path(out_dir)
         for folder, views, shots, target in (("white", WHITE_VIEWS, white, out.white),
                                              ("gray", GRAY_VIEWS, gray, out.gray)):
@@ -144,7 +182,7 @@ class JudgeRenderer:
         return out
 
     def _call(self, page, kind: str, views, size: int, background: str, lighting: str, mode: str = "views"):
-        params = {"kind": kind, "url": f"{ORIGIN}/output.{kind}", "mode": mode, "imgSize": size,
+        params = {"kind": kind, "url": ORIGIN + self._output[0], "mode": mode, "imgSize": size,
                   "thetas": [v.theta for v in views], "phis": [v.phi for v in views], "gap": GRID_GAP_PX,
                   "bgColor": background, "lighting": lighting, **CAMERA}
         result = page.evaluate("params => window.judgeRender(params)", params)
@@ -152,17 +190,18 @@ class JudgeRenderer:
             raise RenderError(f"the {kind} output failed to render ({mode}, {lighting} lighting): {result['error']}")
         return result["data"]
 
-    @staticmethod
-    def _serve(route, data: bytes, kind: str) -> None:
-        path = route.request.url.removeprefix(ORIGIN).split("?", 1)[0]
-        if not route.request.url.startswith(ORIGIN + "/"):
+    def _serve(self, route) -> None:
+        url = route.request.url
+        path = url.removeprefix(ORIGIN).split("?", 1)[0]
+        if not url.startswith(ORIGIN + "/"):
             route.abort()  # the page never reaches the network
-        elif path == f"/output.{kind}":
-            route.fulfill(status=200, body=data, content_type=KINDS[kind])
+        elif self._output and path == self._output[0]:
+            route.fulfill(status=200, body=self._output[1], content_type=KINDS[self._output[2]],
+                          headers={"Cache-Control": "no-store"})
         else:
             try:
                 body = _page_file(path.lstrip("/"))
-            except (FileNotFoundError, IsADirectoryError):
+            except (FileNotFoundError, IsADirectoryError, ValueError):
                 route.fulfill(status=404, body=b"not found")
                 return
             content_type = "text/javascript" if path.endswith(".js") else mimetypes.guess_type(path)[0]

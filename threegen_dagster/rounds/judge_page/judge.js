@@ -43,27 +43,58 @@ async function loadObject(kind, url) {
   return root;
 }
 
-function lightScene(scene, renderer, lighting) {
+// One renderer per (size, rig), kept for the page's life: the studio rig's environment map (PMREM) is the same for
+// every output and takes seconds to build in software WebGL.
+const renderers = new Map();
+function rendererFor(size, lighting) {
+  const key = `${size}/${lighting}`;
+  if (!renderers.has(key)) {
+    const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true, alpha: true });
+    renderer.setSize(size, size);
+    renderer.setPixelRatio(1);
+    renderer.toneMapping = THREE.ACESFilmicToneMapping;
+    renderer.toneMappingExposure = 1.0;
+    renderer.outputColorSpace = THREE.SRGBColorSpace;
+    let environment = null;
+    if (lighting === "studio") {  // a neutral environment map
+      const pmrem = new THREE.PMREMGenerator(renderer);
+      const envScene = new THREE.Scene();
+      envScene.add(new THREE.HemisphereLight(0xffffff, 0x444444, 1.0));
+      environment = pmrem.fromScene(envScene, 0.04).texture;
+      pmrem.dispose();
+    }
+    renderers.set(key, { renderer, environment });
+  }
+  return renderers.get(key);
+}
+
+function lightScene(scene, lighting, environment) {
   if (lighting === "follow") {  // white and gray views: ambient + a key light that follows the camera
     scene.add(new THREE.AmbientLight(0xffffff, 0.4));
     const follow = new THREE.DirectionalLight(0xffffff, 1.5);
     scene.add(follow);
     return follow;
   }
-  // grid: the fixed studio rig and a neutral environment map
+  // grid: the fixed studio rig and the environment map at 0.8
   scene.add(new THREE.AmbientLight(0xffffff, 0.12));
   for (const [intensity, x, y, z] of [[1.2, 2, 3, 2], [0.4, -2, 1, 1], [0.3, 0, 2, -3]]) {
     const light = new THREE.DirectionalLight(0xffffff, intensity);
     light.position.set(x, y, z);
     scene.add(light);
   }
-  const pmrem = new THREE.PMREMGenerator(renderer);
-  const envScene = new THREE.Scene();
-  envScene.add(new THREE.HemisphereLight(0xffffff, 0x444444, 1.0));
-  scene.environment = pmrem.fromScene(envScene, 0.04).texture;
+  scene.environment = environment;
   scene.environmentIntensity = 0.8;
-  pmrem.dispose();
   return null;
+}
+
+function dispose(root) {
+  root.traverse((node) => {
+    if (node.geometry) node.geometry.dispose();
+    for (const material of [].concat(node.material || [])) {
+      for (const value of Object.values(material)) if (value && value.isTexture) value.dispose();
+      material.dispose();
+    }
+  });
 }
 
 function cameraPosition(thetaDeg, phiDeg, radius) {  // θ=0 is the front (+Z), φ<0 is above
@@ -76,18 +107,14 @@ function cameraPosition(thetaDeg, phiDeg, radius) {  // θ=0 is the front (+Z), 
 // bgColor: "ffffff"|"808080", lighting: "follow"|"studio"} -> {data: [dataURL...] | dataURL} or {error}
 window.judgeRender = async function judgeRender(params) {
   try {
-    const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true, alpha: true });
-    renderer.setSize(params.imgSize, params.imgSize);
-    renderer.setPixelRatio(1);
-    renderer.toneMapping = THREE.ACESFilmicToneMapping;
-    renderer.toneMappingExposure = 1.0;
-    renderer.outputColorSpace = THREE.SRGBColorSpace;
+    const { renderer, environment } = rendererFor(params.imgSize, params.lighting);
     const scene = new THREE.Scene();
     scene.background = new THREE.Color(`#${params.bgColor}`);
-    const follow = lightScene(scene, renderer, params.lighting);
+    const follow = lightScene(scene, params.lighting, environment);
     const camera = new THREE.PerspectiveCamera(params.camFovDeg, 1.0, 0.01, 100);
     camera.up.set(0, 1, 0);
-    scene.add(await loadObject(params.kind, params.url));
+    const root = await loadObject(params.kind, params.url);
+    scene.add(root);
 
     const shots = [];
     for (let i = 0; i < params.thetas.length; i++) {
@@ -108,8 +135,7 @@ window.judgeRender = async function judgeRender(params) {
         shots.push(renderer.domElement.toDataURL("image/png"));
       }
     }
-    renderer.dispose();
-    renderer.forceContextLoss();
+    dispose(root);
     if (params.mode !== "grid") return { data: shots };
 
     const cols = Math.ceil(Math.sqrt(shots.length)), rows = Math.ceil(shots.length / cols);
