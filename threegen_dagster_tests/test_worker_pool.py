@@ -179,6 +179,22 @@ def kill_one_mid_stage(workers: list[Worker], runs: list[subprocess.Popen]) -> t
     raise AssertionError("the runs ended before a worker was caught mid-stage")
 
 
+def test_an_if_idle_call_takes_the_gpu_at_once_or_is_answered_busy() -> None:
+    """The lease, on the worker's own runner: while a call holds the GPU an if-idle call is answered 409
+    and never waits or queues; a plain call would wait its turn; once free, the if-idle call runs."""
+    from threegen_dagster.worker import StageRunner, TextToImageBody
+
+    runner = StageRunner({})
+    body = TextToImageBody(prompt="a red mug", seed=3)
+    with runner._gpu:  # another call is running
+        status, answer = runner.call("text_to_image", body, if_idle=True)
+        assert (status, answer["busy"]) == (409, True) and "busy" in answer["error"]
+        assert runner.load()["busy"] is True and runner.load()["queue"] == 0 and runner.served["text_to_image"] == 0
+    status, answer = runner.call("text_to_image", body, if_idle=True)
+    assert status == 200 and answer["meta"]["backend"] == "procedural"
+    assert runner.load() == {"busy": False, "queue": 0, "served": 1, "device": runner.device(), "last_error": ""}
+
+
 @pytest.mark.parametrize("env, error", [
     ({"THREEGEN_WORKERS": "http://a:1,http://b:2", "THREEGEN_WORKER_URL": "http://c:3"}, "both set"),
     ({"THREEGEN_WORKERS": "http://a:1,http://a:1"}, r"lists http://a:1 more than once"),
