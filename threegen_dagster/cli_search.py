@@ -9,14 +9,13 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from .keys import MAX_IMAGE_BYTES, Prompt, PromptError
 from .search import (
     DEFAULT_LIMIT, MAX_LIMIT, STATUSES, EmbeddingCache, SearchError, SearchQuery, image_search,
     load_rows, model_tag, search,
 )
 from .settings import Settings
+from .storage import StorageError
 from .stores import OpenedStore
 
 COLUMNS = ("key", "prompt", "seed", "status", "score", "created")
@@ -75,19 +74,24 @@ def clip_embedder(settings: Settings):
     return model_tag("openclip", engine.config.clip_model, weights, engine.config.dtype), engine.embed_images
 
 
-def prompt_image_shas(manifests) -> dict[str, str]:
+def prompt_image_shas(artifacts, keys: list[str], problems: list[str]) -> dict[str, str]:
     """Generation key -> the sha256 of its newest prompt image (``generated_image``: the text's
-    picture, or the image prompt itself); a pruned one keeps its record, so a cached embedding
-    still serves."""
-    newest: dict[str, tuple[int, str]] = {}
-    for m in manifests:
-        if m.asset == "generated_image" and m.key and m.version > newest.get(m.key, (0, ""))[0]:
-            newest[m.key] = (m.version, m.sha256)
-    return {key: sha for key, (_, sha) in newest.items()}
+    picture, or the image prompt itself), read from its version records; a pruned one keeps its
+    record, so a cached embedding still serves. A record that cannot be read is named in ``problems``."""
+    shas = {}
+    for key in keys:
+        try:
+            manifest = artifacts.latest(key, "generated_image")
+        except StorageError as exc:
+            problems.append(str(exc))
+            continue
+        if manifest is not None:
+            shas[key] = manifest.sha256
+    return shas
 
 
-def run_image_search(opened: OpenedStore, settings: Settings, rows: list[dict], manifests, image,
-                     query: SearchQuery, problems: list[str]) -> tuple[list[dict], int]:
+def run_image_search(opened: OpenedStore, settings: Settings, rows: list[dict], image, query: SearchQuery,
+                     problems: list[str]) -> tuple[list[dict], int]:
     from .codecs import stored_image
 
     tag, embed = clip_embedder(settings)
@@ -95,7 +99,9 @@ def run_image_search(opened: OpenedStore, settings: Settings, rows: list[dict], 
     cache = EmbeddingCache(opened.store(), tag)
     if cache.damaged:
         problems.append(cache.damaged)
-    hits, total = image_search(rows, prompt_image_shas(manifests), image, embed, cache,
+    rows = [row for row in rows if query.matches(row)]  # filtered first: only their records are read
+    shas = prompt_image_shas(artifacts, [row["key"] for row in rows if row.get("status") != "unreadable"], problems)
+    hits, total = image_search(rows, shas, image, embed, cache,
                                lambda key: stored_image(artifacts.load(key, "generated_image")[1]), query, problems)
     return [{**hit.row, "similarity": hit.similarity} for hit in hits], total
 
@@ -106,11 +112,10 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     query = query_of(args)
     image = query_image(args.image, settings) if args.image else None
     opened = OpenedStore.from_settings(settings)
-    snapshot = opened.artifacts().snapshot()  # read once: the catalog and the prompt images' hashes
-    rows = load_rows(opened.artifacts(), opened.ledger(), snapshot)
+    rows = load_rows(opened.artifacts(), opened.ledger())
     problems: list[str] = []
     if image is not None:
-        shown, total = run_image_search(opened, settings, rows, snapshot.manifests, image, query, problems)
+        shown, total = run_image_search(opened, settings, rows, image, query, problems)
     else:
         page = search(rows, query)
         shown, total = page.rows, page.total
@@ -119,7 +124,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                          indent=1, default=str))
     else:
         columns = COLUMNS + (("similarity",) if image is not None else ())
-        print(markdown_table(pd.DataFrame(shown, columns=list(columns)), columns) if shown else "(no matches)")
+        print(markdown_table([{c: row.get(c) for c in columns} for row in shown], columns) if shown else "(no matches)")
         print(f"{len(shown)} of {total} match(es)" + (f", from {query.offset + 1}" if query.offset else ""),
               file=sys.stderr)
     for line in problems:

@@ -20,7 +20,6 @@ from functools import cached_property
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
 
 from .storage import Store, StorageError
 
@@ -136,7 +135,7 @@ def text_matches(prompt: str, query: str, whole_words: bool = False) -> bool:
 _CREATED = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 
-def catalog_rows(frame: pd.DataFrame) -> list[dict]:
+def catalog_rows(frame) -> list[dict]:  # a pandas DataFrame
     """The catalog's rows as plain dicts (missing values None), newest first."""
     rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     return sorted(rows, key=lambda r: r.get("created") or "", reverse=True)
