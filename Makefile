@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# STAMP: everything (extra [dev]: the model libraries, bittensor, test tools); DEMO: the base install,
+# what the embedded demo imports and nothing more
 STAMP  := $(VENV)/.installed
+DEMO   := $(VENV)/.installed-demo
 
 .PHONY: setup demo ui test bench clean
 
@@ -12,14 +15,23 @@ UI_PORT ?= 3000
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps hy3dgen==2.0.2 open_clip_torch==3.3.0 timm==1.0.31 bittensor==9.12.2
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO)
 
-demo: $(STAMP)
+# `make demo` on a fresh clone installs the base dependencies only (no torch, diffusers, bittensor:
+# the embedded backends never import them; test_lean_imports.py checks); `make test` after it installs
+# the rest (its own stamp)
+$(DEMO): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(DEMO)
+
+demo: $(DEMO)
 	$(VENV)/bin/threegen generate "a wooden chair" --seed 42 --out demo
 	@echo "See the run and its assets in the UI: make ui, then open http://127.0.0.1:3000"
 

@@ -98,10 +98,10 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     if args.rebuild:
         index.rebuild()
     entries = index.entries()
-    frame = to_frame([entry["row"] for entry in entries])
-    print(frame.to_json(orient="records", indent=1) if args.json else markdown_table(frame))
+    rows = [entry["row"] for entry in entries]
+    print(to_frame(rows).to_json(orient="records", indent=1) if args.json else markdown_table(rows))
     _warn([line for entry in entries for line in entry["unreadable"]]
-          + [row.prompt for row in frame.itertuples() if row.status == "unreadable"])
+          + [row["prompt"] for row in rows if row.get("status") == "unreadable"])
     return 0
 
 

@@ -7,6 +7,7 @@ Model backends (FLUX, rembg, Hunyuan3D-2, BPT) import torch and their libraries 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -47,12 +48,11 @@ def torch_dtype(name: str) -> Any:
 
 
 def gpu_memory() -> dict[str, float]:
-    """Allocated and peak CUDA memory in MB since the last reset; zeros without a GPU."""
-    try:
-        import torch
-    except ImportError:
-        return {"gpu_mb": 0.0, "gpu_peak_mb": 0.0}
-    if not torch.cuda.is_available():
+    """Allocated and peak CUDA memory in MB since the last reset; zeros without a GPU, or when no
+    backend in this process has imported torch (then none used the GPU: importing it here would cost
+    seconds for nothing)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
         return {"gpu_mb": 0.0, "gpu_peak_mb": 0.0}
     return {"gpu_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
             "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
@@ -62,13 +62,8 @@ def gpu_memory() -> dict[str, float]:
 def peak_gpu_memory() -> Iterator[dict[str, float]]:
     """``with peak_gpu_memory() as m: ...`` then ``m["gpu_peak_mb"]`` for that block alone."""
     out: dict[str, float] = {}
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    except ImportError:
-        cuda = False
-    if cuda:
+    torch = sys.modules.get("torch")  # a backend that runs on the GPU has imported it already
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:
         yield out
@@ -78,9 +73,6 @@ def peak_gpu_memory() -> Iterator[dict[str, float]]:
 
 def free_gpu_memory() -> None:
     """Return cached CUDA blocks to the driver (between stages, when configured)."""
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import dagster as dg
-import pandas as pd
 
 from ..artifacts import EXTENSIONS
 from ..codecs import glb_bytes, glb_mesh, mesh_ply_bytes, png_bytes, stored_image
@@ -33,8 +32,14 @@ def _json(value: dict) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True).encode()
 
 
-def _csv(frame: pd.DataFrame) -> bytes:
+def _csv(frame) -> bytes:  # a pandas DataFrame
     return frame.to_csv(index=False).encode()
+
+
+def _frame(data: bytes):
+    import pandas as pd  # here, not at import: a generation's run never needs it
+
+    return pd.read_csv(io.BytesIO(data))
 
 
 FORMATS: dict[str, Format] = {name: Format(EXTENSIONS[name], *how) for name, how in {  # one table of extensions
@@ -45,9 +50,9 @@ FORMATS: dict[str, Format] = {name: Format(EXTENSIONS[name], *how) for name, how
     "gaussian_splat": (write_ply, read_ply),
     "compressed_splat": (bytes, bytes),
     "validation_score": (_json, json.loads),
-    "generation_catalog": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
-    "validator_records": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
-    "sn17_submissions": (_csv, lambda data: pd.read_csv(io.BytesIO(data))),
+    "generation_catalog": (_csv, _frame),
+    "validator_records": (_csv, _frame),
+    "sn17_submissions": (_csv, _frame),
     "comp0_splat": (bytes, bytes),  # SN17 rounds' outputs: the file a validator fetches, as bytes
     "comp1_mesh": (bytes, bytes),
     "comp2_module": (bytes, bytes),

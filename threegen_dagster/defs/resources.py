@@ -14,7 +14,6 @@ from typing import Any, Iterator, Literal
 import dagster as dg
 import trimesh
 from PIL import Image
-from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, model_validator
 
 from ..artifacts import ArtifactStore
@@ -34,6 +33,22 @@ from ..workers import WorkerPool
 from ..storage import MULTIPART_THRESHOLD, S3_MAX_ATTEMPTS, Store, open_store
 
 
+class S3ClientResource(dg.ConfigurableResource):
+    """Endpoint, region and retries of the S3 client for ``s3://`` stores: dagster-aws's ``S3Resource``
+    builds the client, imported (with boto3) only when an ``s3://`` store is opened, so a local store
+    never pays for it."""
+
+    endpoint_url: str | None = Field(None, description="An S3-compatible server's URL (empty: AWS)")
+    region_name: str | None = Field(None, description="The bucket's region (empty: boto3's chain)")
+    max_attempts: int = Field(S3_MAX_ATTEMPTS, ge=1, description="Attempts per call (standard retry mode)")
+
+    def get_client(self):
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name,
+                          max_attempts=self.max_attempts).get_client()
+
+
 class StoreResource(dg.ConfigurableResource):
     """Blobs, versions, the ledger and the catalog under one root: a directory or an S3 bucket.
 
@@ -43,8 +58,8 @@ class StoreResource(dg.ConfigurableResource):
     """
 
     uri: str = Field(description="A directory, or s3://BUCKET[/PREFIX]")
-    s3: S3Resource = Field(default_factory=lambda: S3Resource(max_attempts=S3_MAX_ATTEMPTS),
-                           description="Endpoint, region and retries for s3:// stores")
+    s3: S3ClientResource = Field(default_factory=S3ClientResource,
+                                 description="Endpoint, region and retries for s3:// stores")
     presign_seconds: int = Field(Settings.presign_seconds, ge=60, le=604_800,
                                  description="Lifetime of the download links in metadata")
     multipart_threshold_mb: int = Field(MULTIPART_THRESHOLD // 2**20, ge=5, description="Objects larger than this go up as multipart uploads")
@@ -55,8 +70,7 @@ class StoreResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings) -> "StoreResource":
         return cls(uri=settings.store, presign_seconds=settings.presign_seconds,
-                   s3=S3Resource(endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
-                                 max_attempts=S3_MAX_ATTEMPTS))
+                   s3=S3ClientResource(endpoint_url=settings.s3_endpoint, region_name=settings.s3_region))
 
     def store(self) -> Store:
         if self._opened is None:  # the pure opener, with dagster-aws's client for s3://

@@ -9,7 +9,6 @@ import time
 import uuid
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from ..catalog import markdown_table
@@ -362,11 +361,13 @@ def sn17_submission_sensor(context: dg.SensorEvaluationContext, store: StoreReso
 
 
 @dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def sn17_submissions(store: StoreResource) -> dg.Output[pd.DataFrame]:
+def sn17_submissions(store: StoreResource) -> dg.Output:
     """Every SN17 task this miner pulled: its validator, state, the decision, score and feedback."""
     columns = ["task_id", "type", "validator_uid", "state", "decision", "score", "accepted", "reason"]
     rows = [{c: e.get(c) for c in columns} | {"fidelity": (e.get("feedback") or {}).get("task_fidelity_score")}
             for e in TaskQueue(store.store()).all()]
+    import pandas as pd  # here, not at import: a generation's run never needs it
+
     frame = pd.DataFrame(rows, columns=[*columns, "fidelity"])
     states = frame["state"].value_counts().to_dict() if len(frame) else {}
     return dg.Output(frame, metadata={
@@ -377,10 +378,12 @@ def sn17_submissions(store: StoreResource) -> dg.Output[pd.DataFrame]:
 
 
 @dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output[pd.DataFrame]:
+def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output:
     """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
     times, cooldowns and blacklist state (manual or automatic, with the reason)."""
     rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
     return dg.Output(frame, metadata={
         "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
