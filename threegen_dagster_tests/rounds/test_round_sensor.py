@@ -34,7 +34,7 @@ def instance():
 def served(tmp_path):
     root = tmp_path / "state"
     root.mkdir()
-    with StateServer(root, delay_s=4.0) as server:
+    with StateServer(root, delay_s=10.0) as server:
         yield build_state(root, server.url, images=8), server
 
 
@@ -137,7 +137,7 @@ def test_bad_images_are_given_up_alone(served, instance, tmp_path):
     }
     folder.image(prompt_png(1), stem="too-slow")
     folder.prompts(good + list(bad.values()))
-    options = {"prompt_tries": 2, "image_timeout_s": 1.0, "prompts_per_tick": 64}
+    options = {"prompt_tries": 2, "image_timeout_s": 3.0, "prompts_per_tick": 64}
     first = tick(instance, tmp_path, server.url, **options)
     assert len(first.run_requests) == 8  # the good ones go on
     launch(instance, first.run_requests)
