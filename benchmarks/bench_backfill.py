@@ -110,6 +110,7 @@ def one_case(storage: str, workers: int, generations: int, pg, folder: Path) -> 
             facts = [f for f in run_facts(instance, GPU_STEPS) if f.job == "generate"]
             orchestration = [(f.end - f.start) - stage_seconds(instance, f.run_id)
                              for f in facts if f.start and f.end and f.status == dg.DagsterRunStatus.SUCCESS]
+            why = [failure(instance, f.run_id) for f in facts if f.end and f.status != dg.DagsterRunStatus.SUCCESS]
     finished = [f for f in facts if f.end]
     gpu = [(start, end) for f in facts for _, start, end in f.gpu_steps if end]
     wall = max(f.end for f in finished) - submitted if finished else float("nan")
@@ -119,7 +120,20 @@ def one_case(storage: str, workers: int, generations: int, pg, folder: Path) -> 
             "failed": len([f for f in finished if f.status != dg.DagsterRunStatus.SUCCESS]),
             "lost": generations - len(finished), "wall_s": wall,
             "orchestration_s": statistics.mean(orchestration) if orchestration else float("nan"),
-            "run_s": statistics.mean(f.end - f.start for f in finished if f.start) if finished else float("nan")}
+            "run_s": statistics.mean(f.end - f.start for f in finished if f.start) if finished else float("nan"),
+            "why": why}
+
+
+def failure(instance: dg.DagsterInstance, run_id: str) -> str:
+    """What failed a run, in one line: its first step or run failure."""
+    for event in instance.all_logs(run_id):
+        if event.is_dagster_event and event.dagster_event.event_type in (
+                dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
+            data = event.dagster_event.event_specific_data
+            error = getattr(data, "error", None)
+            text = error.message if error is not None else event.message or ""
+            return f"{run_id[:8]} {event.step_key or 'run'}: {' '.join(text.split())[:300]}"
+    return f"{run_id[:8]}: no failure event"
 
 
 def main() -> None:
@@ -145,6 +159,8 @@ def main() -> None:
                 print(f"  {r['storage']:<9} {r['workers']:>7} {r['per_minute']:>8.2f} "
                       f"{r['gpu_at_once']:>5} (<={r['pool_limit']}) {r['failed']:>6} {r['lost']:>5} "
                       f"{r['wall_s']:>7.1f} {r['run_s']:>6.1f} {r['orchestration_s']:>20.1f}", flush=True)
+                for line in r["why"]:
+                    print(f"    failed: {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import dagster as dg
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
 from .defs import search  # the search_generations job (its config: a search)
+from .defs import workers  # the gpu_workers asset: the pool's status
 from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
@@ -27,7 +28,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
-                *rounds.ASSETS],
+                *rounds.ASSETS, workers.gpu_workers],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,

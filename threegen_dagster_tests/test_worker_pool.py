@@ -215,3 +215,21 @@ def test_the_worker_list_and_the_single_worker_setting(tmp_path) -> None:
     assert Settings.from_env({"THREEGEN_WORKER_URL": "http://127.0.0.1:8765/"}, cwd=tmp_path).worker_urls == (
         "http://127.0.0.1:8765",)
     assert Settings.from_env({}, cwd=tmp_path).worker_urls == ()
+
+
+def test_the_gpu_workers_asset_tables_every_worker(two_workers) -> None:
+    from threegen_dagster.defs.resources import StageResource
+    from threegen_dagster.defs.workers import gpu_workers
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    stage = StageResource(stage="text_to_image", backend="procedural", workers=[two_workers[1].url, dead])
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([gpu_workers], resources={"text_to_image": stage}, instance=instance)
+        warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level >= 30]
+    assert result.success
+    meta = result.asset_materializations_for_node("gpu_workers")[0].metadata
+    assert (meta["workers"].value, meta["up"].value) == (2, 1)
+    rows = {r.data["url"]: r.data for r in meta["status"].value.records}
+    assert rows[two_workers[1].url]["up"] is True and "image_to_mesh:inflate" in rows[two_workers[1].url]["models"]
+    assert rows[dead]["up"] is False and rows[dead]["last_error"].startswith(f"GPU worker at {dead} is down")
+    assert any(w.startswith(f"gpu_workers: GPU worker at {dead} is down") for w in warnings)
