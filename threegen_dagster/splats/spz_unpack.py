@@ -59,12 +59,13 @@ class Block:
         """One value of each record, read as ``dtype`` from byte ``start`` of records ``step`` bytes wide."""
         return np.ndarray((self.m,), dtype, buffer=self.data, offset=start, strides=(step,))
 
-    def three(self, first: int, lut: str) -> tuple[np.ndarray, np.ndarray]:
-        """A u8 x 3 field through a table: bytes 0-1 as a pair, byte 2 alone; gives both indices."""
-        pair, last = self.source(0, "<u2").astype(np.intp), self.source(2).astype(np.intp)
+    def three(self, first: int, lut: str, pair: np.ndarray | None = None, last: np.ndarray | None = None) -> None:
+        """A u8 x 3 field through a table: bytes 0-1 as a pair, byte 2 alone (their indices as given,
+        or read here: ``np.take`` converts them to ``intp`` itself)."""
+        pair = self.source(0, "<u2") if pair is None else pair
+        last = self.source(2) if last is None else last
         self.column(first, "<u8")[...] = np.take(_PAIRS[lut], pair, mode="clip")
         self.column(first + 2)[...] = np.take(LUT[lut], last, mode="clip")
-        return pair, last
 
 
 def positions(block: Block, lay: Layout, version: int, fractional_bits: int) -> None:
@@ -102,7 +103,8 @@ def scale(block: Block, lay: Layout) -> None:
 
 def rotation(block: Block, lay: Layout) -> None:
     """rot_1..3 = xyz from the bytes, rot_0 = w = sqrtf(max(0, 1 - fma(z, z, fma(x, x, y*y))))."""
-    xy, z = block.three(lay.opacity + 5, "rotation")
+    xy, z = block.source(0, "<u2").astype(np.intp), block.source(2).astype(np.intp)  # each used twice
+    block.three(lay.opacity + 5, "rotation", xy, z)
     # the inner FMA is a table over the (x, y) bytes, the outer one a float64 sum that is never a
     # float32 double-rounding case (checked for all 2^24 byte triples in the tests)
     w = np.take(LUT["z_square"], z, mode="clip")
