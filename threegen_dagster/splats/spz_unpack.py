@@ -74,16 +74,12 @@ def positions(block: Block, lay: Layout, version: int, fractional_bits: int) -> 
         half = block.data.view("<f2").reshape(block.m, 3)
         for c in range(3):
             block.column(c)[...] = half[:, c]
-    else:  # 4 bytes from each value's first: shifting the next value's byte out leaves it times 2^8
-        fixed = np.empty(block.m, np.int32)
+    else:  # read 4 bytes ending at a value's top byte and shift the extra one out, sign-extending
+        scale, fixed = F(1.0 / (1 << fractional_bits)), np.empty(block.m, np.int32)
+        np.left_shift(block.source(0, "<i4", 9), 8, out=fixed)  # x has no byte before it: drop the next one
         for c in range(3):
-            if c < 2:
-                np.left_shift(block.source(3 * c, "<i4", 9), 8, out=fixed)
-                scale = F(2.0 ** -(fractional_bits + 8))
-            else:  # z has no byte after it in the last record: read from the byte before and shift right
-                np.right_shift(block.source(5, "<i4", 9), 8, out=fixed)
-                scale = F(2.0 ** -fractional_bits)
-            np.multiply(fixed, scale, out=block.column(c), dtype=F)  # exact: a power of two
+            np.right_shift(block.source(3 * c - 1, "<i4", 9) if c else fixed, 8, out=fixed)
+            np.multiply(fixed, scale, out=block.column(c), dtype=F)
     if lay.normals:
         block.column(3, "<u8").fill(0)
         block.column(5).fill(0)

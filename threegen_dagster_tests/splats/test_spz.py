@@ -258,3 +258,18 @@ def test_a_forked_child_decodes_on_a_pool_of_its_own() -> None:
         assert child.apply_async(_decompressed_digest, (frame,)).get(timeout=60) == expected
         assert child.apply_async(spz.compress, (vector("inria_1000_sh3.ply"),)).get(timeout=60) == \
             spz.compress(vector("inria_1000_sh3.ply"))
+
+
+@pytest.mark.parametrize("fractional_bits", [0, 12, 23, 30, 142, 149, 160])
+def test_positions_are_the_fixed_point_values_times_two_to_minus_fractional_bits(fractional_bits: int) -> None:
+    """pyspz writes 12; any other header value scales the signed 24-bit values by 2^-bits, rounded
+    once in float32, in every block of the rows (40,000 gaussians: split over the threads)."""
+    n = 40_000
+    payload = bytearray(spz.pack(random_cloud(n)))
+    payload[13] = fractional_bits
+    fixed = np.frombuffer(bytes(payload[16: 16 + 9 * n]), np.uint8).reshape(3 * n, 3).astype(np.int32)
+    values = fixed[:, 0] | fixed[:, 1] << 8 | fixed[:, 2] << 16
+    values -= (values >= 1 << 23) * (1 << 24)
+    expected = values.astype(np.float32) * np.float32(2.0 ** -fractional_bits)
+    decoded = spz.decode(zstandard.ZstdCompressor().compress(bytes(payload))).positions
+    assert decoded.tobytes() == expected.reshape(n, 3).astype("<f4").tobytes()
