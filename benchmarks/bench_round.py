@@ -29,7 +29,8 @@ from threegen_dagster.rounds.comp2_check import check_module, checker_ready  # n
 from threegen_dagster.rounds.comp2_generate import glb_to_module  # noqa: E402
 from threegen_dagster.rounds.render import JudgeRenderer, find_chromium  # noqa: E402
 
-PROMPTS = ["a red mug", "a wooden chair", "a blue vase", "a green teapot", "a yellow rubber duck", "an orange traffic cone",
+PROMPTS = ["a red mug", "a wooden chair", "a blue vase", "a green teapot", "a yellow rubber duck",
+           "an orange traffic cone",
            "a purple backpack", "a white sneaker", "a black top hat", "a brown teddy bear", "a silver robot",
            "a pink flamingo"]
 
@@ -60,7 +61,8 @@ def main() -> None:
             _, start_s = seconds(renderer.__enter__)
             print(f"  browser start (once per batch): {start_s:.2f} s")
         try:
-            print(f"  {'prompt':<26}{'mesh s':>8}{'comp2 s':>9}{'faces':>7}{'literal B':>10}{'check s':>9}{'render s':>9}")
+            print(f"  {'prompt':<26}{'mesh s':>8}{'comp2 s':>9}{'faces':>7}{'literal B':>10}{'check s':>9}"
+                  f"{'render s':>9}")
             for seed, prompt in enumerate(prompts):
                 def mesh():
                     image = stages[1](stages[0](prompt, seed))

@@ -2,15 +2,16 @@
 ``export default function generate(THREE)``, that rebuilds it as one indexed BufferGeometry.
 
 The module's literals are what the spec budgets (51,200 bytes of string, template and number text), so the mesh
-travels as one string: a bit stream in 64 ASCII symbols (6 bits per literal byte). In it, vertices come in the
+travels as one string: a bit stream in the 128 ASCII characters, 7 bits per literal byte (the spec counts a
+string's value, so a character written as an escape such as ``\\x01`` counts one byte). In it, vertices come in the
 order a depth-first walk over the triangles first uses them; each vertex's quantised position and colour are
 coded as differences from the previous vertex (zig-zag, Exp-Golomb with the best k per channel), and each
 triangle corner as 0 (the next new vertex), its place in a list of the most recently used vertices, or how far
-back its vertex is (Exp-Golomb). Positions are quantised
-on one grid over the normalised mesh (centred, longest side 2 x ``HALF``, so inside [-0.5, 0.5]^3); the grid's
-bits follow the triangle count. The triangle count is the largest the budget allows: a binary search over the
-decimation target (quadric decimation, ``backends/decimate.py``). Helpers come before the export (the
-validator turns the export into a ``return``); only allowlisted THREE members are used, and nothing is random:
+back its vertex is (Exp-Golomb). Positions are quantised on one grid over the normalised mesh (centred, longest
+side 2 x ``HALF``, so inside [-0.5, 0.5]^3); the grid's bits follow the triangle count. The triangle count is
+the largest the budget allows: a binary search over the decimation target (quadric decimation,
+``backends/decimate.py``). Helpers come before the export (the validator turns the export into a ``return``);
+only allowlisted THREE members are used, and nothing is random:
 the same mesh gives the same bytes. No Dagster imports."""
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ MODULE_MAX_BYTES = 1_048_576
 HALF = 0.49  # the mesh's half-extent: inside the spec's [-0.5, 0.5]^3 with room for float rounding
 COLOUR_BITS = 6  # per sRGB channel, before delta coding
 MIN_FACES, MAX_FACES = 64, 200_000
-ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+SYMBOL_BITS = 7  # one ASCII character of the data string
+# how each of the 128 characters is written inside a "..." literal: itself, or an escape when it is a control
+# character, the quote, the backslash or DEL
+_WRITTEN = [chr(c) if 32 <= c < 127 and chr(c) not in '"\\' else f"\\x{c:02x}" for c in range(128)]
 MAX_K = 20
 RECENT = 16  # the corner coder's list of most recently used vertices
 
@@ -96,9 +100,9 @@ def _pack(codes: np.ndarray, lengths: np.ndarray) -> str:
     bits = (codes.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)
     keep = np.arange(64)[None, :] >= (64 - lengths)[:, None]
     stream = bits[keep].astype(np.uint8)
-    stream = np.concatenate([stream, np.zeros((-len(stream)) % 6, np.uint8)]).reshape(-1, 6)
-    symbols = stream @ np.array([32, 16, 8, 4, 2, 1])
-    return "".join(np.array(list(ALPHABET))[symbols])
+    stream = np.concatenate([stream, np.zeros((-len(stream)) % SYMBOL_BITS, np.uint8)]).reshape(-1, SYMBOL_BITS)
+    symbols = stream @ (1 << np.arange(SYMBOL_BITS - 1, -1, -1))
+    return "".join(np.array(_WRITTEN)[symbols])
 
 
 def _zigzag(values: np.ndarray) -> np.ndarray:
@@ -165,7 +169,7 @@ class _Encoded:
 
     @property
     def literal_estimate(self) -> int:
-        return -(-self.bits // 6)
+        return -(-self.bits // SYMBOL_BITS)
 
 
 def _encode(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> _Encoded:
@@ -203,14 +207,11 @@ def _stream(encoded: _Encoded) -> str:
 
 _TEMPLATE = """\
 // threegen comp2_generate: @VERTICES@ vertices, @FACES@ triangles
-const ALPHABET = "@ALPHABET@";
 const DATA = "@DATA@";
 function reader(text) {
-  const table = new Uint8Array(128);
-  for (let i = 0; i < 64; i++) table[ALPHABET.charCodeAt(i)] = i;
   let at = 0, acc = 0, have = 0;
   function bits(n) {
-    while (have < n) { acc = (acc << 6) | table[text.charCodeAt(at++)]; have += 6; }
+    while (have < n) { acc = (acc << 7) | text.charCodeAt(at++); have += 7; }
     have -= n;
     const value = (acc >>> have) & ((1 << n) - 1);
     acc &= (1 << have) - 1;
@@ -254,27 +255,30 @@ export default function generate(THREE) {
   geometry.setAttribute("color", new THREE.BufferAttribute(rgb, 3));
   geometry.setIndex(new THREE.BufferAttribute(index, 1));
   geometry.computeVertexNormals();
-  const material = new THREE.MeshStandardMaterial({ vertexColors: true, roughness: 0.8, metalness: 0, side: THREE.DoubleSide });
+  const material = new THREE.MeshStandardMaterial({ vertexColors: true, roughness: 0.8, metalness: 0,
+                                                   side: THREE.DoubleSide });
   const root = new THREE.Group();
   root.add(new THREE.Mesh(geometry, material));
   return root;
 }
 """
 _NUMBER = re.compile(r"(?<![\w$.])\d+(?:\.\d+)?(?:e[+-]?\d+)?")
-_STRING = re.compile(r'"([^"\\\n]*)"')
+_STRING = re.compile(r'"((?:[^"\\\n]|\\x[0-9a-f]{2}|\\["\\\\])*)"')
+_ESCAPE = re.compile(r'\\x[0-9a-f]{2}|\\["\\\\]')
 
 
 def literal_bytes(source: str) -> int:
-    """The spec's literal count of a module this file wrote (its strings have no escapes, its numbers are plain
-    decimals and its only comment is the first line): string contents in UTF-8 plus number text."""
+    """The spec's literal count of a module this file wrote (its strings hold ASCII and \\xNN, \\" or \\\\
+    escapes, its numbers are plain decimals and its only comment is the first line): the strings' values in
+    UTF-8 plus the numbers' text."""
     body = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
-    strings = sum(len(m[1].encode("utf-8")) for m in _STRING.finditer(body))
+    strings = sum(len(_ESCAPE.sub("e", m[1]).encode("utf-8")) for m in _STRING.finditer(body))
     return strings + sum(len(m[0]) for m in _NUMBER.finditer(_STRING.sub('""', body)))
 
 
 def _module(encoded: _Encoded) -> str:
     values = {"VERTICES": str(len(encoded.channels)), "FACES": str(len(encoded.corners) // 3),
-              "ALPHABET": ALPHABET, "DATA": _stream(encoded), "KS": ", ".join(map(str, encoded.ks[:6])),
+              "DATA": _stream(encoded), "KS": ", ".join(map(str, encoded.ks[:6])),
               "CENTRES": ", ".join(f"{c:g}" for c in encoded.centres), "HALF2": f"{2 * HALF:g}",
               "LEVELS": str((1 << encoded.qbits) - 1), "CMAX": str((1 << COLOUR_BITS) - 1),
               "CORNERS": str(len(encoded.corners)), "KC": str(encoded.ks[6]), "RECENT": str(RECENT)}

@@ -55,7 +55,7 @@ class LlmConfig:
     base_url: str  # THREEGEN_COMP2_LLM_URL: the API root, e.g. http://127.0.0.1:8000/v1
     model: str  # THREEGEN_COMP2_LLM_MODEL
     api_key: str = field(default="", repr=False)  # THREEGEN_COMP2_LLM_KEY: only ever the Authorization header
-    attempts: int = DEFAULT_ATTEMPTS  # THREEGEN_COMP2_LLM_ATTEMPTS: the first answer plus this many minus one corrections
+    attempts: int = DEFAULT_ATTEMPTS  # THREEGEN_COMP2_LLM_ATTEMPTS: answers asked for, the first one included
     timeout_s: float = DEFAULT_TIMEOUT_S  # THREEGEN_COMP2_LLM_TIMEOUT: per request
     max_tokens: int = 32_000
     send_image: bool = True  # the prompt image as an image_url part (a vision model); False: text only
@@ -104,7 +104,8 @@ def first_message(prompt: str, image_png: bytes | None, send_image: bool) -> dic
     if image_png is None or not send_image:
         return {"role": "user", "content": text}
     url = "data:image/png;base64," + base64.b64encode(image_png).decode("ascii")
-    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}
+    return {"role": "user", "content": [{"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {"url": url}}]}
 
 
 def chat(config: LlmConfig, messages: list[dict], seed: int, client: httpx.Client) -> str:

@@ -29,7 +29,8 @@ const source = readFileSync(process.argv[2], "utf8");
 const mod = await import("data:text/javascript;base64," + Buffer.from(source).toString("base64"));
 const mesh = mod.default(THREE).children[0];
 const g = mesh.geometry;
-console.log(JSON.stringify({position: Array.from(g.attributes.position.array), color: Array.from(g.attributes.color.array),
+console.log(JSON.stringify({position: Array.from(g.attributes.position.array),
+  color: Array.from(g.attributes.color.array),
   index: Array.from(g.index.array), material: mesh.material.type, vertexColors: mesh.material.vertexColors}));
 """
 

@@ -135,7 +135,8 @@ def never_called(source: bytes):
 
 
 @pytest.mark.parametrize("reply, match", [
-    ((500, f'{{"error": "out of memory serving Bearer {KEY}"}}'), r"answered HTTP 500: .*out of memory serving Bearer \[key\]"),
+    ((500, f'{{"error": "out of memory serving Bearer {KEY}"}}'),
+     r"answered HTTP 500: .*out of memory serving Bearer \[key\]"),
     ((200, "<html>proxy login</html>"), "answered something other than a chat completion"),
     ((200, json.dumps({"choices": [{"message": {"content": "  "}}]})), "answered no text"),
     ((200, "x" * (4 * 2**20 + 10)), "answered more than 4,194,304 bytes: refused"),
@@ -166,7 +167,8 @@ def test_bad_settings_are_refused(fields, match):
 
 def test_the_module_is_taken_from_the_answers_code_block():
     assert extract_module("intro\n```javascript\nA\n```\nmore\n```js\nlonger B\n```") == "longer B\n"
-    assert extract_module("export default function generate(THREE) {}") == "export default function generate(THREE) {}\n"
+    bare = "export default function generate(THREE) {}"
+    assert extract_module(bare) == bare + "\n"
 
 
 def test_the_settings_build_the_config_and_never_show_the_key():
