@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .keys import is_generation_key, is_readable_key, key_error
+from .keys import PromptError, is_generation_key, is_readable_key, key_error
 from .ledger import Ledger, UnknownGeneration
 from .settings import Settings
+from .storage import StorageError
 from .stores import OpenedStore
 
 CODE_LOCATION = "threegen_dagster.definitions"
@@ -41,22 +43,34 @@ def refusals(keys: list[str], ledger: Ledger) -> list[str]:
     return lines
 
 
+def dg_executable() -> str:
+    """Dagster's ``dg`` (dagster-dg-cli, a dependency): beside this Python, else on PATH."""
+    beside = Path(sys.executable).with_name("dg")
+    found = str(beside) if beside.exists() else shutil.which("dg")
+    if found is None:
+        raise PromptError("threegen launch runs Dagster's `dg launch`, and no `dg` is installed: "
+                          "pip install dagster-dg-cli (a dependency of this package)")
+    return found
+
+
 def dg_launch_command(job: str, key: str, log_level: str) -> list[str]:
     """Dagster's own launch of ``job`` (``generate``) for one partition; the run's console log at
     ``log_level`` (run config ``loggers.console``: DEBUG shows every step event, INFO what the stages log)."""
     config = {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
-    return [str(Path(sys.executable).with_name("dg")), "launch", "--job", job, "--partition", key,
+    return [dg_executable(), "launch", "--job", job, "--partition", key,
             "--module-name", CODE_LOCATION, "--config-json", json.dumps(config)]
 
 
 def score_line(ledger_store: OpenedStore, key: str, since: float) -> str:
     """The score this launch wrote (the latest validation_score version, if written after ``since``)."""
     artifacts = ledger_store.artifacts()
-    latest = artifacts.latest(key, "validation_score")
-    if latest is None or latest.written_at < since:
-        return "no new score"
-    _, data = artifacts.load(key, "validation_score", latest.version)
-    result = json.loads(data)
+    try:
+        latest = artifacts.latest(key, "validation_score")
+        if latest is None or latest.written_at < since:
+            return "no new score"
+        result = json.loads(artifacts.load(key, "validation_score", latest.version)[1])
+    except StorageError as exc:  # named, and the other keys still run
+        return f"score unreadable: {exc}"
     failures = result.get("checks", {}).get("failures") or []
     verdict = "passed" if result.get("passed") and not failures else "failed"
     return (f"score {result['score']:.3f} (threshold {result['threshold']}) {verdict}"
@@ -75,6 +89,7 @@ def launch(args: argparse.Namespace, settings: Settings) -> int:
     if refused:
         print(f"threegen: nothing launched ({len(refused)} of {len(args.keys)} keys refused)", file=sys.stderr)
         return 2
+    dg_executable()  # before anything is registered
     instance = get_instance()  # exports DAGSTER_HOME (default ./.dagster) for the dg processes
     for key in dict.fromkeys(args.keys):  # known to the ledger and the instance before any run starts
         if is_readable_key(key) and ledger.find(key) is None:
