@@ -293,29 +293,40 @@ def _fits(encoded: _Encoded, budget: int) -> bool:
     return encoded.literal_estimate + _OVERHEAD + 64 <= budget  # 64: room for longer numbers in the header
 
 
+def _largest_fit(base: trimesh.Trimesh, lo: int, hi: int, budget: int) -> _Encoded | None:
+    """The encoding of the largest decimation target in [lo, hi] that fits (a binary search, to within 1% of the
+    target: each step decimates and encodes again), or None."""
+    best = None
+    while lo <= hi and (best is None or hi - lo > lo // 100):
+        target = (lo + hi) // 2
+        encoded = _encode(*_normalised(refine(base, target_faces=target, smoothing_iterations=0)))
+        if _fits(encoded, budget):
+            best, lo = encoded, target + 1
+        else:
+            hi = target - 1
+    return best
+
+
 def generate_module(mesh: trimesh.Trimesh, literal_budget: int = LITERAL_BUDGET,
                     max_faces: int = MAX_FACES) -> Comp2Module:
     """The mesh as a comp 2 module: as many triangles as fit ``literal_budget`` (decimating when needed)."""
     if len(mesh.faces) == 0:
         raise Comp2Error("the mesh has no faces")
     vertices, faces, colours = _normalised(mesh)
-    best = None
+    best, lo, hi = None, MIN_FACES, min(len(faces), max_faces)
     if len(faces) <= max_faces:
         whole = _encode(vertices, faces, colours)
         if _fits(whole, literal_budget):
             best = whole
+        else:  # the whole mesh's bits per triangle narrow the search; the rest of the range stays as a fallback
+            guess = len(faces) * (literal_budget - _OVERHEAD) * SYMBOL_BITS // whole.bits
+            lo, hi = max(lo, guess * 2 // 3), min(hi, guess * 4 // 3)
     if best is None:
         base = trimesh.Trimesh(vertices, faces, vertex_colors=np.hstack([colours, np.full((len(colours), 1), 255)]),
                                process=False)
-        lo, hi = MIN_FACES, min(len(faces), max_faces)
-        while lo <= hi:  # the largest decimation target whose encoding fits
-            target = (lo + hi) // 2
-            small = refine(base, target_faces=target, smoothing_iterations=0)
-            encoded = _encode(*_normalised(small))
-            if _fits(encoded, literal_budget):
-                best, lo = encoded, target + 1
-            else:
-                hi = target - 1
+        best = _largest_fit(base, lo, hi, literal_budget)
+        if best is None and lo > MIN_FACES:
+            best = _largest_fit(base, MIN_FACES, lo - 1, literal_budget)
     if best is None:
         raise Comp2Error(f"even {MIN_FACES} triangles do not fit a literal budget of {literal_budget} bytes")
     source = _module(best)

@@ -77,8 +77,8 @@ def test_the_pipelines_mesh_becomes_a_module_that_passes_every_rule(red_mug_glb,
     assert 1000 < module.faces < 20_000 and report.metrics["vertices"] == module.vertices
     assert max(abs(v) for corner in ("min", "max") for v in report.metrics["bbox"][corner]) <= HALF + 1e-6
     assert module.source.index("function reader") < module.source.index("export default function generate(THREE)")
-    # decimated to fill the budget, and the literal count is exactly the checker's
-    assert LITERAL_BUDGET - 600 < module.literal_bytes <= LITERAL_BUDGET
+    # decimated to fill the budget (the search stops within 1% of the target), the count exactly the checker's
+    assert 0.98 * LITERAL_BUDGET < module.literal_bytes <= LITERAL_BUDGET
     exact = Comp2Limits(literal_bytes=module.literal_bytes)
     assert check_module(module.data, exact).ok
     over = check_module(module.data, Comp2Limits(literal_bytes=module.literal_bytes - 1))
