@@ -1,5 +1,5 @@
 """``threegen``: register generations and run them through the Dagster instance at DAGSTER_HOME,
-so every run also shows in the UI (``dagster dev`` with the same DAGSTER_HOME)."""
+so every run also shows in the UI (``dg dev`` / ``make ui`` with the same DAGSTER_HOME)."""
 
 from __future__ import annotations
 
