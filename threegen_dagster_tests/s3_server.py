@@ -23,6 +23,7 @@ from pathlib import Path
 ACCESS_KEY = "threegen-test"
 SECRET_KEY = "threegen-test-secret-7f3a"  # a test server's key, never a real credential
 BUCKET = "threegen"
+PUBLIC_BUCKET = "threegen-cdn"  # anyone may read its objects (not list them), as from a CDN; writes need the key
 
 
 def weed_binary() -> str:
@@ -54,6 +55,10 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.base_port + 3}"
 
+    def public_url(self, prefix: str) -> str:
+        """The public (unsigned) URL of ``PUBLIC_BUCKET``'s ``prefix``, path-style."""
+        return f"{self.endpoint}/{PUBLIC_BUCKET}/{prefix.strip('/')}"
+
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1",
                 "THREEGEN_S3_ENDPOINT": self.endpoint}
@@ -72,7 +77,8 @@ class S3Server:
         config = self.data_dir / "s3.json"
         config.write_text(json.dumps({"identities": [{
             "name": "threegen", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}"]}]}))
         (self.data_dir / "data").mkdir(exist_ok=True)
         p = self.base_port
         args = [weed_binary(), "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -90,6 +96,8 @@ class S3Server:
                 raise RuntimeError(f"weed mini exited ({self.process.returncode}); see {self.data_dir / 'weed.log'}")
             try:
                 client.head_bucket(Bucket=BUCKET)
+                if PUBLIC_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+                    client.create_bucket(Bucket=PUBLIC_BUCKET)
                 return self
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)

@@ -24,17 +24,19 @@ class FetchError(RoundFileError):
     """A file that could not be read (missing, too large, unreachable); the message says which and why."""
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    """http(s) only, redirects to http(s) only (urllib's redirect handler), no proxies from the environment."""
+def _opener(redirects: bool = True) -> urllib.request.OpenerDirector:
+    """http(s) only, redirects to http(s) only (urllib's redirect handler; none followed when not
+    ``redirects``: a 3xx is then an HTTP error), no proxies from the environment."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.HTTPHandler, urllib.request.HTTPSHandler, urllib.request.HTTPRedirectHandler,
+    for handler in (urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
+                    *((urllib.request.HTTPRedirectHandler,) if redirects else ()),
                     urllib.request.HTTPDefaultErrorHandler, urllib.request.HTTPErrorProcessor):
         opener.add_handler(handler())
     return opener
 
 
 def fetch_url(url: str, *, max_bytes: int, timeout_s: float, tries: int = 3, pause_s: float = 1.0,
-              what: str = "") -> bytes:
+              what: str = "", redirects: bool = True) -> bytes:
     """The body of ``url`` (http or https), at most ``max_bytes``; FetchError otherwise."""
     name = what or url
     if urlsplit(url).scheme not in ("http", "https"):
@@ -42,7 +44,7 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float, tries: int = 3, pau
     last = ""
     for attempt in range(1, tries + 1):
         try:
-            with _opener().open(urllib.request.Request(url, headers={"User-Agent": "threegen-dagster"}),
+            with _opener(redirects).open(urllib.request.Request(url, headers={"User-Agent": "threegen-dagster"}),
                                timeout=timeout_s) as answer:
                 declared = answer.headers.get("Content-Length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
