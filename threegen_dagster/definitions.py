@@ -9,6 +9,7 @@ import dagster as dg
 
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
+from .defs import rounds_publish  # a round's outputs on the CDN, its commitment and its report
 from .defs import search  # the search_generations job (its config: a search)
 from .defs import workers  # the gpu_workers asset: the pool's status
 from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
@@ -28,9 +29,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
-                *rounds.ASSETS, workers.gpu_workers],
+                *rounds.ASSETS, *rounds_publish.ASSETS, workers.gpu_workers],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
-              requests.request_generations, removal.remove_generations_job, search.search_job],
+              *rounds_publish.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
                  sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],
@@ -46,6 +47,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
             "round_state": rounds.RoundsResource.from_settings(settings),  # where the round state is read
+            "cdn": rounds_publish.CdnResource.from_settings(settings),  # where a round's outputs are published
+            "commitment": rounds_publish.CommitmentResource.from_settings(settings),  # what is committed, on what chain
+            "judge_render": rounds_publish.JudgeRenderResource(chromium=settings.chromium),
             # the model stages, each under its stage's name (backends/stages.py)
             **{stage: StageResource.from_settings(settings, stage)
                for stage in ("text_to_image", "background", "image_to_mesh", "refine")},

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .images import MAX_IMAGE_PIXELS
 from .retention import RetentionPolicy
+from .rounds.commitment import NETWORK, REVEAL_BLOCKS
 from .rounds.comp2_llm import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, LlmConfig
+from .rounds.publish import CDN_PREFIX, CDN_URL
 from .rounds.source import DEFAULT_BASE as ROUNDS_SOURCE
 from .rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK
 from .sn17.validators import ValidatorPolicy
@@ -85,6 +87,13 @@ class Settings:
     shown), _ATTEMPTS, _TIMEOUT, _IMAGE (0: a text-only model); None when no URL is set."""
     chromium: str | None = None
     """THREEGEN_CHROMIUM: the Chromium the judge-style renders use; unset: Debian's /usr/bin/chromium."""
+    cdn_prefix: str = CDN_PREFIX
+    """THREEGEN_CDN_PREFIX: where a round's outputs are uploaded: s3://BUCKET[/PREFIX] (or a folder a web server serves)."""
+    cdn_url: str = CDN_URL
+    """THREEGEN_CDN_URL: that prefix's public base URL (validators fetch {cdn_url}/{stem}.js); also the committed cdn_url."""
+    commitment: dict = field(default_factory=dict)
+    """THREEGEN_SN17_REPO (owner/name), THREEGEN_SN17_COMMIT (40 hex), THREEGEN_REVEAL_BLOCKS, THREEGEN_SUBTENSOR_NETWORK:
+    the round commitment's repo and commit, the blocks until its reveal, the chain."""
 
     @property
     def worker_urls(self) -> tuple[str, ...]:
@@ -158,6 +167,11 @@ class Settings:
             comp2_backend=comp2_backend(env),
             comp2_llm=comp2_llm(env),
             chromium=env.get("THREEGEN_CHROMIUM") or None,
+            cdn_prefix=cdn_prefix(env.get("THREEGEN_CDN_PREFIX", ""), base),
+            cdn_url=env.get("THREEGEN_CDN_URL", "").rstrip("/") or CDN_URL,
+            commitment={"repo": env.get("THREEGEN_SN17_REPO", ""), "commit": env.get("THREEGEN_SN17_COMMIT", ""),
+                        "reveal_blocks": int(positive(env, "THREEGEN_REVEAL_BLOCKS", REVEAL_BLOCKS, int)),
+                        "network": env.get("THREEGEN_SUBTENSOR_NETWORK", "") or NETWORK},
         )
 
 
@@ -240,6 +254,19 @@ def rounds_source(raw: str, base: Path) -> str:
     if not raw:
         return ROUNDS_SOURCE
     return raw.rstrip("/") if raw.startswith(("http://", "https://")) else str((base / raw).expanduser().resolve())
+
+
+def cdn_prefix(raw: str, base: Path) -> str:
+    """THREEGEN_CDN_PREFIX: an s3:// location as it is (checked), a folder made absolute; unset: none."""
+    if not raw:
+        return CDN_PREFIX
+    if raw.startswith("s3://"):
+        try:
+            parse_s3_uri(raw)
+        except StorageError as exc:
+            raise SettingsError(f"THREEGEN_CDN_PREFIX: {exc.strerror}") from None
+        return raw.rstrip("/")
+    return str((base / raw).expanduser().resolve())
 
 
 def competition(env: Mapping[str, str]) -> int:

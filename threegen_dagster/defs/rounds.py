@@ -94,6 +94,11 @@ def _deadline_metadata(context) -> dict:
             "deadline_block": tags.get(TAG_DEADLINE_BLOCK, ""), "seconds_to_deadline": round(left)}
 
 
+def _verdict(verdict: CheckReport) -> dict:
+    """The check's verdict in the output's own metadata (kept in its version record: the round report reads it)."""
+    return {"passed": verdict.ok, "rules_failed": ",".join(sorted(set(verdict.rules)))}
+
+
 def _check_result(name: str, verdict: CheckReport) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name, passed=verdict.ok, description=None if verdict.ok else verdict.summary()[:2000],
@@ -119,7 +124,7 @@ def comp0_splat(context: dg.AssetExecutionContext, store: StoreResource, splats:
     data = comp0_ply(gaussian_splat)
     verdict = check_comp0(data, splats.frame)
     entry = store.ledger().get(context.partition_key)
-    yield dg.Output(data, metadata={**describe(entry), **_deadline_metadata(context), "passed": verdict.ok,
+    yield dg.Output(data, metadata={**describe(entry), **_deadline_metadata(context), **_verdict(verdict),
                                     "bytes_out": len(data), "gaussians": len(gaussian_splat)})
     yield _check_result(COMP0_CHECK, verdict)
 
@@ -131,7 +136,7 @@ def comp1_mesh(context: dg.AssetExecutionContext, store: StoreResource, refined_
     data = comp1_glb(refined_mesh)
     verdict = check_comp1(data)
     entry = store.ledger().get(context.partition_key)
-    yield dg.Output(data, metadata={**describe(entry), **_deadline_metadata(context), "passed": verdict.ok,
+    yield dg.Output(data, metadata={**describe(entry), **_deadline_metadata(context), **_verdict(verdict),
                                     "bytes_out": len(data)})
     yield _check_result(COMP1_CHECK, verdict)
 
@@ -149,7 +154,7 @@ def comp2_module(context: dg.AssetExecutionContext, store: StoreResource, round_
     except CheckerError as exc:  # no verdict is never a pass
         raise dg.Failure(f"comp2_module: {exc}") from exc
     entry = store.ledger().get(context.partition_key)
-    yield dg.Output(module.data, metadata={**describe(entry), **_deadline_metadata(context), "passed": verdict.ok,
+    yield dg.Output(module.data, metadata={**describe(entry), **_deadline_metadata(context), **_verdict(verdict),
                                            "bytes_out": len(module.data), "faces": module.faces,
                                            "literal_bytes": module.literal_bytes})
     yield _check_result(COMP2_CHECK, verdict)
