@@ -1,7 +1,8 @@
 """The README's "CI with Dagster's CLI" sequence, run exactly as the README shows it (the bash block
 is read from README.md) in a subprocess on a fresh instance with no daemon: it exits 0 and the store
 holds every stage of each generation; a blocking score check that fails makes it exit non-zero.
-Also: `dg launch --assets '*'` runs the unpartitioned catalog after the score, and `threegen launch`
+Also: a selection mixing the stages with the unpartitioned catalog runs the catalog after the score,
+what Dagster does with `*` and `group:`, and `threegen launch`
 refuses unknown keys in one line each before anything runs (Dagster's own CLI cannot)."""
 
 from __future__ import annotations
@@ -92,11 +93,12 @@ def _step_events(home: Path, run_id: str) -> list[tuple[str, str]]:
                 if e.dagster_event and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")]
 
 
-def test_the_star_selection_runs_the_catalog_after_the_score(tmp_path) -> None:
+def test_a_mixed_selection_runs_the_catalog_after_the_score(tmp_path) -> None:
+    """The stages (partitioned) and the catalog (unpartitioned) in one run: the catalog comes last."""
     home = tmp_path / "home"
     env = environment(tmp_path, DAGSTER_HOME=str(home), VIRTUAL_ENV=str(BIN.parent))
     key = run([str(BIN / "threegen"), "add", "a green teapot", "--seed", "2", "--quiet"], env).stdout.strip()
-    done = run([str(BIN / "dg"), "launch", "--assets", "*", "--partition", key], env)
+    done = run([str(BIN / "dg"), "launch", "--assets", "*generation_catalog", "--partition", key], env)
     assert done.returncode == 0, done.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (generation_run,) = instance.get_runs()
@@ -104,7 +106,23 @@ def test_the_star_selection_runs_the_catalog_after_the_score(tmp_path) -> None:
     order = [step for kind, step in events if kind == "STEP_START"]
     assert order.index("generation_catalog") > order.index("validation_score"), order
     assert ("STEP_SUCCESS", "validation_score") in events[:events.index(("STEP_START", "generation_catalog"))]
+    assert ("STEP_SUCCESS", "generation_catalog") in events and len(order) == 8  # seven stages, the catalog
     assert [line for line in done.stderr.splitlines() if WARNING.search(line)] == []
+
+
+def test_what_dagster_s_cli_does_with_star_and_groups(tmp_path) -> None:
+    """`*` with a partition is refused by Dagster (two partitioned families: generations and SN17
+    rounds); `group:` parses without a warning (defs/dagster_warnings.py) and meets the partition check."""
+    env = environment(tmp_path, DAGSTER_HOME=str(tmp_path / "home"), VIRTUAL_ENV=str(BIN.parent))
+    (tmp_path / "home").mkdir()
+    star = run([str(BIN / "dg"), "launch", "--assets", "*", "--partition", "a-red-mug-0123456789-s1"], env)
+    group = run([str(BIN / "dg"), "launch", "--assets", "group:generation", "--partition", "a-red-mug-0123456789-s1"],
+                env)
+    assert star.returncode == 1 and star.stderr.strip().splitlines()[-1] == (
+        "dagster_shared.check.functions.CheckError: Failure condition: There is no PartitionsDefinition shared by "
+        "all the provided assets")
+    assert group.returncode == 1 and "partition key `a-red-mug-0123456789-s1`" in group.stderr.strip().splitlines()[-1]
+    assert [line for line in (star.stderr + group.stderr).splitlines() if WARNING.search(line)] == []
 
 
 def test_threegen_launch_refuses_unknown_keys_in_one_line_each_and_launches_nothing(tmp_path) -> None:
