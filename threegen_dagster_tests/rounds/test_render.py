@@ -143,16 +143,17 @@ export default function generate(THREE) {
 
 
 FAILING = [
-    (b"export default function generate(THREE) { throw new Error('boom at line 1'); }", "boom at line 1"),
-    (b"export default function generate(THREE) { return 42; }", "generate\\(\\) did not return an Object3D"),
-    (b"export default function generate(THREE) { return new THREE.Group(; }", "SyntaxError|Unexpected token"),
+    (b"export default function generate(THREE) { throw new Error('boom at line 1'); }", "js", "boom at line 1"),
+    (b"export default function generate(THREE) { return 42; }", "js", "generate\\(\\) did not return an Object3D"),
+    (b"export default function generate(THREE) { return new THREE.Group(; }", "js", "SyntaxError|Unexpected token"),
+    (b"not a glb at all", "glb", "the glb output failed to render .*not valid JSON"),
 ]
 
 
-def test_a_module_that_fails_names_why_and_writes_nothing(renderer, tmp_path):
-    for source, match in FAILING:
+def test_an_output_that_fails_names_why_and_writes_nothing(renderer, tmp_path):
+    for source, kind, match in FAILING:
         with pytest.raises(RenderError, match=match):
-            renderer.render(source, "js", tmp_path / "out")
+            renderer.render(source, kind, tmp_path / "out")
         assert not (tmp_path / "out").exists()
     # the browser is still good for the next output
     assert len(renderer.render(b"export default function generate(THREE) { return new THREE.Group(); }", "js",
