@@ -15,7 +15,6 @@ import io
 import mimetypes
 import re
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -214,12 +213,6 @@ def _write_png(path: Path, data_url: str) -> Path:
         raise RenderError(f"the page returned something other than a PNG for {path.name}")
     path.write_bytes(base64.b64decode(data_url[len(prefix):]))
     return path
-
-
-def render_batch(outputs: Iterable[tuple[bytes, str, Path]], chromium: str | None = None) -> list[Rendered]:
-    """Render each ``(data, kind, out_dir)`` with one browser for the whole batch."""
-    with JudgeRenderer(chromium) as renderer:
-        return [renderer.render(data, kind, out_dir) for data, kind, out_dir in outputs]
 
 
 def _thumb(path: Path, size: int) -> str:
