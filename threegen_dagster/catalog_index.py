@@ -36,6 +36,7 @@ from .records import CorruptRecord, read_each
 from .storage import Conflict, StorageError
 
 INDEX = "index/catalog"
+BUILT = "index/built.json"  # written by the first rebuild: from then on the journal names every change
 FORMAT = 1
 
 
@@ -108,9 +109,11 @@ class CatalogIndex:
     def rebuild(self) -> Refreshed:
         """Every entry recomputed from the store; entries the ledger no longer knows are dropped."""
         marked = changes.pending(self.store)
-        indexed = {key for shard in self._shards() for key in shard}
+        indexed = {key for shard in self._shards() for key in shard or {}}
         done = self._update(self._ledger_keys() | indexed)
         changes.clear(self.store, [path for paths in marked.values() for path in paths])
+        self.store.write(BUILT, json.dumps({"format": FORMAT, "built_at": time.time()}).encode(),
+                         content_type="application/json")
         return done
 
     def _update(self, keys: set[str]) -> Refreshed:
@@ -159,9 +162,21 @@ class CatalogIndex:
         except (ValueError, KeyError, TypeError, AttributeError):  # a damaged shard is a cache: rebuilt
             return {}, tag
 
-    def _shards(self) -> list[dict]:
+    def _shards(self) -> list[dict | None]:
         paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
-        return [shard for shard, _ in self._map(self._read_shard, paths)]
+        return self._map(self._load_shard, paths)
+
+    def _load_shard(self, path: str) -> dict | None:
+        """A shard's entries for reading (no version tag to compute); None if it is damaged."""
+        try:
+            shard = json.loads(self.store.read(path))
+            return shard["entries"] if shard.get("format") == FORMAT else None
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def _ledger_keys(self) -> set[str]:
         return {i.path[len(LEDGER) + 1:-5] for i in self.store.list(LEDGER)
@@ -169,15 +184,20 @@ class CatalogIndex:
 
     # -- reading -----------------------------------------------------------------------------
     def entries(self) -> list[dict]:
-        """Every generation's entry, oldest first: the index reconciled with the ledger's listing and
-        the change journal (new, changed, removed and unreadable generations are recomputed first)."""
-        indexed = {key: entry for shard in self._shards() for key, entry in shard.items()}
-        known = self._ledger_keys()
+        """Every generation's entry, oldest first. Generations the change journal names (registered,
+        changed, removed) and unreadable ones are recomputed first; a store indexed for the first
+        time is rebuilt (once); a damaged shard is rebuilt from the ledger's listing."""
+        if not self.store.exists(BUILT):
+            self.rebuild()
+        shards = self._shards()
+        indexed = {key: entry for shard in shards for key, entry in (shard or {}).items()}
         stale = {key for key, entry in indexed.items() if entry["row"].get("status") == "unreadable"}
-        redo = (known - set(indexed)) | (set(indexed) - known) | stale | set(changes.pending(self.store))
+        redo = stale | set(changes.pending(self.store))
+        if any(shard is None for shard in shards):  # a damaged shard: find its generations in the ledger
+            redo |= {key for key in self._ledger_keys() if key not in indexed}
         if redo:
             self.refresh(redo)
-            indexed = {key: entry for shard in self._shards() for key, entry in shard.items()}
+            indexed = {key: entry for shard in self._shards() for key, entry in (shard or {}).items()}
         return sorted(indexed.values(), key=lambda e: (e["created_at"], e["key"]))
 
     def rows(self) -> list[dict]:

@@ -91,6 +91,7 @@ class Ledger:
                 try:
                     self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(),
                                      if_absent=True, content_type="application/json")
+                    mark_changed(self.store, [key])  # the catalog index lists it
                     return entry, True
                 except Conflict:  # another worker registered this key between our look and our write
                     existing = self.get(key)
@@ -108,6 +109,7 @@ class Ledger:
         try:
             self.store.write(f"{LEDGER}/{key}.json", json.dumps(asdict(entry), indent=1).encode(),
                              if_absent=True, content_type="application/json")
+            mark_changed(self.store, [key])  # the catalog index lists it
             return entry, True
         except Conflict:  # registered before (or by a concurrent run): the entry is checked when read
             return self.get(key), False
@@ -202,4 +204,6 @@ class Ledger:
 
     def remove(self, key: str) -> int:
         """Forget a generation; the bytes freed from the ledger."""
-        return self.store.delete(f"{LEDGER}/{key}.json") + self.store.delete(f"{LEDGER}/{key}.image")
+        freed = self.store.delete(f"{LEDGER}/{key}.json") + self.store.delete(f"{LEDGER}/{key}.image")
+        mark_changed(self.store, [key])  # the catalog index drops it
+        return freed
