@@ -114,7 +114,8 @@ def _zigzag(values: np.ndarray) -> np.ndarray:
 def _normalised(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices centred with their longest side 2 x HALF, faces, colours (uint8 RGB)."""
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    used = vertices[np.unique(np.asarray(mesh.faces))]  # a vertex no triangle uses never counts
+    lo, hi = used.min(axis=0), used.max(axis=0)
     longest = float((hi - lo).max())
     if not np.isfinite(longest) or longest <= 0:
         raise Comp2Error("the mesh is flat to a point or has non-finite vertices")
@@ -181,10 +182,11 @@ def _encode(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> _En
     faces = renumber[faces]
     qbits = position_bits(len(faces))
     step = 2 * HALF / ((1 << qbits) - 1)
-    extent = vertices[order].max(axis=0) - vertices[order].min(axis=0)
-    levels = np.minimum(np.round(extent / step), (1 << qbits) - 1)
+    used = vertices[order]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    levels = np.minimum(np.round((hi - lo) / step), (1 << qbits) - 1)
     centres = levels / 2
-    grid = np.clip(np.round(vertices[order] / step + centres), 0, levels).astype(np.int64)
+    grid = np.clip(np.round((used - (lo + hi) / 2) / step + centres), 0, levels).astype(np.int64)
     rgb = np.round(colours[order] / 255 * ((1 << COLOUR_BITS) - 1)).astype(np.int64)
     channels = np.hstack([grid, rgb])
     corners = _corner_codes(faces.ravel())

@@ -121,6 +121,13 @@ def test_a_mesh_that_fits_travels_whole_and_three_rebuilds_it(tmp_path):
     assert np.abs(decoded["color"] - want).max() < 1e-5
 
 
+def test_vertices_no_triangle_uses_change_nothing():
+    sphere = coloured_sphere()
+    stray = trimesh.Trimesh(np.vstack([sphere.vertices, [[100.0, -50.0, 7.0]]]), sphere.faces, process=False,
+                            vertex_colors=np.vstack([sphere.visual.vertex_colors, [[0, 255, 0, 255]]]))
+    assert generate_module(stray).source == generate_module(sphere).source
+
+
 def test_the_same_mesh_gives_the_same_bytes_in_another_process(red_mug_glb, tmp_path):
     (tmp_path / "mug.glb").write_bytes(red_mug_glb)
     here = glb_to_module(red_mug_glb).source
