@@ -33,7 +33,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               *rounds_publish.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
-                 sn17.sn17_submission_sensor, requests.start_requested_generations,
+                 *rounds_publish.SENSORS, sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],
         schedules=[retention.cleanup_schedule(settings.retention)],
         # a generation is a chain of heavy steps: one process per run keeps imports and models warm;

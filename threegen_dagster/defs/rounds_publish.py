@@ -21,7 +21,7 @@ from ..rounds.report import OUTPUT_ASSETS, build_report, markdown, round_outputs
 from ..rounds.source import FetchError
 from ..storage import open_store
 from .resources import S3ClientResource, SN17Resource, StoreResource
-from .rounds import GROUP, RoundsResource, rounds
+from .rounds import GROUP, TAG_ROUND, RoundsResource, rounds
 
 CHECK = "cdn_verified"
 
@@ -125,7 +125,7 @@ class ReportConfig(dg.Config):
     leader: bool = Field(True, description="Fetch the leader's outputs from its cdn_url")
 
 
-def _previews(context, config: ReportConfig, store: StoreResource, round_state: RoundsResource,
+def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsResource,
               judge: JudgeRenderResource, number: int, outputs: dict) -> dict:
     """The leader's outputs for a few of our passed stems, and both sides' judge-style renders (in the store
     under rounds/<N>/renders/<stem>/<ours|leader>/), as markdown rows."""
@@ -181,7 +181,8 @@ def round_report(context: dg.AssetExecutionContext, config: ReportConfig, store:
     report = build_report(record, outputs, not_registered, competition=competition,
                           publication=load_publication(store.store(), number),
                           commitment=load_commitment(store.store(), number), now=time.time())
-    previews = _previews(context, config, store, round_state, judge_render, number, outputs)
+    previews = _previews(config, store, round_state, judge_render, number, outputs)
+    report["next_commitment"] = load_commitment(store.store(), number + 1) or {"status": "none recorded"}
     report["previews"] = {k: v for k, v in previews.items() if k != "rows"}
     store.store().write(f"rounds/{number}/report.json", json.dumps(report, indent=1, sort_keys=True).encode(),
                         content_type="application/json")
@@ -199,6 +200,27 @@ def round_report(context: dg.AssetExecutionContext, config: ReportConfig, store:
 publish_job = dg.define_asset_job(
     "sn17_round_publish", selection=dg.AssetSelection.assets(round_publication, round_report),
     description="Publish a round's checked outputs to the CDN, verify every URL, and write the round's report")
+
+
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+@dg.sensor(job=publish_job, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Publishes the latest round (sn17_round_publish) once every run it launched has ended; again "
+                       "when more of its runs have ended since")
+def sn17_round_publish_sensor(context: dg.SensorEvaluationContext):
+    numbers = sorted(int(k) for k in context.instance.get_dynamic_partitions(rounds.name) if k.isdigit())
+    if not numbers:
+        return dg.SkipReason("no round taken up yet")
+    number = numbers[-1]
+    runs = context.instance.get_run_records(dg.RunsFilter(tags={TAG_ROUND: str(number)}))
+    if not runs:
+        return dg.SkipReason(f"round {number}: no runs yet")
+    going = [r for r in runs if r.dagster_run.status not in FINISHED]
+    if going:
+        return dg.SkipReason(f"round {number}: {len(going)} of {len(runs)} runs not ended yet")
+    ended = max(r.end_time or 0.0 for r in runs)
+    return dg.RunRequest(run_key=f"publish:{number}:{len(runs)}:{ended:.0f}", partition_key=str(number))
 
 
 class CommitConfig(dg.Config):
@@ -251,3 +273,4 @@ def sn17_commit():
 
 ASSETS = [round_publication, round_report]
 JOBS = [publish_job, sn17_commit]
+SENSORS = [sn17_round_publish_sensor]

@@ -8,18 +8,18 @@ import json
 
 import dagster as dg
 import pytest
-from bittensor_wallet import Keypair, Wallet
+from bittensor_wallet import Keypair
 
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.defs.resources import SN17Resource
 from threegen_dagster.defs.rounds import RoundsResource
-from threegen_dagster.defs.rounds_publish import CommitmentResource
 from threegen_dagster.rounds.commitment import (CommitmentError, Window, build_payload, commit_round, load_commitment,
                                                 plan, seal, window_for)
 from threegen_dagster.rounds.state import RoundState, Schedule
 from threegen_dagster.settings import Settings
 from threegen_dagster.storage import LocalStore
 
+from .local_chain import LocalChain, LocalCommitment, make_wallet
 from .state_server import ROUND, SCHEDULE, build_state
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -28,29 +28,9 @@ PAYLOAD = '{"repo":"miner-one/threejs-gen","commit":"0123456789abcdef0123456789a
           '"cdn_url":"https://cdn.example.org/miner/r54"}'
 
 
-class LocalChain:
-    """A chain at a fixed block that records each reveal commitment it is asked for (and can refuse one)."""
-
-    def __init__(self, block: int, accept: bool = True, error: str = "") -> None:
-        self.block, self.accept, self.error, self.calls = block, accept, error, []
-
-    def current_block(self) -> int:
-        return self.block
-
-    def set_reveal_commitment(self, wallet, netuid, data, blocks_until_reveal, block_time):
-        self.calls.append({"hotkey": wallet.hotkey.ss58_address, "netuid": netuid, "data": data,
-                           "blocks_until_reveal": blocks_until_reveal, "block_time": block_time})
-        if self.error:
-            raise ConnectionError(self.error)
-        return self.accept, 123456
-
-
 @pytest.fixture
 def wallet(tmp_path):
-    made = Wallet(name="miner", hotkey="default", path=str(tmp_path / "wallets"))
-    made.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    made.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return made
+    return make_wallet(tmp_path / "wallets")
 
 
 def test_the_payload_is_the_spec_json_exactly():
@@ -147,16 +127,6 @@ def test_a_failed_call_is_recorded(wallet, tmp_path, chain, message):
     with pytest.raises(CommitmentError, match=message):
         commit_round(chain, wallet, store, Window(54, 10_000, 20_000), PAYLOAD, reveal_blocks=30)
     assert load_commitment(store, 54)["last_attempt"]["status"] == "failed"
-
-
-class LocalCommitment(CommitmentResource):
-    """The commitment resource on a local chain at ``block`` (the job's wiring, bittensor's call left out)."""
-
-    block: int = 0
-
-    def chain(self):
-        type(self).last = LocalChain(self.block)
-        return type(self).last
 
 
 def _run_commit_job(tmp_path, wallet, block, **config):

@@ -108,3 +108,27 @@ def test_bad_items_and_settings_are_refused(tmp_path):
     for bad in ("ftp://cdn.example.org/r", "https://cdn.example.org/r?x=1", "cdn.example.org/r"):
         with pytest.raises(PublishError, match="is not a public base URL"):
             check_cdn_url(bad)
+
+
+def test_the_publish_sensor_waits_for_every_run_of_the_round():
+    import dagster as dg
+
+    from threegen_dagster.defs.rounds_publish import sn17_round_publish_sensor
+
+    stand_in = dg.GraphDefinition("stand_in", node_defs=[dg.op(name="noop")(lambda: None)]).to_job()
+    with dg.instance_for_test() as instance:
+        def tick():
+            with dg.build_sensor_context(instance=instance) as context:
+                return sn17_round_publish_sensor(context)
+
+        assert tick().skip_message == "no round taken up yet"
+        instance.add_dynamic_partitions("sn17_rounds", ["52", "53"])
+        assert tick().skip_message == "round 53: no runs yet"
+        runs = [instance.create_run_for_job(stand_in, tags={"threegen/round": "53"}) for _ in range(3)]
+        instance.create_run_for_job(stand_in, tags={"threegen/round": "52"})  # an older round's run: not waited for
+        instance.report_run_failed(runs[0])
+        assert tick().skip_message == "round 53: 2 of 3 runs not ended yet"
+        for run in runs[1:]:
+            instance.report_run_failed(run)
+        request = tick()
+        assert request.partition_key == "53" and request.run_key.startswith("publish:53:3:")
