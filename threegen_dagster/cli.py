@@ -17,6 +17,7 @@ from .cli_batch import with_seeds
 from .cli_search import add_parser as add_search
 from .cli_generate import QUIET_RUN, register  # noqa: F401  (QUIET_RUN: tests and benchmarks use it)
 from .cli_remove import add_parser as add_remove
+from .serve.command import add_parser as add_serve
 from .failures import InstanceUnavailable
 from .keys import MAX_SEED, Prompt, PromptError
 from .ledger import UnknownGeneration
@@ -339,6 +340,7 @@ def parser() -> argparse.ArgumentParser:
     keep.set_defaults(run=cmd_keep)
     add_remove(sub)  # threegen remove (cli_remove.py)
     add_launch(sub)  # threegen launch (cli_launch.py)
+    add_serve(sub)  # threegen serve (serve/command.py): SN17's miner batch API
     cat = sub.add_parser("catalog", help="list generations with status and score")
     cat.add_argument("--json", action="store_true")
     cat.add_argument("--rebuild", action="store_true", help="recompute every row from the store first")

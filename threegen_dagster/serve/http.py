@@ -1,0 +1,88 @@
+"""The batch API's HTTP server: FastAPI on uvicorn with the worker's edge (``worker_http``: ``Guard``
+refuses browsers, foreign Host names when bound to one address, non-JSON POSTs and a declared body over
+the limit before it is read; ``DeadlineH11`` bounds each request's arrival; FastAPI's ``max_body_size``
+stops a chunked body that grows past it). Every error is JSON ``{"error": ...}``. No Dagster imports.
+
+    GET  /health                                  200 {"ok": true} as soon as the server listens
+    GET  /status?replacements_remaining=k         {"status", "progress", "total", "payload"}
+    POST /generate {"prompts": [{"stem", "image_url"}], "seed"}   200 {"accepted": n}; 400, 409, 503
+    GET  /results                                 409 unless complete; a streamed ZIP (results.py)
+
+A ``Authorization: Bearer ...`` header is accepted and never required (nor read, nor logged).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from ..worker_http import DeadlineH11, Guard, _validation_message, body_too_large
+from .batch import BatchBook, GenerateRequest, Refused
+from .results import plan, stream
+
+ENDPOINTS = "GET /health, GET /status, POST /generate, GET /results"
+
+
+def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, hosts: frozenset[str] | None) -> Guard:
+    """The ASGI app: ``read(stem, key, version)`` gives a done stem's output; ``ext`` names the files."""
+    limits = book.limits
+    app = FastAPI(title="threegen serve", docs_url=None, redoc_url=None, openapi_url=None,
+                  max_body_size=limits.body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(request.url.path.strip("/"), exc)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404:
+            detail = f"no such endpoint {request.url.path[:100]}: {ENDPOINTS}"
+        elif exc.status_code == 413:
+            detail = body_too_large(limits.body_bytes).replace("THREEGEN_WORKER_MAX_BODY_MB", "threegen serve")
+        elif exc.status_code == 400:
+            detail = f"{request.url.path.strip('/')}: the body cannot be parsed as JSON"
+        return JSONResponse({"error": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    @app.get("/status")
+    def status(replacements_remaining: Annotated[int | None, Query(ge=0, le=1000)] = None) -> dict:
+        return book.status(replacements_remaining)
+
+    @app.post("/generate")
+    def generate(body: GenerateRequest) -> dict:
+        return {"accepted": book.submit(body)}
+
+    @app.get("/results")
+    def results() -> StreamingResponse:
+        batch = book.completed()
+        zip_plan = plan(batch, read, ext, limits)  # every read and limit before the first byte goes out
+        return StreamingResponse(stream(zip_plan), media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="{batch.id}.zip"', "X-Batch": batch.id,
+            "X-Failed": str(len(zip_plan.failed))})
+
+    return Guard(app, hosts, limits.body_bytes)
+
+
+def serve(app: Guard, sock: socket.socket, read_timeout_s: float = 30.0, max_connections: int = 32) -> None:
+    """Serve until SIGINT/SIGTERM on uvicorn, on the worker's protocol (heads at most 64 KiB)."""
+    config = uvicorn.Config(
+        app, http=DeadlineH11.with_timeout(read_timeout_s), ws="none", lifespan="off", log_level="warning",
+        access_log=False, server_header=False, proxy_headers=False, limit_concurrency=max_connections,
+        timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
