@@ -132,3 +132,34 @@ def test_the_publish_sensor_waits_for_every_run_of_the_round():
             instance.report_run_failed(run)
         request = tick()
         assert request.partition_key == "53" and request.run_key.startswith("publish:53:3:")
+
+
+def test_the_cdn_settings(tmp_path):
+    from threegen_dagster.settings import Settings, SettingsError
+
+    settings = Settings.from_env({"THREEGEN_CDN_PREFIX": "s3://my-bucket/sn17/", "THREEGEN_CDN_URL": "https://cdn.example.org/sn17/",
+                                  "THREEGEN_SN17_REPO": "me/miner", "THREEGEN_REVEAL_BLOCKS": "30"}, cwd=tmp_path)
+    assert (settings.cdn_prefix, settings.cdn_url) == ("s3://my-bucket/sn17", "https://cdn.example.org/sn17")
+    assert settings.commitment == {"repo": "me/miner", "commit": "", "reveal_blocks": 30, "network": "finney"}
+    assert Settings.from_env({"THREEGEN_CDN_PREFIX": "cdn"}, cwd=tmp_path).cdn_prefix == str(tmp_path / "cdn")
+    assert Settings.from_env({}, cwd=tmp_path).cdn_prefix == ""  # unset: publishing refuses, saying what to set
+    with pytest.raises(SettingsError, match="THREEGEN_CDN_PREFIX: .*names no bucket"):
+        Settings.from_env({"THREEGEN_CDN_PREFIX": "s3:///sn17"}, cwd=tmp_path)
+    with pytest.raises(SettingsError, match="THREEGEN_REVEAL_BLOCKS='0' must be greater than 0"):
+        Settings.from_env({"THREEGEN_REVEAL_BLOCKS": "0"}, cwd=tmp_path)
+
+
+def test_publishing_without_a_cdn_says_what_to_set(tmp_path):
+    import dagster as dg
+
+    from threegen_dagster.definitions import build_definitions
+    from threegen_dagster.settings import Settings
+
+    definitions = build_definitions(Settings(store=str(tmp_path / "store"), inbox=tmp_path / "inbox"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("sn17_rounds", ["53"])
+        result = definitions.resolve_job_def("sn17_round_publish").execute_in_process(
+            instance=instance, partition_key="53", raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("round_publication")
+    assert "no CDN configured: set THREEGEN_CDN_PREFIX (s3://BUCKET/PREFIX) and THREEGEN_CDN_URL" in failure.error.message
