@@ -129,7 +129,8 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
               judge: JudgeRenderResource, number: int, outputs: dict) -> dict:
     """The leader's outputs for a few of our passed stems, and both sides' judge-style renders (in the store
     under rounds/<N>/renders/<stem>/<ours|leader>/), as markdown rows."""
-    from ..rounds.render import RenderError, find_chromium, preview_markdown
+    from ..rounds.comp2_check import CheckerError, check_module
+    from ..rounds.render import find_chromium, preview_markdown
     from ..rounds.report import fetch_leader_outputs, find_leader
 
     competition = round_state.competition
@@ -152,12 +153,20 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
             cells = []
             sides = {"ours": store.artifacts().load(outputs[stem].key, OUTPUT_ASSETS[competition])[1]}
             if stem in theirs:
-                sides["leader"] = theirs[stem]
+                try:  # another miner's code runs in our browser only if it passes the rules
+                    verdict = check_module(theirs[stem], round_state.comp2_rules.limits()) if competition == 2 else None
+                except CheckerError as exc:
+                    verdict = exc
+                if verdict is None or getattr(verdict, "ok", False):
+                    sides["leader"] = theirs[stem]
+                else:
+                    why = verdict.summary() if hasattr(verdict, "summary") else str(verdict)
+                    result["leader_errors"][stem] = f"not drawn: its rules check: {why[:300]}"
             for side, data in sides.items():
                 try:
                     rendered = r.render(data, kind, Path(tmp) / stem / side)
-                except RenderError as exc:
-                    cells.append(f"{side}: {str(exc)[:200]}")
+                except Exception as exc:  # noqa: BLE001 - this output's preview only
+                    cells.append(f"{side}: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 for path in rendered.paths():
                     relative = path.relative_to(Path(tmp)).as_posix()

@@ -149,7 +149,7 @@ def fetch_leader_outputs(cdn_url: str, stems: list[str], competition: int, *, ti
 def markdown(report: dict) -> str:
     """The report's summary as markdown (asset metadata)."""
     window = report["window"]
-    used = f"{window['used_s']} s of {window['window_s']} s ({window['used_fraction']:.1%})" \
+    used = f"{window['used_s']} s of {window['window_s']} s ({window['used_fraction'] or 0:.1%})" \
         if window["used_s"] is not None else f"nothing yet of {window['window_s']} s"
     rules = ", ".join(f"{rule} x{n}" for rule, n in report["failed_by_rule"].items()) or "none"
     commitment = report["commitment"]
