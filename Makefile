@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := $(VENV)/.installed-demo
 
-.PHONY: setup demo ui test bench clean
+.PHONY: setup demo ui test bench clean lock setup-locked check-lock
 
 # The Dagster instance (runs, event log) lives in .dagster/, artifacts in artifacts/.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
@@ -21,7 +21,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps hy3dgen==2.0.2 open_clip_torch==3.3.0 timm==1.0.31 bittensor==9.12.2
+	$(PY) -m pip install --quiet --no-deps -r docker/nodeps.in bittensor==9.12.2
 	touch $(STAMP) $(DEMO)
 
 # `make demo` on a fresh clone installs the base dependencies only (no torch, diffusers, bittensor:
@@ -48,6 +48,25 @@ test: $(STAMP)
 	@# Chromium for the viewer's browser tests (Debian's package); without it they skip, saying why
 	scripts/install_browser.sh >/dev/null || echo "make test: no Chromium: the viewer's browser tests will be skipped"
 	$(PY) -m pytest
+
+# requirements.lock and requirements-nodeps.lock: every Python package of the base install and the [gpu] extra
+# (plus docker/lock.in), hash-checked, for Python 3.11 on x86_64 Linux (glibc 2.35+): what docker/Dockerfile and
+# setup-locked install. `make lock` resolves them again from PyPI with uv.
+UV_COMPILE = $(VENV)/bin/uv pip compile --generate-hashes --python-version 3.11 \
+             --python-platform x86_64-manylinux_2_35 --annotation-style line --quiet
+lock: | $(PY)
+	$(PY) -m pip install --quiet uv==0.13.9
+	$(UV_COMPILE) pyproject.toml docker/lock.in --extra gpu -o requirements.lock
+	$(UV_COMPILE) --no-deps docker/nodeps.in -o requirements-nodeps.lock
+
+# a GPU workstation with the image's exact packages (hash-checked; the lock is the whole closure, so --no-deps)
+setup-locked: | $(PY)
+	$(PY) -m pip install --require-hashes --no-deps -r requirements.lock -r requirements-nodeps.lock
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+
+# the lock files installed into a fresh venv as the image does, then pip check and the imports (several GB)
+check-lock:
+	docker/check_lock.sh /tmp/threegen-lock-check
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
