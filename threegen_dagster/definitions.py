@@ -12,6 +12,7 @@ from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
 from .defs import rounds_publish  # a round's outputs on the CDN, its commitment and its report
 from .defs import search  # the search_generations job (its config: a search)
 from .defs import workers  # the gpu_workers asset: the pool's status
+from .defs import audit  # the self-audit of a batch API server and the duel estimate, per round
 from .defs import dagster_warnings  # noqa: F401  (Dagster's warnings about its own internals)
 from .defs.io_manager import ArtifactIOManager
 from .defs.resources import (
@@ -29,9 +30,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
-                *rounds.ASSETS, *rounds_publish.ASSETS, workers.gpu_workers],
+                *rounds.ASSETS, *rounds_publish.ASSETS, *audit.ASSETS, workers.gpu_workers],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
-              *rounds_publish.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],
+              *rounds_publish.JOBS, *audit.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,
                  *rounds_publish.SENSORS, sn17.sn17_submission_sensor, requests.start_requested_generations,
                  requests.remove_junk_partitions],
@@ -50,6 +51,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "cdn": rounds_publish.CdnResource.from_settings(settings),  # where a round's outputs are published
             "commitment": rounds_publish.CommitmentResource.from_settings(settings),  # what is committed, on what chain
             "judge_render": rounds_publish.JudgeRenderResource(chromium=settings.chromium),
+            "audit": audit.AuditResource(server_url=settings.audit_url, embed_model=settings.duel_embed_model),
+            "duel": audit.DuelResource(  # the key as an EnvVar: Dagster resolves it, never shows it
+                embed_model=settings.duel_embed_model, vlm_url=settings.duel_vlm.base_url if settings.duel_vlm else "",
+                vlm_model=settings.duel_vlm.model if settings.duel_vlm else "",
+                vlm_key=dg.EnvVar("THREEGEN_DUEL_VLM_KEY") if settings.duel_vlm and settings.duel_vlm.api_key else ""),
             # the model stages, each under its stage's name (backends/stages.py)
             **{stage: StageResource.from_settings(settings, stage)
                for stage in ("text_to_image", "background", "image_to_mesh", "refine")},

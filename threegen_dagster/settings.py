@@ -94,6 +94,14 @@ class Settings:
     commitment: dict = field(default_factory=dict)
     """THREEGEN_SN17_REPO (owner/name), THREEGEN_SN17_COMMIT (40 hex), THREEGEN_REVEAL_BLOCKS, THREEGEN_SUBTENSOR_NETWORK:
     the round commitment's repo and commit, the blocks until its reveal, the chain."""
+    audit_url: str = ""
+    """THREEGEN_AUDIT_URL: the batch API server the self-audit drives (an image running `threegen serve`)."""
+    duel_embed_model: str = ""
+    """THREEGEN_DUEL_EMBED_MODEL: a DINO-family model (local folder or hub id) for the duel estimate and the
+    audit's render similarity; unset: none (the duel falls back to the VLM alone)."""
+    duel_vlm: LlmConfig | None = None
+    """THREEGEN_DUEL_VLM_URL (OpenAI-compatible API root), _MODEL, _KEY (never shown), _TIMEOUT: the judge model
+    the duel estimate asks; None when no URL is set."""
 
     @property
     def worker_urls(self) -> tuple[str, ...]:
@@ -172,6 +180,9 @@ class Settings:
             commitment={"repo": env.get("THREEGEN_SN17_REPO", ""), "commit": env.get("THREEGEN_SN17_COMMIT", ""),
                         "reveal_blocks": int(positive(env, "THREEGEN_REVEAL_BLOCKS", REVEAL_BLOCKS, int)),
                         "network": env.get("THREEGEN_SUBTENSOR_NETWORK", "") or NETWORK},
+            audit_url=env.get("THREEGEN_AUDIT_URL", "").rstrip("/"),
+            duel_embed_model=env.get("THREEGEN_DUEL_EMBED_MODEL", ""),
+            duel_vlm=duel_vlm(env),
         )
 
 
@@ -303,6 +314,19 @@ def comp2_llm(env: Mapping[str, str]) -> LlmConfig | None:
                          send_image=env.get("THREEGEN_COMP2_LLM_IMAGE", "1").lower() not in ("0", "false", "no"))
     except ValueError as exc:
         raise SettingsError(f"THREEGEN_COMP2_LLM_*: {exc}") from None
+
+
+def duel_vlm(env: Mapping[str, str]) -> LlmConfig | None:
+    """The duel's judge model (a vision model behind an OpenAI-compatible API); the key only in the LlmConfig."""
+    url = env.get("THREEGEN_DUEL_VLM_URL", "")
+    if not url:
+        return None
+    try:
+        return LlmConfig(base_url=url.rstrip("/"), model=env.get("THREEGEN_DUEL_VLM_MODEL", ""),
+                         api_key=env.get("THREEGEN_DUEL_VLM_KEY", ""), attempts=1, max_tokens=512,
+                         timeout_s=positive(env, "THREEGEN_DUEL_VLM_TIMEOUT", DEFAULT_TIMEOUT_S, float))
+    except ValueError as exc:
+        raise SettingsError(f"THREEGEN_DUEL_VLM_*: {exc}") from None
 
 
 def image_pixel_limit(env: Mapping[str, str] | None = None) -> int:
