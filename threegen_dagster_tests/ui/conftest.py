@@ -117,7 +117,7 @@ def stop(ui: DagsterUI) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def dagster_ui(tmp_path_factory):
+def dagster_ui(browser, tmp_path_factory):  # noqa: F811 - the browser first: no Chromium skips before make ui
     """``make ui`` on a free port, with the code location loaded; stopped after the module's tests."""
     tmp = tmp_path_factory.mktemp("dagster-ui")
     home = tmp / "home"

@@ -21,6 +21,7 @@ from ..viewer.test_viewer_browser import VIEWS, drawn_in_red
 PROMPT, SEED = "a red vase", 5
 READABLE = "a-red-cube-s1"  # "a red cube", seed 1, typed into Add partition
 REQUEST = f'ops:\n  register_request:\n    config:\n      prompts: ["{PROMPT}"]\n      seeds: [{SEED}]\n'
+START_TIMEOUT_S = 600.0  # the same kind of guard for the sensor's tick (minimum_interval_seconds=5)
 RUN_TIMEOUT_S = 1800.0  # a guard for a loaded 2-core machine: the embedded CPU generation takes minutes there
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 RUNS = """query Runs($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs { results {
@@ -92,8 +93,9 @@ def test_a_prompt_requested_in_the_launchpad_is_generated_shown_and_viewable(dag
     page.get_by_text(key, exact=True).first.wait_for(state="attached")  # its output metadata: "keys"
     shoot(page, "2-request-run")
     assert request["jobName"] == "request_generations" and request["status"] == "SUCCESS", ui.tail()
-    generation = ui.wait_for(lambda: finished(next(iter(runs(ui, **{TAG_REQUEST: request_id})), None)),
-                             RUN_TIMEOUT_S, "finished generate run started by the sensor")
+    ui.wait_for(lambda: runs(ui, **{TAG_REQUEST: request_id}), START_TIMEOUT_S, "run started by the sensor")
+    generation = ui.wait_for(lambda: finished(runs(ui, **{TAG_REQUEST: request_id})[0]), RUN_TIMEOUT_S,
+                             "finished generate run started by the sensor")
     tags = {t["key"]: t["value"] for t in generation["tags"]}
     assert generation["jobName"] == "generate" and generation["status"] == "SUCCESS", ui.tail()
     assert tags["dagster/partition"] == key and tags["dagster/sensor_name"] == "start_requested_generations"
@@ -125,6 +127,7 @@ def test_a_prompt_requested_in_the_launchpad_is_generated_shown_and_viewable(dag
     for view in VIEWS:
         assert reddish(shots[view]) > 2000, f"the {view} view shows no red object"
     assert page.locator("h1").inner_text() == PROMPT
+    assert [u for u in visit.requests if u != viewer_link and not u.startswith(("data:", "blob:"))] == []
     assert visit.errors == []
 
 
