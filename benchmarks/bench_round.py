@@ -2,7 +2,12 @@
 module written from it (comp2_generate), its check (the Node checker, three@0.183.2) and the judge-style
 renders (8 white views, 4 gray views, the grid; three r183 in Chromium with swiftshader WebGL).
 
-Run: .venv/bin/python benchmarks/bench_round.py [--prompts 8] [--no-render]
+Run: .venv/bin/python benchmarks/bench_round.py [--prompts 8] [--no-render] [--no-publish]
+
+After the prompts, the round's last stages: every module published to a local S3 server's public bucket
+(SeaweedFS, the tests' server) and read back by its public URL (sha256 compared), and the commitment payload
+built, sealed (drand timelock) and signed by a throwaway hotkey; then the wall time of each stage and of the
+round (every stage one after the other, as one process would run it).
 
 Figures are wall-clock seconds per prompt (time.perf_counter), one run each, printed, never asserted; the
 browser is started once for the batch (its start is shown apart). A 128-prompt round is the per-prompt
@@ -45,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--no-render", action="store_true")
+    parser.add_argument("--no-publish", action="store_true", help="skip the CDN publish/verify and commitment stages")
     args = parser.parse_args()
     prompts = [PROMPTS[i % len(PROMPTS)] + (f" #{i // len(PROMPTS)}" if i >= len(PROMPTS) else "")
                for i in range(args.prompts)]
@@ -54,7 +60,7 @@ def main() -> None:
     print(f"  Node check: {'yes' if check else 'no (run scripts/install_node_checker.sh)'}; "
           f"renders: {'yes' if render else 'no'}")
     stages, refine = (Procedural(), FloodFill(), Inflate()), Decimate()
-    rows = []
+    rows, modules = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         renderer = JudgeRenderer() if render else None
         if renderer:
@@ -78,17 +84,54 @@ def main() -> None:
                 if renderer:
                     _, render_s = seconds(lambda: renderer.render(module.data, "js", Path(tmp) / str(seed)))
                 rows.append((mesh_s, comp2_s, check_s, render_s))
+                modules[f"{seed:064x}"] = module.data
                 print(f"  {prompt[:25]:<26}{mesh_s:8.2f}{comp2_s:9.2f}{module.faces:7d}{module.literal_bytes:10d}"
                       f"{check_s:9.2f}{render_s:9.2f}")
         finally:
             if renderer:
                 renderer.__exit__(None, None, None)
+    stages = {name: sum(v for v in column if v == v)
+              for name, column in zip(("mesh", "comp 2 module", "Node check", "render"), zip(*rows))}
+    if not args.no_publish:
+        stages.update(publish_stages(modules))
     for name, column in zip(("mesh", "comp 2 module", "Node check", "render"), zip(*rows)):
         values = [v for v in column if v == v]
         if values:
             median = statistics.median(values)
             print(f"  {name:<14} median {median:6.2f} s/prompt, total {sum(values):7.1f} s; "
                   f"x128 on one core: {median * 128 / 60:6.1f} min")
+    print(f"  round of {len(prompts)} prompts, stage by stage (wall s): "
+          + ", ".join(f"{name} {value:.1f}" for name, value in stages.items()))
+    medians = [statistics.median(v for v in column if v == v) for column in zip(*rows) if any(v == v for v in column)]
+    once = sum(stages.get(k, 0.0) for k in ("publish", "verify", "commitment")) * 128 / max(1, len(prompts))
+    print(f"  round total: {sum(stages.values()):.1f} s; a 128-prompt round from the per-prompt medians, one process: "
+          f"{(sum(medians) * 128 + once) / 60:.1f} min")
+
+
+def publish_stages(modules: dict[str, bytes]) -> dict[str, float]:
+    """Publish to a local S3 server's public bucket, verify every URL, seal and sign the commitment."""
+    import os
+
+    from threegen_dagster.rounds.commitment import build_payload, seal
+    from threegen_dagster.rounds.publish import Output, upload, verify
+    from threegen_dagster.storage import open_store
+    from threegen_dagster_tests.rounds.local_chain import make_wallet
+    from threegen_dagster_tests.s3_server import PUBLIC_BUCKET, S3Server
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-round-cdn-") as tmp, S3Server(Path(tmp)) as server:
+        os.environ.update(server.env())
+        cdn = open_store(f"s3://{PUBLIC_BUCKET}/bench", endpoint_url=server.endpoint)
+        items = [Output(stem, data, True) for stem, data in modules.items()]
+        publication, out["publish"] = seconds(lambda: upload(cdn, items, number=53, competition=2,
+                                                             cdn_url=server.public_url("bench")))
+        _, out["verify"] = seconds(lambda: verify(publication, timeout_s=30, tries=1))
+        print(f"  published {len(publication.urls)}, verified {len(publication.verified)} by URL, "
+              f"failed {len(publication.failures)}: {out['publish']:.2f} s upload, {out['verify']:.2f} s read-back")
+        wallet = make_wallet(Path(tmp) / "wallets")
+        payload = build_payload("miner-one/threejs-gen", "0" * 40, server.public_url("bench"))
+        _, out["commitment"] = seconds(lambda: seal(payload, wallet.hotkey))
+    return out
 
 
 if __name__ == "__main__":
