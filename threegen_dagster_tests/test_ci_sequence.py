@@ -162,6 +162,11 @@ def test_threegen_launch_registers_a_readable_key_runs_it_and_sums_it_up(tmp_pat
     (launched,) = generate_runs(home)
     assert launched.tags["dagster/partition"] == "a-blue-vase-s3" and launched.status == dg.DagsterRunStatus.SUCCESS
     assert [line for line in done.stderr.splitlines() if WARNING.search(line)] == []
+    # a fresh instance over the same store (CI with a kept store): the ledger's key gets its partition
+    again = run([str(BIN / "threegen"), "launch", "a-blue-vase-s3", "--log-level", "warning"],
+                {**env, "DAGSTER_HOME": str(tmp_path / "home2")})
+    assert again.returncode == 0 and again.stdout.startswith("a-blue-vase-s3: succeeded, score "), again.stderr[-3000:]
+    assert [r.status for r in generate_runs(tmp_path / "home2")] == [dg.DagsterRunStatus.SUCCESS]
 
 
 def test_threegen_launch_fails_when_the_blocking_check_fails(tmp_path) -> None:
