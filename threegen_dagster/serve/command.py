@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     resumed = f"; resuming batch {book.batch.id} ({book.batch.done}/{len(book.batch.stems)} done)" if book.resumed else ""
     print(f"threegen serve: competition {settings.competition} ({generator.ext}), store {settings.store}, "
-          f"serving on http://{shown}:{sock.getsockname()[1]} ({len(settings.models)} model stages warming up{resumed}); "
+          f"serving on http://{shown}:{sock.getsockname()[1]} (the model stages warming up{resumed}); "
           f"Ctrl-C stops it", flush=True)
     app = make_app(book, generator.read, generator.ext, allowed_hosts(args.host))
     serve(app, sock, settings.worker_read_timeout_s, settings.worker_max_connections)
