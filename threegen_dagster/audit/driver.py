@@ -234,7 +234,11 @@ class Audit:
                 break
             if state == "ready":  # a server that forgot the batch: asked again (POST is idempotent)
                 self._post(client, prompts, batch)
-            self._replace(state, pod)
+            try:
+                self._replace(state, pod)
+            except (PodLost, RunEnded):
+                batch.outcome = "pod lost: replace"
+                raise
         try:
             results = client.results(self.rules.zip)
         except ZipRefused as exc:

@@ -18,6 +18,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class LazyRenderer:
+    """A ``JudgeRenderer`` started on its first render: no browser when nothing needs drawing."""
+
+    def __init__(self, chromium: str | None = None, timeout_s: float = 60.0) -> None:
+        self.chromium, self.timeout_s = chromium, timeout_s
+        self._renderer: JudgeRenderer | None = None
+
+    def render(self, data: bytes, kind: str, out_dir: Path):
+        if self._renderer is None:
+            renderer = JudgeRenderer(self.chromium, self.timeout_s)
+            self._renderer = renderer.__enter__()
+        return self._renderer.render(data, kind, out_dir)
+
+    def __enter__(self) -> LazyRenderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._renderer is not None:
+            self._renderer.__exit__(*exc)
+            self._renderer = None
+
+
 def white_views(renderer: JudgeRenderer, data: bytes, kind: str) -> dict[str, Image.Image]:
     """The 8 white views of one output, by view name (RenderError when it does not render)."""
     with tempfile.TemporaryDirectory(prefix="audit-render-") as tmp:

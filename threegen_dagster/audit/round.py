@@ -24,7 +24,7 @@ from ..storage import Store
 from .compare import StemComparison, compare
 from .driver import Audit, AuditReport, AuditRules, Event
 from .duel import WIN_MARGIN, DuelEstimate, StemDuel, judge_stem, tally
-from .renders import Embedder, white_views
+from .renders import Embedder, LazyRenderer, white_views
 
 
 class RoundAuditError(ValueError):
@@ -104,7 +104,8 @@ def published_win_margin(source: RoundSource, default: float = WIN_MARGIN) -> fl
 
 
 def duel_round(source: RoundSource, store: Store, number: int, competition: int, leader_cdn: str, *,
-               renderer: JudgeRenderer, embedder: Embedder | None, vlm: LlmConfig | None, win_margin: float,
+               renderer: JudgeRenderer | LazyRenderer, embedder: Embedder | None, vlm: LlmConfig | None,
+               win_margin: float,
                fetching: Fetching = Fetching(), image_limits: ImageLimits = ImageLimits(),
                log: Callable[[str], None] = print) -> DuelEstimate:
     """Every prompt of the round: this miner's published output against the leader's, on the judges' renders."""

@@ -15,7 +15,7 @@ from ..audit.client import ZipLimits
 from ..audit.compare import summary
 from ..audit.driver import AuditRules
 from ..audit.duel import DINO_GAP
-from ..audit.renders import Embedder
+from ..audit.renders import Embedder, LazyRenderer
 from ..audit.round import Fetching, RoundAuditError, audit_round, duel_round, leader_cdn_url, published_win_margin
 from ..rounds.comp2_llm import LlmConfig
 from ..rounds.publish import EXTENSIONS
@@ -92,9 +92,10 @@ def _md(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
 
 
 def _renderer(chromium: str | None, timeout_s: float, wanted: bool):
-    from ..rounds.render import JudgeRenderer, find_chromium
+    """The judge-style renderer, started only if an output needs drawing; none when not wanted or no Chromium."""
+    from ..rounds.render import find_chromium
 
-    return JudgeRenderer(chromium, timeout_s) if wanted and find_chromium(chromium) else nullcontext(None)
+    return LazyRenderer(chromium, timeout_s) if wanted and find_chromium(chromium) else nullcontext(None)
 
 
 @dg.asset(partitions_def=rounds, group_name=GROUP, deps=["round_publication"], kinds={"json"},
@@ -141,8 +142,6 @@ def sn17_self_audit(context: dg.AssetExecutionContext, store: StoreResource, rou
                       "judges' renders (DINO best view, and a VLM asked in both orders), the margin against win_margin")
 def sn17_duel_estimate(context: dg.AssetExecutionContext, store: StoreResource, round_state: RoundsResource,
                        duel: DuelResource, judge_render: JudgeRenderResource) -> dg.MaterializeResult:
-    from ..rounds.render import JudgeRenderer
-
     number, competition = int(context.partition_key), round_state.competition
     if competition not in (1, 2):
         raise dg.Failure(f"competition {competition}: the judges' page draws comp 1 and comp 2 outputs only")
@@ -150,7 +149,7 @@ def sn17_duel_estimate(context: dg.AssetExecutionContext, store: StoreResource, 
     try:
         leader = leader_cdn_url(source, number, duel.leader_cdn_url)
         margin = duel.win_margin if duel.win_margin is not None else published_win_margin(source)
-        with JudgeRenderer(judge_render.chromium, judge_render.timeout_s) as renderer:
+        with LazyRenderer(judge_render.chromium, judge_render.timeout_s) as renderer:
             estimate = duel_round(source, store.store(), number, competition, leader, renderer=renderer,
                                   embedder=Embedder(duel.embed_model) if duel.embed_model else None, vlm=duel.vlm(),
                                   win_margin=margin, fetching=Fetching(timeout_s=round_state.timeout_s),

@@ -26,3 +26,18 @@ def test_rules_that_cannot_run_are_refused():
         AuditRules(repeats=0)
     with pytest.raises(ValueError, match="poll_interval_s and repeat_timeout_s > 0"):
         AuditRules(poll_interval_s=0)
+
+
+def test_the_vlm_key_reaches_the_duel_resource_as_an_env_var(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from threegen_dagster.definitions import build_definitions
+
+    env = {"THREEGEN_DUEL_VLM_URL": "http://127.0.0.1:9/v1", "THREEGEN_DUEL_VLM_MODEL": "glm",
+           "THREEGEN_DUEL_VLM_KEY": "sk-secret"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    duel = build_definitions(Settings.from_env(env, cwd=tmp_path)).resources["duel"]
+    assert isinstance(duel.vlm_key, dg.EnvVar)  # the UI shows the variable's name, never its value
+    vlm = duel.process_config_and_initialize().vlm()
+    assert vlm.api_key == "sk-secret" and "sk-secret" not in repr(vlm)

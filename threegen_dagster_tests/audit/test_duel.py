@@ -126,9 +126,12 @@ def test_the_duel_asset_reports_the_margin(round_world, tmp_path):
     state.write(f"leader/{s1}.js", BOX)  # every pair identical or missing: decided without rendering
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("sn17_rounds", [str(ROUND)])
-        result = dg.materialize([sn17_duel_estimate], partition_key=str(ROUND), instance=instance, resources={
-            "store": StoreResource.from_settings(Settings(store=str(tmp_path / "store"), inbox=tmp_path)), "round_state": RoundsResource(source=str(state.root)),
-            "duel": DuelResource(), "judge_render": JudgeRenderResource()})
+        definitions = dg.Definitions(assets=[sn17_duel_estimate], resources={
+            "store": StoreResource.from_settings(Settings(store=str(tmp_path / "store"), inbox=tmp_path)),
+            "round_state": RoundsResource(source=str(state.root)), "duel": DuelResource(),
+            "judge_render": JudgeRenderResource()})
+        result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, partition_key=str(ROUND))
         metadata = result.asset_materializations_for_node("sn17_duel_estimate")[0].metadata
     assert metadata["margin"].value == 0.0 and metadata["win_margin"].value == 0.3  # 1 win, 1 loss, 2 draws
     assert not metadata["would_win"].value and f"| {s1} | draw | identical |" in metadata["stems"].value
