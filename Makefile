@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(PY)
 # the embedded backends never import them; test_lean_imports.py checks); `make test` after it installs
 # the rest (its own stamp)
 $(DEMO): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e .
 	touch $(DEMO)
 
 demo: $(DEMO)
