@@ -60,6 +60,10 @@ def test_the_dockerfile_pins_its_bases_and_runs_the_batch_api_as_a_non_root_user
     assert "http://127.0.0.1:10006/health" in health
     installs = [args for op, args in steps if op == "RUN" and "-r requirements" in args]
     assert installs and all("--require-hashes" in args for args in installs)
+    # editable: the comp 2 checker (node_checker/ and its node_modules) is not package data, it stays in /app
+    assert any("--no-build-isolation -e ." in args for op, args in steps if op == "RUN")
+    assert any("node_modules ./threegen_dagster/rounds/node_checker/node_modules" in args
+               for op, args in steps if op == "COPY")
     env = " ".join(args for op, args in steps if op == "ENV")
     assert "THREEGEN_COMPETITION=2" in env and "THREEGEN_IMAGE_TO_MESH=hunyuan" in env
     for op, args in steps:
