@@ -10,6 +10,7 @@ import dagster as dg
 from .defs import catalog, generation, inbox, removal, requests, retention, sn17
 from .defs import rounds  # SN17 as it runs today: rounds, competition profiles
 from .defs import rounds_publish  # a round's outputs on the CDN, its commitment and its report
+from .defs import rounds_render  # every passed output of a round drawn as the judges draw it
 from .defs import search  # the search_generations job (its config: a search)
 from .defs import workers  # the gpu_workers asset: the pool's status
 from .defs import audit  # the self-audit of a batch API server and the duel estimate, per round
@@ -30,7 +31,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
         assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
-                *rounds.ASSETS, *rounds_publish.ASSETS, *audit.ASSETS, workers.gpu_workers],
+                *rounds.ASSETS, *rounds_publish.ASSETS, *rounds_render.ASSETS, *audit.ASSETS, workers.gpu_workers],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               *rounds_publish.JOBS, *audit.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],
         sensors=[inbox.inbox_sensor, *catalog.SENSORS, sn17.sn17_task_sensor, rounds.sn17_round_sensor,

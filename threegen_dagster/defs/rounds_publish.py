@@ -127,9 +127,11 @@ class ReportConfig(dg.Config):
 
 def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsResource,
               judge: JudgeRenderResource, number: int, outputs: dict) -> dict:
-    """The leader's outputs for a few of our passed stems, and both sides' judge-style renders (in the store
-    under rounds/<N>/renders/<stem>/<ours|leader>/), as markdown rows."""
+    """The leader's outputs for a few of our passed stems, and both sides' judge-style renders (the leader's in
+    the store under rounds/<N>/renders/<stem>/leader/; ours from round_renders, generations/<key>/judge/, drawn
+    here only where those are missing), as markdown rows."""
     from ..rounds.comp2_check import CheckerError, check_module
+    from ..rounds.judge_renders import render_prefix, stored_renders
     from ..rounds.render import find_chromium, preview_markdown
     from ..rounds.report import fetch_leader_outputs, find_leader
 
@@ -140,7 +142,7 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
     if leader and leader.cdn_url and stems:
         theirs, errors = fetch_leader_outputs(leader.cdn_url, stems, competition, timeout_s=round_state.timeout_s)
     result = {"leader": leader.hotkey if leader else "", "leader_note": leader.note if leader else "no leader",
-              "leader_fetched": len(theirs), "leader_errors": errors, "rendered": {}, "rows": []}
+              "leader_fetched": len(theirs), "leader_errors": errors, "rendered": {}, "ours_at": {}, "rows": []}
     kind = {1: "glb", 2: "js"}.get(competition)
     if not stems or kind is None or find_chromium(judge.chromium) is None:
         result["render_note"] = "no renders: " + ("no passed output" if not stems else "no Chromium" if kind else
@@ -151,7 +153,9 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
     with tempfile.TemporaryDirectory(prefix="round-report-") as tmp, JudgeRenderer(judge.chromium, judge.timeout_s) as r:
         for stem in stems:
             cells = []
-            sides = {"ours": store.artifacts().load(outputs[stem].key, OUTPUT_ASSETS[competition])[1]}
+            manifest, ours = store.artifacts().load(outputs[stem].key, OUTPUT_ASSETS[competition])
+            kept = stored_renders(store.store(), outputs[stem].key, manifest.sha256, Path(tmp) / stem / "kept")
+            sides = {"ours": kept or ours}
             if stem in theirs:
                 try:  # another miner's code runs in our browser only if it passes the rules
                     verdict = check_module(theirs[stem], round_state.comp2_rules.limits()) if competition == 2 else None
@@ -164,11 +168,13 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
                     result["leader_errors"][stem] = f"not drawn: its rules check: {why[:300]}"
             for side, data in sides.items():
                 try:
-                    rendered = r.render(data, kind, Path(tmp) / stem / side)
+                    rendered = data if not isinstance(data, bytes) else r.render(data, kind, Path(tmp) / stem / side)
                 except Exception as exc:  # noqa: BLE001 - this output's preview only
                     cells.append(f"{side}: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
-                for path in rendered.paths():
+                if rendered is kept:  # round_renders drew it: not again, not copied
+                    result["ours_at"][stem] = render_prefix(outputs[stem].key)
+                for path in ([] if rendered is kept else rendered.paths()):
                     relative = path.relative_to(Path(tmp)).as_posix()
                     store.store().write(f"rounds/{number}/renders/{relative}", path.read_bytes(),
                                         content_type="image/png")
@@ -178,7 +184,7 @@ def _previews(config: ReportConfig, store: StoreResource, round_state: RoundsRes
     return result
 
 
-@dg.asset(partitions_def=rounds, group_name=GROUP, deps=["round_publication"], kinds={"json"},
+@dg.asset(partitions_def=rounds, group_name=GROUP, deps=["round_publication", "round_renders"], kinds={"json"},
           description="The round summed up: prompts, checks passed and failed by rule, time used against the window, "
                       "published and verified URLs, the commitment, and our outputs beside the leader's")
 def round_report(context: dg.AssetExecutionContext, config: ReportConfig, store: StoreResource,
@@ -207,8 +213,9 @@ def round_report(context: dg.AssetExecutionContext, config: ReportConfig, store:
 
 
 publish_job = dg.define_asset_job(
-    "sn17_round_publish", selection=dg.AssetSelection.assets(round_publication, round_report),
-    description="Publish a round's checked outputs to the CDN, verify every URL, and write the round's report")
+    "sn17_round_publish", selection=dg.AssetSelection.assets(round_publication, "round_renders", round_report),
+    description="Publish a round's checked outputs to the CDN, verify every URL, render every output as the judges "
+                "do (round_renders), and write the round's report")
 
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)

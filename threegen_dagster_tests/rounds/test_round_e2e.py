@@ -2,7 +2,8 @@
 round 53 with 8 prompt images; the round sensor (``dg.build_sensor_context``) registers them and requests the runs,
 which are executed in this process as the daemon would launch them; every comp 2 module passes the Node check;
 the outputs are published to the S3 server's public bucket and fetched back by URL; the commitment for the next
-round is built, sealed and signed with a real test wallet (the chain call goes to a local chain); and the round's
+round is built, sealed and signed with a real test wallet (the chain call goes to a local chain); every output is
+rendered as the judges render it, beside its generation, once (a second run skips them all); and the round's
 report counts it all, with our output and the leader's (fetched from its ``cdn_url``) drawn as the judges draw."""
 
 import base64
@@ -19,7 +20,9 @@ from threegen_dagster.definitions import build_definitions
 from threegen_dagster.defs.resources import SN17Resource
 from threegen_dagster.defs.rounds import RoundsResource, sn17_round_sensor
 from threegen_dagster.defs.rounds_publish import sn17_round_publish_sensor
+from threegen_dagster.defs.rounds_render import round_renders
 from threegen_dagster.rounds.commitment import build_payload
+from threegen_dagster.rounds.register import RoundBook
 from threegen_dagster.rounds.comp2_check import check_module, checker_ready
 from threegen_dagster.rounds.comp2_generate import generate_module
 from threegen_dagster.rounds.render import GRAY_VIEWS, WHITE_VIEWS, find_chromium
@@ -100,6 +103,11 @@ def test_a_round_end_to_end(tmp_path, s3_server, monkeypatch):
                 instance=instance, partition_key=request.partition_key, resources=resources,
                 run_config={**QUIET, "ops": {"round_report": {"config": {"previews": 1}}}})
             assert published.success
+            (drawn,) = published.asset_materializations_for_node("round_renders")
+            # again: every output's renders exist for the same bytes, nothing is drawn (no browser page opened)
+            again = dg.materialize([round_renders], partition_key=str(ROUND), instance=instance,
+                                   resources=resources, run_config=QUIET)
+            (redrawn,) = again.asset_materializations_for_node("round_renders")
 
     store = LocalStore(tmp_path / "store")
     publication = json.loads(store.read(f"rounds/{ROUND}/publication.json"))
@@ -128,11 +136,29 @@ def test_a_round_end_to_end(tmp_path, s3_server, monkeypatch):
     assert report["previews"]["leader_fetched"] == 1 and "submissions.json" in report["previews"]["leader_note"]
     if find_chromium() is None:
         assert report["previews"]["render_note"] == "no renders: no Chromium"
+        assert drawn.metadata["note"].value.startswith("not rendered: no Chromium at /usr/bin/chromium")
+        assert drawn.metadata["rendered"].value == 0
         return
+    # round_renders: every passed output drawn once, beside its generation; the second run skipped them all
+    names = [f"white/{v.name}.png" for v in WHITE_VIEWS] + [f"gray/{v.name}.png" for v in GRAY_VIEWS] + ["grid.png"]
+    assert len(names) == 13
+    assert [(m.metadata["rendered"].value, m.metadata["skipped"].value, m.metadata["failed"].value)
+            for m in (drawn, redrawn)] == [(8, 0, 0), (0, 8, 0)]
+    keys = {stem: state["key"] for stem, state in RoundBook(store).prompt_states(ROUND).items()}
+    assert sorted(keys) == sorted(folder.stems)
+    for stem, key in keys.items():
+        assert sorted(i.path for i in store.list(f"generations/{key}/judge")) == sorted(
+            [f"generations/{key}/judge/{name}" for name in names] + [f"generations/{key}/judge/renders.json"])
+        for name in names:
+            assert store.read(f"generations/{key}/judge/{name}").startswith(b"\x89PNG")
+        record = json.loads(store.read(f"generations/{key}/judge/renders.json"))
+        assert record["sha256"] == publication["sha256"][stem] and record["three"] == "183"
+        assert f"| {key} |" in drawn.metadata["renders"].value
+    assert drawn.metadata["renders"].value.count("![grid](data:image/png;base64,") == 8  # a thumbnail a row
     (stem,) = report["previews"]["rendered"]
     assert report["previews"]["rendered"][stem] == ["ours", "leader"]
-    for side in ("ours", "leader"):
-        base = f"rounds/{ROUND}/renders/{stem}/{side}"
-        names = [f"white/{v.name}.png" for v in WHITE_VIEWS] + [f"gray/{v.name}.png" for v in GRAY_VIEWS] + ["grid.png"]
-        for name in names:
-            assert store.read(f"{base}/{name}").startswith(b"\x89PNG")
+    # the report drew only the leader's side: ours are round_renders'
+    assert report["previews"]["ours_at"] == {stem: f"generations/{keys[stem]}/judge"}
+    assert not store.exists(f"rounds/{ROUND}/renders/{stem}/ours/grid.png")
+    for name in names:
+        assert store.read(f"rounds/{ROUND}/renders/{stem}/leader/{name}").startswith(b"\x89PNG")
