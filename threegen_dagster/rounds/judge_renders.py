@@ -91,7 +91,11 @@ def render_round(store: Store, artifacts: ArtifactStore, outputs: dict[str, Stem
     with tempfile.TemporaryDirectory(prefix="round-renders-") as tmp:
         todo = []
         for o in passed:
-            manifest = artifacts.latest(o.key, asset)
+            try:
+                manifest = artifacts.latest(o.key, asset)
+            except Exception as exc:  # noqa: BLE001 - an unreadable record: this output only
+                result.failed[o.stem] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                continue
             kept = stored_renders(store, o.key, manifest.sha256, Path(tmp) / o.stem) if manifest else None
             if kept is not None:
                 result.skipped.append(o.stem)

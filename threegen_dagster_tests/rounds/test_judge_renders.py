@@ -65,3 +65,14 @@ def test_comp0_and_failed_outputs_are_not_drawn(tmp_path):
     assert render_round(store, artifacts, outputs, 0).note == "comp 0 outputs are not drawn by the judge page"
     failed = {"stem1": StemOutput("stem1", KEY, manifest.written_at, False, "S_IMPORT")}
     assert render_round(store, artifacts, failed, 2).note == "no passed output"
+
+
+def test_an_unreadable_output_is_named_and_the_others_go_on(tmp_path):
+    store, artifacts, manifest, outputs = setup(tmp_path, b"export default function generate(THREE) {}\n")
+    keep_renders(store, manifest.sha256)
+    other = "round53-abcdef012345-s1"
+    store.write(f"generations/{other}/comp2_module/v000001.json", b"{not json")
+    outputs["stem2"] = StemOutput("stem2", other, manifest.written_at, True, "")
+    result = render_round(store, artifacts, outputs, 2, chromium="/x")
+    assert result.skipped == ["stem1"] and list(result.failed) == ["stem2"]
+    assert result.failed["stem2"].startswith("CorruptRecord: bad record") and other in result.failed["stem2"]
