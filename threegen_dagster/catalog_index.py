@@ -6,7 +6,11 @@ statistics (versions and bytes by asset, the blobs its versions keep alive and w
 missing, the records that could not be read). Entries live in 256 shard files in the store
 (``index/catalog/<xx>.json``, ``xx`` from the sha256 of the key), each replaced with a
 compare-and-swap, so concurrent refreshes never lose each other's rows and a refresh rewrites one
-small shard per generation it touched, whatever the size of the store.
+small shard per generation it touched, whatever the size of the store. Each shard also carries its
+entries' statistics summed when it is written (``totals``, first in the file with its length, so
+``stats`` parses only the totals and ``catalog`` only the rows): counts and bytes add up across
+shards; blob sizes, missing blobs and each asset's blobs are kept as sets, so de-duplication across
+shards stays exact (a union, not a sum).
 
 Which generations to recompute comes from the change journal (``changes.py``): every version
 written, pruned or dropped, and every keep mark, leaves a marker, so a refresh recomputes exactly
@@ -22,6 +26,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -38,6 +43,8 @@ from .storage import Conflict, StorageError
 INDEX = "index/catalog"
 BUILT = "index/built.json"  # written by the first rebuild: from then on the journal names every change
 FORMAT = 1
+_HEAD = re.compile(rb'\{"format":%d,"totals_length":(\d{1,10}),"totals":' % FORMAT)  # see _encode
+_ENTRIES = b',"entries":'
 
 
 def shard_path(key: str) -> str:
@@ -141,7 +148,7 @@ class CatalogIndex:
                     shard.pop(key, None)
                 elif key not in shard or shard[key].get("as_of", 0) <= entry["as_of"]:
                     shard[key] = entry
-            body = json.dumps({"format": FORMAT, "entries": shard}, separators=(",", ":")).encode()
+            body = _encode(shard)
             try:
                 self.store.write(path, body, if_absent=tag is None, if_match=tag, content_type="application/json")
                 return
@@ -156,11 +163,7 @@ class CatalogIndex:
             if exc.errno != errno.ENOENT:
                 raise
             return {}, None
-        try:
-            shard = json.loads(data)
-            return (shard["entries"] if shard.get("format") == FORMAT else {}), tag
-        except (ValueError, KeyError, TypeError, AttributeError):  # a damaged shard is a cache: rebuilt
-            return {}, tag
+        return _decode(data) or {}, tag  # a damaged shard is a cache: rebuilt
 
     def _shards(self) -> list[dict | None]:
         paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
@@ -169,14 +172,34 @@ class CatalogIndex:
     def _load_shard(self, path: str) -> dict | None:
         """A shard's entries for reading (no version tag to compute); None if it is damaged."""
         try:
-            shard = json.loads(self.store.read(path))
-            return shard["entries"] if shard.get("format") == FORMAT else None
+            return _decode(self.store.read(path))
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
             return {}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
+
+    def _shard_totals(self) -> list[dict | None]:
+        paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
+        return self._map(self._load_totals, paths)
+
+    def _load_totals(self, path: str) -> dict | None:
+        """A shard's totals, parsed without its rows when it was written with them (an older shard's
+        are summed from its entries); None if it is damaged."""
+        try:
+            data = self.store.read(path)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return _totals({})
+        parts = _parts(data)
+        if parts is not None:
+            try:
+                totals = json.loads(parts[0])
+                return totals if isinstance(totals, dict) else None
+            except ValueError:
+                return None
+        entries = _decode(data)
+        return None if entries is None else _totals(entries)
 
     def _ledger_keys(self) -> set[str]:
         return {i.path[len(LEDGER) + 1:-5] for i in self.store.list(LEDGER)
@@ -204,9 +227,14 @@ class CatalogIndex:
         return [entry["row"] for entry in self.entries()]
 
     def stats(self) -> dict:
-        """``ArtifactStore.stats``'s figures from the index and the (small) catalog tables' versions.
-        Only blobs that versions refer to are counted: ``unreferenced_*`` are None (a full scan counts them)."""
-        entries = self.entries()
+        """``ArtifactStore.stats``'s figures from the shards' totals and the (small) catalog tables'
+        versions. Only blobs that versions refer to are counted: ``unreferenced_*`` are None (a full scan
+        counts them). When something is to be reconciled first (see ``entries``) the rows are read once."""
+        totals = self._shard_totals() if self.store.exists(BUILT) else [None]
+        if any(t is None or t["stale"] for t in totals) or changes.pending(self.store):
+            self.entries()  # recomputes what changed, what is unreadable, what a damaged shard held
+            totals = self._shard_totals()
+        totals = [t for t in totals if t is not None]
         bad: list[CorruptRecord] = []
         tables = self.artifacts._read_all([i for i in self.store.list("catalog") if _VERSION.search(i.path)], bad)
         table_sizes = {sha: size for m in tables for sha, size in _refs(m)}
@@ -215,36 +243,35 @@ class CatalogIndex:
         by_asset: dict[str, dict] = defaultdict(lambda: {"versions": 0, "logical_bytes": 0, "blobs": set()})
         by_status: dict[str, dict] = defaultdict(lambda: {"generations": 0, "versions": 0, "logical_bytes": 0})
         logical = 0
-
-        def add(status: str, asset: str, versions: int, nbytes: int, shas: list[str]) -> None:
-            row = by_asset[asset]
-            row["versions"] += versions
-            row["logical_bytes"] += nbytes
-            row["blobs"].update(shas)
-            by_status[status]["versions"] += versions
-            by_status[status]["logical_bytes"] += nbytes
-
-        for entry in entries:
-            status = entry["row"].get("status", "unknown").split(" (")[0]
-            if entry["assets"]:
-                by_status[status]["generations"] += 1
-            for asset, (versions, nbytes, shas) in entry["assets"].items():
-                add(status, asset, versions, nbytes, shas)
-                logical += nbytes
-            logical += entry["extra_bytes"]
-            sizes.update(entry["blobs"])
-            missing.update(entry["missing"])
+        for t in totals:
+            for name, row in t["by_asset"].items():
+                mine = by_asset[name]
+                mine["versions"] += row["versions"]
+                mine["logical_bytes"] += row["logical_bytes"]
+                mine["blobs"].update(row["blobs"])
+            for name, row in t["by_status"].items():
+                for field_name in ("generations", "versions", "logical_bytes"):
+                    by_status[name][field_name] += row[field_name]
+            logical += t["logical_bytes"]
+            sizes.update(t["blobs"])
+            missing.update(t["missing"])
         for m in tables:
             refs = m.blobs()
-            add("catalog", m.asset, 1, m.bytes if refs else 0, refs[:1])
-            logical += (m.bytes if refs else 0) + sum(e["bytes"] for e in m.extras.values() if refs)
+            nbytes = m.bytes if refs else 0
+            by_asset[m.asset]["versions"] += 1
+            by_asset[m.asset]["logical_bytes"] += nbytes
+            by_asset[m.asset]["blobs"].update(refs[:1])
+            by_status["catalog"]["versions"] += 1
+            by_status["catalog"]["logical_bytes"] += nbytes
+            logical += nbytes + sum(e["bytes"] for e in m.extras.values() if refs)
         if tables:
             by_status["catalog"]["generations"] = 1
         stored = {sha: size for sha, size in sizes.items() if sha not in missing}
         referenced = sum(stored.values())
+        unreadable = sorted(line for t in totals for line in t["unreadable"])
         return {
             "store": self.store.location, "source": "index",
-            "generations": sum(1 for e in entries if e["assets"]),
+            "generations": sum(t["generations"] for t in totals),
             "versions": sum(row["versions"] for row in by_asset.values()),
             "blobs": len(stored), "logical_bytes": logical, "stored_bytes": referenced,
             "unreferenced_blobs": None, "unreferenced_bytes": None,
@@ -253,8 +280,74 @@ class CatalogIndex:
                                 "stored_bytes": sum(stored.get(s, 0) for s in row["blobs"]),
                                 "unique_blobs": len(row["blobs"])} for name, row in sorted(by_asset.items())},
             "by_status": {name: row for name, row in sorted(by_status.items())},
-            "unreadable_records": [line for e in entries for line in e["unreadable"]] + [str(e) for e in bad],
+            "unreadable_records": [item[-1] for item in unreadable] + [str(e) for e in bad],
         }
+
+
+def _encode(entries: dict[str, dict]) -> bytes:
+    """A shard: its totals first, with their length, then its entries (one JSON object)."""
+    totals = json.dumps(_totals(entries), separators=(",", ":")).encode()
+    rows = json.dumps(entries, separators=(",", ":")).encode()
+    return b'{"format":%d,"totals_length":%d,"totals":%b%b%b}' % (FORMAT, len(totals), totals, _ENTRIES, rows)
+
+
+def _parts(data: bytes) -> tuple[bytes, bytes] | None:
+    """The (totals, entries) JSON of a shard written by ``_encode``, cut apart unparsed; None otherwise."""
+    head = _HEAD.match(data)
+    if head is None or not data.endswith(b"}"):
+        return None
+    cut = head.end() + int(head[1])
+    if data[cut:cut + len(_ENTRIES)] != _ENTRIES:
+        return None
+    return data[head.end():cut], data[cut + len(_ENTRIES):-1]
+
+
+def _decode(data: bytes) -> dict | None:
+    """A shard's entries (only the entries are parsed when it has its totals); None if it is damaged."""
+    try:
+        parts = _parts(data)
+        if parts is not None:
+            entries = json.loads(parts[1])
+        else:
+            shard = json.loads(data)
+            entries = shard["entries"] if shard.get("format") == FORMAT else None
+        return entries if isinstance(entries, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _totals(entries: dict[str, dict]) -> dict:
+    """What a shard's entries add to the statistics (summed by ``stats`` over every shard): generations,
+    versions and bytes by asset and by status; blob sizes, missing blobs and each asset's blobs as sets
+    (a blob shared across shards is counted once by their union); bad records with the (created, key)
+    they sort by; the keys whose row is unreadable (to be recomputed on read)."""
+    by_asset: dict[str, dict] = {}
+    by_status: dict[str, dict] = {}
+    blobs: dict[str, int] = {}
+    missing: set[str] = set()
+    out = {"generations": 0, "logical_bytes": 0, "stale": [], "unreadable": []}
+    for key, entry in sorted(entries.items()):
+        status = entry["row"].get("status", "unknown")
+        if status == "unreadable":
+            out["stale"].append(key)
+        if entry["assets"]:
+            out["generations"] += 1
+            counts = by_status.setdefault(status.split(" (")[0], {"generations": 0, "versions": 0, "logical_bytes": 0})
+            counts["generations"] += 1
+        for asset, (versions, nbytes, shas) in entry["assets"].items():
+            row = by_asset.setdefault(asset, {"versions": 0, "logical_bytes": 0, "blobs": set()})
+            row["versions"] += versions
+            row["logical_bytes"] += nbytes
+            row["blobs"].update(shas)
+            counts["versions"] += versions
+            counts["logical_bytes"] += nbytes
+            out["logical_bytes"] += nbytes
+        out["logical_bytes"] += entry["extra_bytes"]
+        blobs.update(entry["blobs"])
+        missing.update(entry["missing"])
+        out["unreadable"] += [[entry["created_at"], key, i, line] for i, line in enumerate(entry["unreadable"])]
+    return {**out, "by_asset": {name: {**row, "blobs": sorted(row["blobs"])} for name, row in by_asset.items()},
+            "by_status": by_status, "blobs": blobs, "missing": sorted(missing)}
 
 
 def _refs(m: Manifest) -> list[tuple[str, int]]:

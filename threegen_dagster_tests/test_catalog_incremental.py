@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from threegen_dagster import changes, cli
-from threegen_dagster.artifacts import ArtifactStore
+from threegen_dagster.artifacts import ArtifactStore, blob_path
 from threegen_dagster.catalog import build_catalog, statuses
 from threegen_dagster.catalog_index import INDEX, CatalogIndex, shard_path
 from threegen_dagster.definitions import build_definitions
@@ -260,3 +260,55 @@ def test_a_damaged_shard_is_rebuilt_on_read(tmp_path) -> None:
     (tmp_path / shard_path(keys[0])).write_bytes(b'{"format": 1, "entr')
     assert sorted(row["key"] for row in index.rows()) == sorted(keys)
     assert stored_row(Settings(store=str(tmp_path), inbox=tmp_path), keys[0])["key"] == keys[0]
+
+
+def test_stats_come_from_the_shard_totals_and_stay_exact_across_shards(tmp_path) -> None:
+    """Each shard carries its entries' totals; stats sums them (blobs shared across shards counted once,
+    a missing shared blob once), and agrees with a full scan after bad records, a removal, a retention
+    change, a shard of the older layout (no totals) and a damaged shard."""
+    store, keys = populate(tmp_path, 12)  # every generation shares the validation_score blob
+    ledger, artifacts = Ledger(store), ArtifactStore(store)
+    assert len({shard_path(key) for key in keys}) > 1
+    artifacts.record(keys[1], "initial_mesh", b"mesh", "glb", "r", extras={"ply": b"ply bytes"})
+    artifacts.record(keys[5], "initial_mesh", b"mesh", "glb", "r", extras={"ply": b"ply bytes"})  # shared too
+    for key in (keys[7], keys[3]):  # bad version records in two generations: named in (created, key) order
+        (tmp_path / f"generations/{key}/refined_mesh").mkdir(parents=True)
+        (tmp_path / f"generations/{key}/refined_mesh/v000001.json").write_text('{"asset": "refined_me')
+    index = CatalogIndex(artifacts, ledger)
+
+    def agree() -> dict:
+        scan = artifacts.stats(statuses(build_catalog(artifacts, ledger)))
+        mine = index.stats()
+        assert mine["source"] == "index"
+        for name in ("generations", "versions", "blobs", "logical_bytes", "stored_bytes", "dedup_ratio",
+                     "missing_blobs", "by_asset", "by_status", "unreadable_records"):
+            assert mine[name] == scan[name], name
+        return mine
+
+    first = agree()
+    assert first["generations"] == 12 and first["by_asset"]["validation_score"]["unique_blobs"] == 1
+    assert len(first["unreadable_records"]) == 2
+    shards = sorted((tmp_path / INDEX).glob("*.json"))
+    body = json.loads(shards[0].read_text())
+    assert body["totals"]["generations"] == len(body["entries"])  # the totals travel with their rows
+
+    totals = json.loads((tmp_path / shard_path(keys[0])).read_text())["totals"]
+    (blob,) = totals["by_asset"]["validation_score"]["blobs"]
+    (tmp_path / blob_path(blob)).unlink()  # a blob every shard refers to, gone
+    for key in keys:
+        changes.mark_changed(store, [key])
+    assert agree()["missing_blobs"] == 1
+
+    ledger.remove(keys[4])
+    ledger.set_keep(keys[6])
+    old = json.loads((tmp_path / f"ledger/{keys[9]}.json").read_text())["created_at"]
+    report = apply_retention(artifacts, ledger, RetentionPolicy(max_age_hours=1, keep_passed_hours=1,
+                                                                gc_grace_hours=0), now=old + 10**5)
+    assert report.removed and keys[6] not in report.removed
+    assert agree()["generations"] == 1
+
+    (tmp_path / shard_path(keys[6])).write_text(json.dumps({"format": 1, "entries": json.loads(
+        (tmp_path / shard_path(keys[6])).read_text())["entries"]}))  # the layout before totals
+    agree()
+    (tmp_path / shard_path(keys[6])).write_bytes(b'{"format":1,"totals_length":9,"tot')  # damaged
+    assert agree()["by_status"]
