@@ -6,7 +6,8 @@ stages per generation, the initial mesh with its PLY, one blob shared by every g
 each size; at each size it prints, medians of 5 (printed, never asserted):
   refresh      one new generation written (7 versions through ArtifactStore.record, which leaves its
                change markers), then the catalog index's refresh: what follows every run
-  stats        `threegen stats` from the index (it also reconciles the index with the ledger listing)
+  stats        `threegen stats` from the index: the 256 shards' totals only, never their rows (it also
+               reconciles the index with the change journal)
   catalog      `threegen catalog`'s rows from the index
   full scan    the whole-store scan that used to follow every generation (build_catalog + stats),
                once per size, for comparison (`threegen catalog --rebuild` / `stats --full`)
@@ -110,8 +111,8 @@ def main(largest: int = 10_000) -> None:
             print(f"  {size + fresh:>11,} {statistics.median(refresh) * 1e3:8.1f} ms {stats:7.2f} s {rows:7.2f} s "
                   f"{full:8.2f} s {rebuild:7.2f} s")
         assert index.stats()["generations"] == have + fresh  # the figures above describe a real store
-        print("  refresh: per generation, after its run; stats/catalog: read the whole index (one row per "
-              "generation); full scan: what every generation cost before")
+        print("  refresh: per generation, after its run; stats: every shard's totals; catalog: every row "
+              "(one per generation); full scan: what every generation cost before")
 
 
 if __name__ == "__main__":
