@@ -5,8 +5,9 @@ How a stage call finds a card: every worker's ``GET /load`` is read at once (bus
 served); the call goes to an idle worker, fewest calls served first, sent *if idle*: the worker takes
 its GPU lock without waiting or answers 409, so two runs that both saw the same worker idle never
 share it (the lock is the lease: held for the call, gone with the worker). When every worker is busy
-(more runs than cards: the ``gpu`` pool's limit is above the workers that are up) the call waits in
-the queue of the least loaded one. A worker that does not answer its probe (refused, hung), or whose
+it looks again a few times over about a second (a card freed just now is taken at once rather than
+queued behind a busy one), then (more runs than cards: the ``gpu`` pool's limit is above the workers
+that are up) waits in the queue of the least loaded one. A worker that does not answer its probe (refused, hung), or whose
 connection breaks while it runs the stage (killed, crashed, reset), is skipped with one log line and
 the stage is sent to another: each worker at most once per call, so retries are bounded by the pool's
 size. Stages are pure functions of their inputs, so running one again elsewhere is safe. Answers
@@ -26,6 +27,7 @@ from .backends.gpu import BackendError
 from .worker import WorkerBusy, WorkerClient, WorkerDown
 
 PROBE_TIMEOUT_S = 5.0  # a worker that cannot say how busy it is within this is skipped for the call
+SETTLE_PROBES, SETTLE_S = 4, 0.25  # every worker busy: look again this often, this far apart, before queueing
 _log = logging.getLogger("threegen.workers")
 
 
@@ -78,6 +80,7 @@ class WorkerPool:
             except WorkerDown as exc:  # nowhere else to send it: the step fails, saying why
                 raise BackendError(str(exc)) from None
         skipped: dict[str, str] = {}
+        looks_left = SETTLE_PROBES
         while len(skipped) < len(self.urls):
             loads = self.loads([u for u in self.urls if u not in skipped])
             for load in loads:
@@ -88,7 +91,8 @@ class WorkerPool:
             order = {url: i for i, url in enumerate(self.urls)}
             idle = sorted((w for w in up if not w.busy and not w.queue), key=lambda w: (w.served, order[w.url]))
             least = sorted(up, key=lambda w: (w.busy + w.queue, w.served, order[w.url]))
-            for load, if_idle in [(w, True) for w in idle] + [(w, False) for w in least[:1]]:
+            queue_on = [] if looks_left else least[:1]
+            for load, if_idle in [(w, True) for w in idle] + [(w, False) for w in queue_on]:
                 try:
                     return self._on(load.url, stage, args, if_idle)
                 except WorkerBusy:
@@ -99,6 +103,9 @@ class WorkerPool:
                     self.log(f"{exc}: {stage} is sent again to another worker ({left} left)" if left else
                              f"{exc}: no worker left for {stage}")
                     break
+            else:  # every worker that is up is busy: look again shortly before queueing on one
+                looks_left -= 1
+                time.sleep(SETTLE_S)
         raise BackendError(f"no GPU worker could run {stage}: " + "; ".join(skipped[u] for u in self.urls))
 
     def _on(self, url: str, stage: str, args: tuple, if_idle: bool) -> tuple[Any, dict]:

@@ -13,7 +13,9 @@ SPHERE = (b"export default function generate(THREE) {\n  return new THREE.Mesh(n
           b"new THREE.MeshStandardMaterial({ color: 0xcc3333 }));\n}\n")
 
 
-@pytest.fixture(scope="session")
+# closed when the audit tests end: a live sync Playwright keeps an asyncio loop running in the main
+# thread, which breaks asyncio.run and other browsers in the tests after these
+@pytest.fixture(scope="package")
 def judge_renderer():
     if find_chromium() is None:
         pytest.skip("no Chromium (scripts/install_browser.sh)")

@@ -63,7 +63,8 @@ def view_server(red_mug):
         proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # per package (ui/ imports it too): a live sync Playwright keeps an
+# asyncio loop running in the main thread, which breaks asyncio.run and other browsers in later tests
 def browser():
     path = chromium_path()
     if path is None:
