@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,26 +190,37 @@ def _validation_message(stage: str, exc: RequestValidationError) -> str:
     return "; ".join(parts) or f"{stage}: invalid request"
 
 
+def json_errors(app: FastAPI, name: Callable[[str], str], not_found: Callable[[str], str], too_large: str,
+                unparsable: str = "") -> None:
+    """Every error of ``app`` as JSON ``{"error": ...}`` in one line: a body that does not validate (400,
+    field by field, under the endpoint's ``name(path)``), one FastAPI cannot parse at all (400, with the
+    ``unparsable`` hint), an unknown path (404, ``not_found(path)``), a body over the limit (413)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(name(request.url.path), exc)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        path, detail = request.url.path, exc.detail
+        if exc.status_code == 404:
+            detail = not_found(path)
+        elif exc.status_code == 413:
+            detail = too_large
+        elif exc.status_code == 400:  # FastAPI could not parse the JSON at all (nested too deeply, ...)
+            detail = f"{name(path)}: the body cannot be parsed as JSON" + (f" {unparsable}" if unparsable else "")
+        return JSONResponse({"error": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
 def make_app(runner: StageRunner, limits: Limits) -> Guard:
     """The worker's ASGI app: FastAPI routes inside the Guard."""
     app = FastAPI(title="threegen worker", docs_url=None, redoc_url=None, openapi_url=None,
                   max_body_size=limits.max_body_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        stage = request.url.path.removeprefix("/v1/")
-        return JSONResponse({"error": _validation_message(stage, exc)}, status_code=400)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 404:
-            detail = f"no such endpoint {request.url.path}: GET /health, /load, /status; POST /v1/{{{', '.join(BODIES)}}}"
-        elif exc.status_code == 413:
-            detail = body_too_large(limits.max_body_bytes)
-        elif exc.status_code == 400:  # FastAPI could not parse the JSON at all (nested too deeply, ...)
-            detail = f"{request.url.path.removeprefix('/v1/')}: the body cannot be parsed as JSON (nested too deeply?)"
-        return JSONResponse({"error": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+    json_errors(app, lambda path: path.removeprefix("/v1/"),
+                not_found=lambda path: f"no such endpoint {path}: GET /health, /load, /status; "
+                                       f"POST /v1/{{{', '.join(BODIES)}}}",
+                too_large=body_too_large(limits.max_body_bytes), unparsable="(nested too deeply?)")
 
     @app.get("/health")
     def health() -> dict:

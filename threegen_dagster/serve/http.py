@@ -19,12 +19,10 @@ from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from ..worker_http import DeadlineH11, Guard, _validation_message, body_too_large
+from ..worker_http import DeadlineH11, Guard, body_too_large, json_errors
 from .batch import BatchBook, GenerateRequest, Refused
 from .results import plan, stream
 
@@ -37,20 +35,8 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
     app = FastAPI(title="threegen serve", docs_url=None, redoc_url=None, openapi_url=None,
                   max_body_size=limits.body_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(request.url.path.strip("/"), exc)}, status_code=400)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 404:
-            detail = f"no such endpoint {request.url.path[:100]}: {ENDPOINTS}"
-        elif exc.status_code == 413:
-            detail = body_too_large(limits.body_bytes).replace("THREEGEN_WORKER_MAX_BODY_MB", "threegen serve")
-        elif exc.status_code == 400:
-            detail = f"{request.url.path.strip('/')}: the body cannot be parsed as JSON"
-        return JSONResponse({"error": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+    json_errors(app, lambda path: path.strip("/"), not_found=lambda path: f"no such endpoint {path[:100]}: {ENDPOINTS}",
+                too_large=body_too_large(limits.body_bytes).replace("THREEGEN_WORKER_MAX_BODY_MB", "threegen serve"))
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
