@@ -4,6 +4,7 @@ so every run also shows in the UI (``dg dev`` / ``make ui`` with the same DAGSTE
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -316,5 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``threegen`` command. On its way out the collector would walk every object Dagster and
+    the models built (0.7 s of a cold ``threegen generate`` on 2 cores): frozen, the process just ends."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -11,11 +11,13 @@ generation no run could use.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from .artifacts import ArtifactStore
@@ -111,21 +113,43 @@ def _refresh_catalog(artifacts: ArtifactStore, ledger, key: str, run_id: str, in
         "unreadable_records": "\n".join(done.unreadable[:50]) or "none"}))
 
 
+@contextmanager
+def _long_lived():
+    """What is built inside (Dagster, the definitions, the instance: about a million objects) lives as
+    long as the command: no collections while it is built, and none of it walked again by the run's
+    own collections (gc.freeze; ``generate`` unfreezes when it returns, for callers that go on)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool = False,
              export: Callable[[ArtifactStore, str], list[Path]] | None = None) -> int:
+    try:
+        return _generate(prompt, seed, settings, as_json, export)
+    finally:
+        gc.unfreeze()
+
+
+def _generate(prompt: Prompt, seed: int, settings: Settings, as_json: bool,
+              export: Callable[[ArtifactStore, str], list[Path]] | None) -> int:
     entered = time.perf_counter()
     started_s = _process_age_s()  # interpreter start and the CLI's own imports
-    from .definitions import build_definitions
-    from .defs.catalog import INLINE_TAG
-    from .defs.instance import get_instance
-    from .processes import identity_tags
-    from .runs import PoolWatch, failures, free_dead_runs
+    with _long_lived():
+        from .definitions import build_definitions
+        from .defs.catalog import INLINE_TAG
+        from .defs.instance import get_instance
+        from .processes import identity_tags
+        from .runs import PoolWatch, failures, free_dead_runs
 
-    instance = get_instance()
-    freed = free_dead_runs(instance)  # runs a killed threegen left holding the gpu pool
-    for run in freed:
-        note(run.line())
-    defs = build_definitions(settings)
+        instance = get_instance()
+        freed = free_dead_runs(instance)  # runs a killed threegen left holding the gpu pool
+        for run in freed:
+            note(run.line())
+        defs = build_definitions(settings)
     entry, new, partition_added = _register(prompt, seed, "cli", settings, instance)
     if not as_json:
         print(f"generation {entry.key}  (prompt: {entry.label!r}, seed {entry.seed})", flush=True)

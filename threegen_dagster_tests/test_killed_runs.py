@@ -110,20 +110,21 @@ def run_of(instance: dg.DagsterInstance, pid: int) -> str | None:
     return records[0].dagster_run.run_id if records else None
 
 
-def holds_a_lock_in(pid: int, folder: Path) -> bool:
-    """Whether ``pid`` holds a file lock (POSIX or flock, from /proc/locks) on a file under ``folder``."""
+def holds_a_write_lock_in(pid: int, folder: Path) -> bool:
+    """Whether ``pid`` holds an exclusive file lock (from /proc/locks) on a file under ``folder``. An
+    open SQLite connection always holds shared ones (WAL's read marks), which block nobody."""
     inodes = {path.stat().st_ino for path in folder.rglob("*") if path.is_file()}
     for line in Path("/proc/locks").read_text().splitlines():
         fields = [field for field in line.split() if field != "->"]  # "->": a waiter for the lock above
-        if fields[4] == str(pid) and int(fields[5].rsplit(":", 1)[1]) in inodes:
+        if fields[3] == "WRITE" and fields[4] == str(pid) and int(fields[5].rsplit(":", 1)[1]) in inodes:
             return True
     return False
 
 
 def stop_while_holding_the_gpu(instance: dg.DagsterInstance, cli: Proc) -> str:
     """SIGSTOP `threegen generate` at a moment its run holds the gpu slot (between two steps it
-    holds none: then let it go on and try again); returns its run id. Never while it holds a lock
-    on the instance's SQLite files: a process frozen inside a WAL write blocks every reader
+    holds none: then let it go on and try again); returns its run id. Never while it holds an
+    exclusive lock on the instance's SQLite files: a process frozen inside a WAL write blocks readers
     ("locking protocol"), a different fault from the one these tests are about (a killed process
     releases its locks; the kernel keeps a stopped one's)."""
     home = Path(instance.root_directory)
@@ -134,7 +135,7 @@ def stop_while_holding_the_gpu(instance: dg.DagsterInstance, cli: Proc) -> str:
             os.kill(cli.pid, signal.SIGSTOP)
             while psutil.Process(cli.pid).status() != psutil.STATUS_STOPPED:  # the signal is delivered
                 time.sleep(0.001)
-            if not holds_a_lock_in(cli.pid, home) and run_id in gpu_holders(instance):
+            if not holds_a_write_lock_in(cli.pid, home) and run_id in gpu_holders(instance):
                 return run_id
             os.kill(cli.pid, signal.SIGCONT)
         time.sleep(0.05)

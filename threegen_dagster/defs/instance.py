@@ -17,6 +17,9 @@ concurrency:
 run_monitoring:
   enabled: true
   free_slots_after_run_end_seconds: 30
+instance_class:
+  module: threegen_dagster.defs.sqlite_storage
+  class: ThreegenInstance
 telemetry:
   enabled: false
 """  # the essentials of the project's dagster.yaml (see there), for an install without the repository
