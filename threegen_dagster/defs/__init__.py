@@ -8,6 +8,7 @@
     retention.py    the `cleanup` job and its daily schedule
     sn17.py         SN17 task and submission sensors, the `submit` job, validator and submission tables
     instance.py     the Dagster instance the CLI and the UI share (DAGSTER_HOME, dagster.yaml)
+    sqlite_storage.py  its class, ThreegenInstance: Dagster's SQLite storage, connections kept open
     workers.py      the `gpu_workers` asset: every GPU worker of the pool, as a table
 
 A room imports the pure package (``..``), ``resources`` / ``io_manager``, and the rooms it follows
