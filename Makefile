@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps -r docker/nodeps.in bittensor==9.12.2
+	@# the project's own bytecode, as pip compiles every installed package's (an editable install is not, and
+	@# with PYTHONDONTWRITEBYTECODE set every `threegen` would compile its 130 modules again)
+	$(PY) -m compileall -q threegen_dagster >/dev/null
 	touch $(STAMP) $(DEMO)
 
 # `make demo` on a fresh clone installs the base dependencies only (no torch, diffusers, bittensor:

@@ -113,6 +113,10 @@ def one_case(storage: str, workers: int, generations: int, pg, folder: Path) -> 
             why = [failure(instance, f.run_id) for f in facts if f.end and f.status != dg.DagsterRunStatus.SUCCESS]
     finished = [f for f in facts if f.end]
     gpu = [(start, end) for f in facts for _, start, end in f.gpu_steps if end]
+    steps = sorted((start, end, f"{f.run_id[:8]} {step}") for f in facts for step, start, end in f.gpu_steps if end)
+    crowded = [[f"{name} {s0:.3f}-{s1:.3f}" for s0, s1, name in steps if s0 <= start < s1]
+               for start, _, _ in steps]  # the gpu steps running as each one started
+    over = next((names for names in crowded if len(names) > workers), [])
     wall = max(f.end for f in finished) - submitted if finished else float("nan")
     return {"storage": storage, "workers": workers, "generations": generations,
             "per_minute": len([f for f in finished if f.status == dg.DagsterRunStatus.SUCCESS]) / wall * 60,
@@ -121,7 +125,7 @@ def one_case(storage: str, workers: int, generations: int, pg, folder: Path) -> 
             "lost": generations - len(finished), "wall_s": wall,
             "orchestration_s": statistics.mean(orchestration) if orchestration else float("nan"),
             "run_s": statistics.mean(f.end - f.start for f in finished if f.start) if finished else float("nan"),
-            "why": why}
+            "why": why, "over": over}
 
 
 def failure(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -161,6 +165,8 @@ def main() -> None:
                       f"{r['wall_s']:>7.1f} {r['run_s']:>6.1f} {r['orchestration_s']:>20.1f}", flush=True)
                 for line in r["why"]:
                     print(f"    failed: {line}", flush=True)
+                if r["over"]:  # more gpu steps at once than the pool allows: which, from their events
+                    print(f"    over the pool's limit: {'; '.join(r['over'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,18 +20,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_YAML = ROOT / "deploy" / "dagster.postgres.yaml"
+PROJECT_YAML = ROOT / "threegen_dagster" / "dagster.yaml"
 BIN = Path(sys.executable).parent
 STARTED_PROCESS = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
 def write_home(home: Path, storage: str) -> Path:
     """DAGSTER_HOME with the deployment's dagster.yaml: verbatim for ``postgres`` (its DAGSTER_PG_*
-    variables say where), without the ``storage`` block for ``sqlite``."""
+    variables say where); for ``sqlite``, its ``storage`` block replaced by the project's instance class
+    (threegen_dagster/dagster.yaml: Dagster's SQLite files, connections kept open)."""
     home.mkdir(parents=True, exist_ok=True)
     text = DEPLOY_YAML.read_text()
     if storage == "sqlite":
         config = yaml.safe_load(text)
         del config["storage"]
+        config["instance_class"] = yaml.safe_load(PROJECT_YAML.read_text())["instance_class"]
         text = yaml.safe_dump(config, sort_keys=False)
     (home / "dagster.yaml").write_text(text)
     return home
