@@ -270,7 +270,7 @@ class StageRunner:
             self._gpu.release()
 
     def _run_locked(self, stage: str, args: tuple) -> dict[str, Any]:
-        started = time.perf_counter()
+        started, locked_at = time.perf_counter(), time.time()
         print(f"{time.strftime('%H:%M:%S')} {stage} started", flush=True)
         eng = self.engine(stage)
         with peak_gpu_memory() as memory:
@@ -279,7 +279,8 @@ class StageRunner:
             free_gpu_memory()
         self.served[stage] += 1
         out["meta"] = {**eng.describe(), "seconds": round(time.perf_counter() - started, 3),
-                       "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "worker"}
+                       "gpu_peak_mb": memory.get("gpu_peak_mb", 0.0), "where": "worker",
+                       "gpu_lock_start": round(locked_at, 3), "gpu_lock_end": round(time.time(), 3)}  # the card's own interval
         return out
 
     def call(self, stage: str, body: _Body, if_idle: bool = False) -> tuple[int, dict[str, Any]]:

@@ -73,7 +73,8 @@ class WorkerPool:
 
     def call(self, stage: str, *args: Any) -> tuple[Any, dict]:
         """The stage on a free worker: (its result, the worker's meta with ``worker``, the URL it ran on,
-        and ``worker_call_start``/``_end``, when this run sent it and had the answer, epoch seconds)."""
+        and ``worker_call_start``/``_end``, when this run sent it and had the answer, epoch seconds; the
+        worker's own ``gpu_lock_start``/``_end`` say when it held the card)."""
         if len(self.urls) == 1:  # one worker: its own queue orders the calls, its own errors say what failed
             try:
                 return self._on(self.urls[0], stage, args, if_idle=False)

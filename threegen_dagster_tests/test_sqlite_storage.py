@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.instance.ref import InstanceRef
 import psutil
 import pytest
 
@@ -38,15 +39,15 @@ def home(tmp_path, monkeypatch) -> Path:
 
 
 def plain_instance(home: Path, tmp_path: Path) -> dg.DagsterInstance:
-    """The same storage folder opened by Dagster's default SQLite storage."""
-    other = tmp_path / "plain-home"
+    """The same DAGSTER_HOME opened with Dagster's defaults: a dagster.yaml without our instance class."""
+    other = tmp_path / "plain-config"
     other.mkdir(exist_ok=True)
-    (other / "dagster.yaml").write_text(DEFAULT_YAML + f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n")
-    return dg.DagsterInstance.from_config(str(other))
+    (other / "dagster.yaml").write_text(DEFAULT_YAML)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(other)))
 
 
 def shard_files(home: Path, run_id: str) -> set[str]:
-    return {p.name for p in (home / "storage" / "history" / "runs").glob(f"{run_id}.db*")}
+    return {p.name for p in (home / "history" / "runs").glob(f"{run_id}.db*")}
 
 
 def test_the_project_instance_uses_it_on_dagster_s_own_files(home, tmp_path) -> None:
@@ -83,7 +84,7 @@ def test_a_shard_deleted_under_it_is_recreated_not_written_into_the_deleted_file
         run_id = materialize(instance)
         kept = len(instance.all_logs(run_id))
         for name in shard_files(home, run_id):  # as `dagster run wipe` in another process does
-            (home / "storage" / "history" / "runs" / name).unlink()
+            (home / "history" / "runs" / name).unlink()
         storage.store_event(a_message(run_id, "after the wipe"))
         with plain_instance(home, tmp_path) as plain:  # the event is in the new file, where others look
             assert [e.user_message for e in plain.all_logs(run_id)] == ["after the wipe"]
@@ -118,7 +119,7 @@ def test_a_process_that_exits_leaves_no_write_ahead_log_behind(home) -> None:
     run_id = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                             env={**os.environ, "DAGSTER_HOME": str(home)}).stdout.split()[-1]
     assert shard_files(home, run_id) == {f"{run_id}.db"}  # the WAL was folded into the file on close
-    with sqlite3.connect(home / "storage" / "history" / "runs" / f"{run_id}.db") as conn:
+    with sqlite3.connect(home / "history" / "runs" / f"{run_id}.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT count(*) FROM event_logs").fetchone()[0] > 5
 
@@ -141,6 +142,38 @@ def test_a_forked_child_opens_its_own_connections(home) -> None:
         assert len(runs) == 3 and {before, after} <= runs
         for run_id in runs:
             assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
-        index = home / "storage" / "history" / "runs" / "index.db"
+        index = home / "history" / "runs" / "index.db"
         with sqlite3.connect(index) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_watched_run_sees_each_event_while_its_writer_keeps_the_connection_open(home) -> None:
+    """The UI's live run page: Dagster's watcher woke on the run's file, which a writer that keeps its
+    connection open leaves alone until a checkpoint; the events are in its write-ahead log."""
+    run_id = "a1b2c3d4-0000-4000-8000-000000000001"
+    seen: list[str] = []
+    code = textwrap.dedent(f"""
+        import sys, time
+        import dagster as dg
+        from threegen_dagster_tests.test_sqlite_storage import a_message
+        instance = dg.DagsterInstance.get()
+        for n in range(3):
+            instance.event_log_storage.store_event(a_message({run_id!r}, f"event {{n}}"))
+            time.sleep(0.2)
+        print("written", flush=True)
+        sys.stdin.read()  # alive, its connection open, until the test is done
+    """)
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.store_event(a_message(run_id, "before the watch"))
+        instance.event_log_storage.watch(run_id, None, lambda entry, _cursor: seen.append(entry.user_message))
+        writer = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "DAGSTER_HOME": str(home)},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline() == "written\n"
+            deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
+            while len(seen) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert writer.poll() is None  # still running: nothing was folded into the file at its exit
+            assert seen == ["before the watch", "event 0", "event 1", "event 2"]
+        finally:
+            writer.communicate("")

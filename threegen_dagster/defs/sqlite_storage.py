@@ -27,9 +27,11 @@ from contextlib import contextmanager
 
 import sqlalchemy as db
 import yaml
+from watchdog.observers import Observer
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (INDEX_SHARD_NAME, SqliteEventLogStorage,
+                                                                       SqliteEventLogStorageWatchdog)
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
 from dagster._core.storage.sql import create_engine
@@ -63,6 +65,19 @@ class _OpenFiles(OrderedDict):
         self.pid = os.getpid()
 
 
+class _WalWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's watcher of a run's file (the UI's live run page), also woken by the file's write-ahead
+    log: a writer that keeps its connection open commits into ``-wal``; the file itself changes only
+    when SQLite checkpoints."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._patterns = [self._log_path, f"{self._log_path}-wal"]
+
+    def on_modified(self, event) -> None:
+        self._process_log()
+
+
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """``SqliteEventLogStorage`` with an engine per shard kept open (see the module)."""
 
@@ -88,7 +103,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             engine = create_engine(self.conn_string_for_shard(shard), pool_size=1, max_overflow=4,
                                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
             db.event.listen(engine, "connect", _normal_sync)
-            runs = [name for name in self._open if name != INDEX_SHARD_NAME]  # the index, every run's, stays
+            runs = [name for name in self._open if name != INDEX_SHARD_NAME]  # the index stays open
             for name in runs[:max(0, len(self._open) + 1 - OPEN_FILES)]:
                 self._open.pop(name)[0].dispose()
         self._open[shard] = (engine, identity)  # most recently used last
@@ -115,6 +130,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    def watch(self, run_id: str, cursor: str | None, callback) -> None:
+        """Dagster's ``watch``, with the watcher that also sees the write-ahead log."""
+        if not self._obs:
+            self._obs = Observer()
+            self._obs.start()
+        watchdog = _WalWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (watchdog, self._obs.schedule(watchdog, self._base_dir, recursive=True))
+
     def dispose(self) -> None:
         super().dispose()
         with self._db_lock:
@@ -139,7 +162,8 @@ class PooledSqliteStorage(DagsterSqliteStorage):
 
 class ThreegenInstance(DagsterInstance):
     """Dagster's instance, whose storage, unless dagster.yaml names one (``storage: postgres: ...``),
-    is ``PooledSqliteStorage`` in ``<DAGSTER_HOME>/storage``, where Dagster keeps its own by default.
+    is ``PooledSqliteStorage`` on the files where Dagster keeps its own by default (``<DAGSTER_HOME>/history``,
+    ``/history/runs``, ``/schedules``), so an instance keeps its history when it switches either way.
     (A storage has no way to learn the instance's folder; the instance class is where Dagster asks
     for the defaults, with the folder: ``InstanceRef.from_dir``.)"""
 
@@ -150,5 +174,5 @@ class ThreegenInstance(DagsterInstance):
     @staticmethod
     def config_defaults(base_dir: str) -> dict[str, ConfigurableClassData | None]:
         storage = ConfigurableClassData(__name__, PooledSqliteStorage.__name__,
-                                        yaml.dump({"base_dir": os.path.join(base_dir, "storage")}))
+                                        yaml.dump({"base_dir": base_dir}))  # as Dagster's DagsterSqliteStorage
         return {**InstanceRef.config_defaults(base_dir), "storage": storage}
