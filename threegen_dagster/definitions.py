@@ -49,6 +49,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "validators": ValidatorPolicyResource.from_policy(settings.validators),
             "sn17": SN17Resource(**settings.sn17),
             "round_state": rounds.RoundsResource.from_settings(settings),  # where the round state is read
+            "comp2": rounds.Comp2Resource.from_settings(settings),  # what writes comp 2 modules (key as an EnvVar)
             "cdn": rounds_publish.CdnResource.from_settings(settings),  # where a round's outputs are published
             "commitment": rounds_publish.CommitmentResource.from_settings(settings),  # what is committed, on what chain
             "judge_render": rounds_publish.JudgeRenderResource(chromium=settings.chromium),

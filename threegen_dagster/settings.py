@@ -85,6 +85,9 @@ class Settings:
     comp2_llm: LlmConfig | None = None
     """THREEGEN_COMP2_LLM_URL (OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1), _MODEL, _KEY (never
     shown), _ATTEMPTS, _TIMEOUT, _IMAGE (0: a text-only model); None when no URL is set."""
+    comp2_fallback: bool = True
+    """THREEGEN_COMP2_LLM_FALLBACK: 0 fails the run when the code model gives no module that passes (default 1:
+    the embedded module from the mesh is written instead)."""
     chromium: str | None = None
     """THREEGEN_CHROMIUM: the Chromium the judge-style renders use; unset: Debian's /usr/bin/chromium."""
     cdn_prefix: str = CDN_PREFIX
@@ -174,6 +177,7 @@ class Settings:
             round_margin_s=number("THREEGEN_ROUND_MARGIN_S", ROUND_MARGIN_S, float),
             comp2_backend=comp2_backend(env),
             comp2_llm=comp2_llm(env),
+            comp2_fallback=env.get("THREEGEN_COMP2_LLM_FALLBACK", "1").lower() not in ("0", "false", "no"),
             chromium=env.get("THREEGEN_CHROMIUM") or None,
             cdn_prefix=cdn_prefix(env.get("THREEGEN_CDN_PREFIX", ""), base),
             cdn_url=env.get("THREEGEN_CDN_URL", "").rstrip("/") or CDN_URL,

@@ -11,7 +11,9 @@ import warnings
 import dagster as dg
 from pydantic import Field
 
+from ..codecs import png_bytes, stored_image
 from ..rounds.comp2_check import CheckerError, Comp2Limits, check_module
+from ..rounds.comp2_llm import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, LlmConfig, LlmError
 from ..rounds.outputs01 import check_comp0, check_comp1, comp0_ply, comp1_glb
 from ..rounds.prompts import ImageLimits
 from ..rounds.register import RoundBook, register_prompts
@@ -79,6 +81,38 @@ class RoundsResource(dg.ConfigurableResource):
                            timeout_s=self.image_timeout_s, tries=self.tries)
 
 
+class Comp2Resource(dg.ConfigurableResource):
+    """What writes comp 2 modules: the embedded encoder (the pipeline's mesh) or a code model behind an
+    OpenAI-compatible API (THREEGEN_COMP2_BACKEND, THREEGEN_COMP2_LLM_*), its answers checked like any."""
+
+    backend: str = Field("embedded", pattern="^(embedded|llm)$", description="'embedded' or 'llm' (a code model)")
+    llm_url: str = Field("", description="The code model's API root, e.g. http://127.0.0.1:8000/v1")
+    llm_model: str = Field("", description="The code model's name")
+    llm_key: str = Field("", description="Its API key (THREEGEN_COMP2_LLM_KEY, given as an EnvVar: never shown)")
+    llm_attempts: int = Field(DEFAULT_ATTEMPTS, ge=1, le=20, description="Answers asked for, a failed check fed back")
+    llm_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Seconds per request")
+    llm_image: bool = Field(True, description="Send the prompt image (False: a text-only model)")
+    fallback: bool = Field(True, description="When the model gives no module that passes, write the embedded one")
+
+    @classmethod
+    def from_settings(cls, settings) -> "Comp2Resource":
+        llm = settings.comp2_llm
+        if llm is None:
+            return cls(backend=settings.comp2_backend, fallback=settings.comp2_fallback)
+        return cls(backend=settings.comp2_backend, llm_url=llm.base_url, llm_model=llm.model,
+                   llm_key=dg.EnvVar("THREEGEN_COMP2_LLM_KEY") if llm.api_key else "",  # resolved, never shown
+                   llm_attempts=llm.attempts, llm_timeout_s=llm.timeout_s, llm_image=llm.send_image,
+                   fallback=settings.comp2_fallback)
+
+    def llm(self) -> LlmConfig | None:
+        if self.backend != "llm":
+            return None
+        if not self.llm_url:
+            raise dg.Failure("comp2_module: the llm backend needs the code model's URL (THREEGEN_COMP2_LLM_URL)")
+        return LlmConfig(self.llm_url, self.llm_model, self.llm_key, attempts=self.llm_attempts,
+                         timeout_s=self.llm_timeout_s, send_image=self.llm_image)
+
+
 sn17_round = dg.AssetSpec(
     "sn17_round", group_name=GROUP, partitions_def=rounds, kinds={"json"},
     description="A round of SN17 as this miner took it up (recorded by sn17_round_sensor): its seed, "
@@ -144,20 +178,30 @@ def comp1_mesh(context: dg.AssetExecutionContext, store: StoreResource, refined_
 @dg.asset(partitions_def=generations, group_name=GROUP, io_manager_key="artifacts", kinds={"javascript"},
           check_specs=[_spec(COMP2_CHECK, "comp2_module", "Every static and runtime rule of the threejs output "
                                                           "specification, run in Node with three@0.183.2")])
-def comp2_module(context: dg.AssetExecutionContext, store: StoreResource, round_state: RoundsResource, refined_mesh):
-    """Comp 2's output: ``{stem}.js``, a module whose ``generate(THREE)`` rebuilds the refined mesh."""
-    from ..rounds.comp2_generate import generate_module  # the embedded generator (its own module)
+def comp2_module(context: dg.AssetExecutionContext, store: StoreResource, round_state: RoundsResource,
+                 comp2: Comp2Resource, refined_mesh):
+    """Comp 2's output: ``{stem}.js``, a module whose ``generate(THREE)`` rebuilds the refined mesh (the embedded
+    backend) or a code model wrote for the prompt; either way checked against every rule."""
+    from ..rounds.comp2_backend import write_module  # the embedded generator and the model slot (their own modules)
+    from ..rounds.comp2_generate import Comp2Error
 
-    module = generate_module(refined_mesh)
+    limits = round_state.comp2_rules.limits()
+    entry = store.ledger().get(context.partition_key)
+    llm, prompt, image_png = comp2.llm(), "", None
+    if llm is not None:
+        asked = store.ledger().prompt(entry.key)
+        prompt, image_png = (asked.text, None) if asked.kind == "text" else ("", png_bytes(stored_image(asked.image)))
     try:
-        verdict = check_module(module.data, round_state.comp2_rules.limits())
+        written = write_module(refined_mesh, lambda data: check_module(data, limits), limits.literal_bytes, llm,
+                               prompt, image_png, entry.seed, comp2.fallback, context.log.warning)
     except CheckerError as exc:  # no verdict is never a pass
         raise dg.Failure(f"comp2_module: {exc}") from exc
-    entry = store.ledger().get(context.partition_key)
-    yield dg.Output(module.data, metadata={**describe(entry), **_deadline_metadata(context), **_verdict(verdict),
-                                           "bytes_out": len(module.data), "faces": module.faces,
-                                           "literal_bytes": module.literal_bytes})
-    yield _check_result(COMP2_CHECK, verdict)
+    except (LlmError, Comp2Error) as exc:
+        raise dg.Failure(f"comp2_module: {exc}") from None
+    yield dg.Output(written.data, metadata={**describe(entry), **_deadline_metadata(context),
+                                            **_verdict(written.report), "bytes_out": len(written.data),
+                                            "backend": written.backend, **written.info})
+    yield _check_result(COMP2_CHECK, written.report)
 
 
 OUTPUTS = (comp0_splat, comp1_mesh, comp2_module)

@@ -188,3 +188,76 @@ def test_the_settings_build_the_config_and_never_show_the_key():
         Settings.from_env({"THREEGEN_COMP2_BACKEND": "gpt"})
     with pytest.raises(SettingsError, match="THREEGEN_COMP2_LLM_\\*: the code model's name is empty"):
         Settings.from_env({"THREEGEN_COMP2_LLM_URL": "http://127.0.0.1:8000/v1"})
+
+
+def _round_pipeline(root, monkeypatch, url: str | None, **more: str):
+    """The project's definitions as THREEGEN_COMP2_* configure them (the key through the environment, as
+    Dagster resolves an EnvVar), a registered prompt, and an instance with its partition."""
+    import dagster as dg
+
+    from threegen_dagster.definitions import build_definitions
+    from threegen_dagster.defs.resources import StoreResource
+    from threegen_dagster.keys import Prompt
+    from threegen_dagster.settings import Settings
+
+    env = {"THREEGEN_STORE": str(root / "store"), "THREEGEN_INBOX": str(root / "inbox"), "THREEGEN_GAUSSIANS": "5000"}
+    if url:
+        env |= {"THREEGEN_COMP2_BACKEND": "llm", "THREEGEN_COMP2_LLM_URL": url, "THREEGEN_COMP2_LLM_MODEL": "coder",
+                "THREEGEN_COMP2_LLM_KEY": KEY, "THREEGEN_COMP2_LLM_ATTEMPTS": "2", **more}
+        monkeypatch.setenv("THREEGEN_COMP2_LLM_KEY", KEY)
+    settings = Settings.from_env(env)
+    store = StoreResource.from_settings(settings)
+    entry, _ = store.ledger().add(Prompt.from_text("a red mug"), 7, source="test")
+    return build_definitions(settings), store, entry.key
+
+
+def _comp2_run(definitions, instance, key, selection=None, config=None):
+    import dagster as dg
+
+    run_config = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}, **(config or {})}
+    return definitions.resolve_job_def("sn17_comp2").execute_in_process(
+        instance=instance, partition_key=key, run_config=run_config, raise_on_error=False,
+        asset_selection=[dg.AssetKey(name) for name in selection] if selection else None)
+
+
+def _metadata(result, asset="comp2_module") -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@needs_node
+def test_the_pipeline_writes_the_module_with_the_code_model_and_falls_back_when_it_fails(tmp_path, monkeypatch):
+    import dagster as dg
+
+    with FakeModel([BROKEN, VALID]) as model:
+        definitions, store, key = _round_pipeline(tmp_path, monkeypatch, model.url)
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("generations", [key])
+            result = _comp2_run(definitions, instance, key)
+            assert result.success
+            assert store.artifacts().load(key, "comp2_module")[1] == extract_module(VALID).encode()
+            meta = _metadata(result)
+            assert meta["backend"] == "llm" and meta["model"] == "coder" and meta["attempts"] == 2
+            assert "FORBIDDEN_THREE_API" in meta["failed_attempts"] and meta["passed"] is True
+            first = model.requests[0]["body"]
+            assert first["seed"] == 7 and first["messages"][1]["content"].endswith("a red mug")  # a text prompt: no image
+            assert all(r["auth"] == f"Bearer {KEY}" for r in model.requests)
+            assert KEY not in json.dumps(meta) and KEY not in str(result.dagster_run.run_config)
+
+            # the model never passes: the embedded module from the mesh instead, and why
+            model.replies[:] = [BROKEN, BROKEN]
+            fallback = _comp2_run(definitions, instance, key, ["comp2_module"])
+            assert fallback.success
+            meta = _metadata(fallback)
+            assert meta["backend"] == "embedded" and meta["faces"] > 1000 and meta["passed"] is True
+            assert "failed the comp 2 check 2 time" in meta["fallback_reason"]
+            assert b"generate(THREE)" in store.artifacts().load(key, "comp2_module")[1]
+
+            # told not to fall back (THREEGEN_COMP2_LLM_FALLBACK=0), the run fails with the model's reason in one line
+            model.replies[:] = [BROKEN, BROKEN]
+            definitions, _, _ = _round_pipeline(tmp_path, monkeypatch, model.url, THREEGEN_COMP2_LLM_FALLBACK="0")
+            strict = _comp2_run(definitions, instance, key, ["comp2_module"])
+            assert not strict.success and model.replies == []
+            (failure,) = [e for e in strict.all_events if e.event_type_value == "STEP_FAILURE"]
+            assert "comp2_module: the code model's module failed the comp 2 check 2 time" in \
+                failure.event_specific_data.error_display_string
