@@ -65,12 +65,15 @@ def allowed_hosts(bind: str) -> frozenset[str] | None:
 
 
 class Guard:
-    """Pure ASGI middleware, outermost: 403 for browsers and foreign hosts, 415 for non-JSON POSTs,
-    413 for a declared ``Content-Length`` over ``max_body_bytes`` before a byte of it is read (a
-    body that grows past it while streaming is stopped by FastAPI's ``max_body_size``)."""
+    """Pure ASGI middleware, outermost: 403 for browsers (``refuse_web_pages``) and foreign hosts, 415
+    for non-JSON POSTs (``json_only``), 413 for a declared ``Content-Length`` over ``max_body_bytes``
+    before a byte of it is read (a body that grows past it while streaming is stopped by FastAPI's
+    ``max_body_size``)."""
 
-    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, max_body_bytes: int,
+                 refuse_web_pages: bool = True, json_only: bool = True) -> None:
         self.app, self.hosts, self.max_body_bytes = app, hosts, max_body_bytes
+        self.refuse_web_pages, self.json_only = refuse_web_pages, json_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,14 +87,14 @@ class Guard:
         await self.app(scope, receive, send)
 
     def refusal(self, method: str, headers: Headers) -> tuple[int, str] | None:
-        if "origin" in headers:
+        if self.refuse_web_pages and "origin" in headers:
             return 403, (f"requests from web pages are refused (Origin: {headers['origin'][:100]}): "
                          f"the worker serves the pipeline, not browsers")
         host = hostname(headers.get("host", ""))
         if self.hosts is not None and host not in self.hosts:
             return 403, (f"Host {headers.get('host', '')[:100]!r} is not this worker's "
                          f"(one of {', '.join(sorted(self.hosts))})")
-        if method == "POST":
+        if method == "POST" and self.json_only:
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "application/json":
                 return 415, f"the body must be Content-Type: application/json, not {content_type[:100]!r}"
@@ -181,8 +184,8 @@ def _validation_message(stage: str, exc: RequestValidationError) -> str:
     for error in exc.errors():
         field = ".".join(str(p) for p in error.get("loc", ())[1:]) or "body"
         if error.get("type") == "json_invalid":
-            parts.append(f"{stage}: the body is not JSON ({error.get('ctx', {}).get('error', 'invalid')} "
-                         f"at character {field})")
+            where = "" if field == "body" else f" at character {field}"
+            parts.append(f"{stage}: the body is not JSON ({error.get('ctx', {}).get('error', 'invalid')}{where})")
         elif error.get("type") == "missing":
             parts.append(f"{stage} needs the field '{field}'")
         else:

@@ -1,7 +1,12 @@
 """The batch API's HTTP server: FastAPI on uvicorn with the worker's edge (``worker_http``: ``Guard``
-refuses browsers, foreign Host names when bound to one address, non-JSON POSTs and a declared body over
-the limit before it is read; ``DeadlineH11`` bounds each request's arrival; FastAPI's ``max_body_size``
-stops a chunked body that grows past it). Every error is JSON ``{"error": ...}``. No Dagster imports.
+refuses a declared body over the limit before it is read and, when bound to one address (a workstation's
+loopback), browsers and foreign Host names; ``DeadlineH11`` bounds each request's arrival; FastAPI's
+``max_body_size`` stops a chunked body that grows past it). Every error is JSON ``{"error": ...}``.
+
+The validators' orchestrator is a program, not a browser, and any answer but 200 to its POST costs the
+miner a pod: so the body of ``POST /generate`` is read as JSON whatever its ``Content-Type`` says (or
+without one), and bound to every address (in the validators' pod) an ``Origin`` header is no reason to
+refuse. No Dagster imports.
 
     GET  /health                                  200 {"ok": true} as soon as the server listens
     GET  /status?replacements_remaining=k         {"status", "progress", "total", "payload"}
@@ -19,7 +24,10 @@ from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from ..worker_http import DeadlineH11, Guard, body_too_large, json_errors
@@ -51,8 +59,12 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
         return book.status(replacements_remaining)
 
     @app.post("/generate")
-    def generate(body: GenerateRequest) -> dict:
-        return {"accepted": book.submit(body)}
+    async def generate(request: Request) -> dict:
+        try:  # the body as JSON whatever its Content-Type (bounded by max_body_size while it arrives)
+            body = GenerateRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+        return {"accepted": await run_in_threadpool(book.submit, body)}
 
     @app.get("/results")
     def results() -> StreamingResponse:
@@ -62,7 +74,7 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
             "Content-Disposition": f'attachment; filename="{batch.id}.zip"', "X-Batch": batch.id,
             "X-Failed": str(len(zip_plan.failed))})
 
-    return Guard(app, hosts, limits.body_bytes)
+    return Guard(app, hosts, limits.body_bytes, refuse_web_pages=hosts is not None, json_only=False)
 
 
 def serve(app: Guard, sock: socket.socket, read_timeout_s: float = 30.0, max_connections: int = 32) -> None:

@@ -55,6 +55,9 @@ def _edge_refusals(server: ServeProcess, image_url: str) -> None:
     for body, reason in cases:
         answer = server.client.post("/generate", json=body)
         assert answer.status_code == 400 and reason in answer.json()["error"], (body, answer.text)
+    garbled = server.client.post("/generate", content=b"prompts=a&seed=1",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert garbled.status_code == 400 and "the body is not JSON" in garbled.json()["error"], garbled.text
     huge = server.client.post("/generate", content=b"{" + b" " * (2**20 + 10) + b"}",
                               headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "limit" in huge.json()["error"]
@@ -80,8 +83,10 @@ def test_a_batch_through_warm_up_conflicts_a_restart_and_the_zip_limits(world) -
         bearer = {"Authorization": "Bearer any-token"}  # accepted, never required
         first = server.client.post("/generate", json={"prompts": batch, "seed": SEED}, headers=bearer)
         assert first.status_code == 200 and first.json() == {"accepted": 4}
-        again = server.client.post("/generate", json={"prompts": list(reversed(batch)), "seed": SEED})
-        assert again.status_code == 200 and again.json() == {"accepted": 4}  # idempotent: the same stems
+        for content_type in ("text/plain", None):  # the body is JSON whatever its header says (or without one)
+            again = server.client.post("/generate", content=json.dumps({"prompts": list(reversed(batch)), "seed": SEED}),
+                                       headers={"Content-Type": content_type} if content_type else {})
+            assert again.status_code == 200 and again.json() == {"accepted": 4}  # idempotent: the same stems
         other = server.client.post("/generate", json={"prompts": batch[:2], "seed": SEED})
         assert other.status_code == 409 and "generating" in other.json()["error"]
         reseeded = server.client.post("/generate", json={"prompts": batch, "seed": SEED + 1})
