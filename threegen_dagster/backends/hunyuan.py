@@ -42,6 +42,7 @@ WEIGHT_FILES = ("model.fp16.safetensors", "model.fp16.ckpt")
 @dataclass(frozen=True)
 class HunyuanConfig:
     model: str = "tencent/Hunyuan3D-2"  # a local folder or a hub id
+    revision: str | None = None  # a hub id's branch, tag or commit (None: hy3dgen's own download, the hub's main)
     subfolder: str = "hunyuan3d-dit-v2-0"
     steps: int = 30
     guidance: float = 5.0
@@ -110,7 +111,8 @@ def _scratch_tempdir() -> Iterator[None]:
 class HunyuanShape(ImageToMesh):
     """The ``image_to_mesh`` backend ``hunyuan`` (Hunyuan3D-2 shape generation)."""
 
-    env = {"model": ("THREEGEN_HUNYUAN_MODEL", str), "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
+    env = {"model": ("THREEGEN_HUNYUAN_MODEL", str), "revision": ("THREEGEN_HUNYUAN_REVISION", str),
+           "subfolder": ("THREEGEN_HUNYUAN_SUBFOLDER", str),
            "steps": ("THREEGEN_HUNYUAN_STEPS", int), "octree_resolution": ("THREEGEN_HUNYUAN_OCTREE", int),
            "dtype": ("THREEGEN_HUNYUAN_DTYPE", str), "device": ("THREEGEN_DEVICE", str)}
     name, options_type = "hunyuan", HunyuanConfig
@@ -119,6 +121,7 @@ class HunyuanShape(ImageToMesh):
         self.config = config
         self._pipeline: Any = None
         self._device: str | None = None
+        self._revision: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -130,19 +133,35 @@ class HunyuanShape(ImageToMesh):
         c = self.config
         shapegen = import_shapegen()
         device, dtype = pick_device(c.device), torch_dtype(c.dtype)
-        folder = _local_folder(c.model, c.subfolder)
+        model, folder, revision = c.model, _local_folder(c.model, c.subfolder), c.revision
+        if folder is None and c.revision:  # a hub id at a pinned revision (hy3dgen's own download takes none)
+            snapshot = self._hub_snapshot()
+            model, folder, revision = str(snapshot), snapshot / c.subfolder, snapshot.name
         use_safetensors = True
         if folder is not None:
             use_safetensors = self._check_folder(folder)
-        try:
+        try:  # an absolute folder passes through hy3dgen's $HY3DGEN_MODELS join unchanged
             self._pipeline = shapegen.Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
-                c.model, subfolder=c.subfolder, use_safetensors=use_safetensors, variant="fp16",
+                model, subfolder=c.subfolder, use_safetensors=use_safetensors, variant="fp16",
                 device=device, dtype=dtype)
         except Exception as exc:
             where = folder or f"the hub id {c.model!r} (not found under $HY3DGEN_MODELS either)"
             raise BackendError(f"cannot load Hunyuan3D-2 from {where}, subfolder {c.subfolder!r}: "
                                f"{type(exc).__name__}: {exc}. {self._weights_hint()}") from exc
-        self._device = device
+        self._device, self._revision = device, revision
+
+    def _hub_snapshot(self) -> Path:
+        """The hub snapshot of ``model`` at ``revision``, only the subfolder's files (the cache first)."""
+        from huggingface_hub import snapshot_download
+
+        c = self.config
+        try:
+            return Path(snapshot_download(c.model, revision=c.revision, allow_patterns=[f"{c.subfolder}/*"]))
+        except Exception as exc:
+            raise BackendError(f"cannot fetch Hunyuan3D-2 {c.model!r} at revision {c.revision!r} from the Hugging "
+                               f"Face hub ({type(exc).__name__}: {exc}). Offline? Download it first "
+                               f"(hf download {c.model} --revision {c.revision} --include '{c.subfolder}/*') "
+                               "into the cache HF_HOME points at") from exc
 
     def _check_folder(self, folder: Path) -> bool:
         """Fail clearly on a missing folder or file; whether the weights are .safetensors."""
@@ -169,7 +188,8 @@ class HunyuanShape(ImageToMesh):
 
     def describe(self) -> dict:
         c = self.config
-        return {"backend": "hunyuan3d-2", "model": c.model, "subfolder": c.subfolder, "steps": c.steps,
+        return {"backend": "hunyuan3d-2", "model": c.model, "revision": self._revision or c.revision,
+                "subfolder": c.subfolder, "steps": c.steps,
                 "guidance": c.guidance, "octree_resolution": c.octree_resolution, "dtype": c.dtype,
                 "device": self._device or c.device, "torchvision": torchvision_in_use()}
 

@@ -154,3 +154,26 @@ def test_shim_center_crop_and_normalize():
     out = T.Compose([T.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.4])])(x)
     assert torch.allclose(out[:, 1], (x[:, 1] - 0.4) / 0.3)
     assert torch.equal(x[0, 0, 0], torch.arange(7, dtype=torch.float32))  # not in place
+
+
+def test_a_hub_id_at_a_pinned_revision_loads_that_snapshot_and_names_its_commit(models, cutout, tmp_path, monkeypatch):
+    """THREEGEN_HUNYUAN_REVISION: the hub id's snapshot at that tag from the Hugging Face cache (laid out as the
+    hub's client writes it; HF_HUB_OFFLINE and HF_HUB_CACHE as the environment sets them at start-up)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-hunyuan"
+    shutil.copytree(models["random"] / "hunyuan3d-dit-v2-0", repo / "snapshots" / commit / "hunyuan3d-dit-v2-0")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "nothing-here"))
+
+    pinned = HunyuanShape(HunyuanConfig(model="acme/tiny-hunyuan", revision="v1", **FAST))
+    assert len(pinned(cutout, seed=1).faces) > 0
+    assert pinned.describe()["revision"] == commit and pinned.describe()["model"] == "acme/tiny-hunyuan"
+    with pytest.raises(BackendError, match=r"cannot fetch Hunyuan3D-2 'acme/tiny-hunyuan' at revision 'v2'.*hf download"):
+        HunyuanShape(HunyuanConfig(model="acme/tiny-hunyuan", revision="v2", **FAST)).load()
