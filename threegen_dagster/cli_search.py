@@ -10,12 +10,8 @@ import sys
 from pathlib import Path
 
 from .keys import MAX_IMAGE_BYTES, Prompt, PromptError
-from .search import (
-    DEFAULT_LIMIT, MAX_LIMIT, STATUSES, EmbeddingCache, SearchError, SearchQuery, image_search,
-    load_rows, model_tag, search,
-)
+from .search import DEFAULT_LIMIT, MAX_LIMIT, STATUSES, NoEmbedder, SearchError, SearchQuery, load_rows, rank_by_image, search
 from .settings import Settings
-from .storage import StorageError
 from .stores import OpenedStore
 
 COLUMNS = ("key", "prompt", "seed", "status", "score", "created")
@@ -59,53 +55,6 @@ def query_image(path: str, settings: Settings):
     return stored_image(Prompt.from_image(file.read_bytes(), max_pixels=settings.max_image_pixels).image)
 
 
-def clip_embedder(settings: Settings):
-    """(tag, embed) from the configured scorer's OpenCLIP model; PromptError when none is configured."""
-    from .backends import registry
-
-    backend, options = settings.models.get("score", ("proxy", {}))
-    if backend != "models":
-        raise PromptError("image search needs an embedding model: set THREEGEN_SCORER=models with "
-                          "THREEGEN_CLIP_MODEL and THREEGEN_QUALITY_HEAD (the scorer's OpenCLIP embeds the images)")
-    engine = registry.engine("score", "models", options, load=False)
-    clip = Path(engine.config.clip_model).expanduser()
-    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in clip.glob("*")
-                     if p.is_file()) if clip.is_dir() else []
-    return model_tag("openclip", engine.config.clip_model, weights, engine.config.dtype), engine.embed_images
-
-
-def prompt_image_shas(artifacts, keys: list[str], problems: list[str]) -> dict[str, str]:
-    """Generation key -> the sha256 of its newest prompt image (``generated_image``: the text's
-    picture, or the image prompt itself), read from its version records; a pruned one keeps its
-    record, so a cached embedding still serves. A record that cannot be read is named in ``problems``."""
-    shas = {}
-    for key in keys:
-        try:
-            manifest = artifacts.latest(key, "generated_image")
-        except StorageError as exc:
-            problems.append(str(exc))
-            continue
-        if manifest is not None:
-            shas[key] = manifest.sha256
-    return shas
-
-
-def run_image_search(opened: OpenedStore, settings: Settings, rows: list[dict], image, query: SearchQuery,
-                     problems: list[str]) -> tuple[list[dict], int]:
-    from .codecs import stored_image
-
-    tag, embed = clip_embedder(settings)
-    artifacts = opened.artifacts()
-    cache = EmbeddingCache(opened.store(), tag)
-    if cache.damaged:
-        problems.append(cache.damaged)
-    rows = [row for row in rows if query.matches(row)]  # filtered first: only their records are read
-    shas = prompt_image_shas(artifacts, [row["key"] for row in rows if row.get("status") != "unreadable"], problems)
-    hits, total = image_search(rows, shas, image, embed, cache,
-                               lambda key: stored_image(artifacts.load(key, "generated_image")[1]), query, problems)
-    return [{**hit.row, "similarity": hit.similarity} for hit in hits], total
-
-
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from .catalog import markdown_table
 
@@ -115,7 +64,12 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     rows = load_rows(opened.artifacts(), opened.ledger())
     problems: list[str] = []
     if image is not None:
-        shown, total = run_image_search(opened, settings, rows, image, query, problems)
+        backend, options = settings.models.get("score", ("proxy", {}))
+        try:
+            shown, total = rank_by_image(opened.store(), opened.artifacts(), rows, image, query, backend, options,
+                                         problems)
+        except NoEmbedder as exc:
+            raise PromptError(str(exc)) from None
     else:
         page = search(rows, query)
         shown, total = page.rows, page.total

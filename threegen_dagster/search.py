@@ -273,3 +273,56 @@ def image_search(rows: list[dict], image_sha: dict[str, str], query_image, embed
     rows_by_key = {row["key"]: row for row in wanted}
     hits = [ImageHit(rows_by_key[k], round(s, 6)) for k, s in ranking]
     return hits[query.offset:query.offset + query.limit], len(hits)
+
+
+class NoEmbedder(ValueError):
+    """No embedding model is configured for image search."""
+
+
+def clip_embedder(backend: str, options: dict) -> tuple[str, Embedder]:
+    """(cache tag, embed) from the scorer's OpenCLIP model (its ``score`` backend and options)."""
+    from pathlib import Path
+
+    from .backends import registry
+
+    if backend != "models":
+        raise NoEmbedder("image search needs an embedding model: set THREEGEN_SCORER=models with "
+                         "THREEGEN_CLIP_MODEL and THREEGEN_QUALITY_HEAD (the scorer's OpenCLIP embeds the images)")
+    engine = registry.engine("score", "models", options, load=False)
+    clip = Path(engine.config.clip_model).expanduser()
+    weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in clip.glob("*")
+                     if p.is_file()) if clip.is_dir() else []
+    return model_tag("openclip", engine.config.clip_model, weights, engine.config.dtype), engine.embed_images
+
+
+def prompt_image_shas(artifacts, keys: list[str], problems: list[str]) -> dict[str, str]:
+    """Generation key -> the sha256 of its newest prompt image (``generated_image``: the text's
+    picture, or the image prompt itself), read from its version records; a pruned one keeps its
+    record, so a cached embedding still serves. A record that cannot be read is named in ``problems``."""
+    shas = {}
+    for key in keys:
+        try:
+            manifest = artifacts.latest(key, "generated_image")
+        except StorageError as exc:
+            problems.append(str(exc))
+            continue
+        if manifest is not None:
+            shas[key] = manifest.sha256
+    return shas
+
+
+def rank_by_image(store: Store, artifacts, rows: list[dict], image, query: SearchQuery, backend: str,
+                  options: dict, problems: list[str]) -> tuple[list[dict], int]:
+    """The rows passing ``query``, ranked by how alike their prompt image is to ``image`` (a PIL image), each
+    with its ``similarity``; embeddings cached in the store per model. ``NoEmbedder`` when none is set."""
+    from .codecs import stored_image
+
+    tag, embed = clip_embedder(backend, options)
+    cache = EmbeddingCache(store, tag)
+    if cache.damaged:
+        problems.append(cache.damaged)
+    rows = [row for row in rows if query.matches(row)]  # filtered first: only their records are read
+    shas = prompt_image_shas(artifacts, [row["key"] for row in rows if row.get("status") != "unreadable"], problems)
+    hits, total = image_search(rows, shas, image, embed, cache,
+                               lambda key: stored_image(artifacts.load(key, "generated_image")[1]), query, problems)
+    return [{**hit.row, "similarity": hit.similarity} for hit in hits], total

@@ -208,13 +208,14 @@ def test_image_search_ranks_by_similarity_and_caches_embeddings(made, tiny_score
         [(keys["a red ceramic mug"], dict(ranked)[keys["a red ceramic mug"]])]
 
 
-def _search_run(root: Path, **config):
+def _search_run(root: Path, env: dict | None = None, **config):
     import dagster as dg
 
     from threegen_dagster.definitions import build_definitions
     from threegen_dagster.settings import Settings
 
-    job = build_definitions(Settings(store=str(root), inbox=root.parent / "inbox")).resolve_job_def("search_generations")
+    settings = Settings.from_env({**(env or {}), "THREEGEN_STORE": str(root), "THREEGEN_INBOX": str(root.parent / "inbox")})
+    job = build_definitions(settings).resolve_job_def("search_generations")
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False,
                                         run_config={"ops": {"find_generations": {"config": config}}})
@@ -241,3 +242,20 @@ def test_the_ui_search_job_shows_the_matches_as_metadata(made) -> None:
 def test_the_ui_search_job_refuses_out_of_range_config(made) -> None:
     ok, outputs, failures = _search_run(made[0], max_score=2.0)
     assert not ok and not outputs and "max_score" in failures[0] and "less than or equal to 1" in failures[0]
+
+
+def test_the_ui_search_job_ranks_by_an_image_given_by_path(made, tiny_scorer, tmp_path) -> None:
+    root, keys = made
+    query = tmp_path / "query.png"
+    query.write_bytes(png((220, 20, 20)))  # the red mug's prompt image
+    ok, outputs, failures = _search_run(root, image=str(query))
+    assert not ok and "search: image search needs an embedding model: set THREEGEN_SCORER=models" in failures[0]
+    ok, outputs, failures = _search_run(root, tiny_scorer, image=str(query), text="a")
+    assert ok, failures
+    meta = outputs[0]
+    assert meta["matches"].value == 3 and meta["keys"].value[0] == keys["a red ceramic mug"]
+    table = meta["generations"].value.splitlines()
+    assert table[0] == "| key | prompt | seed | status | score | created | similarity | viewer |"
+    assert f"| {keys['a red ceramic mug']} | a red ceramic mug |" in table[2] and "| 1.0 |" in table[2]
+    ok, outputs, failures = _search_run(root, tiny_scorer, image=str(tmp_path / "missing.png"))
+    assert not ok and "search: " in failures[0] and "missing.png" in failures[0]
