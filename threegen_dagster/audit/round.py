@@ -6,10 +6,11 @@ the leader's entry in the round's ``submissions.json``, or a configured URL) and
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import httpx
 from PIL import Image
@@ -71,6 +72,91 @@ def audit_round(source: RoundSource, store: Store, number: int, competition: int
     rows = compare(report.outputs, mine, output_fetcher(competition, fetching), EXTENSIONS[competition], renderer,
                    embedder, max_rendered)
     return report, rows
+
+
+@dataclass
+class RepeatMargin:
+    """One repeat's regenerated outputs judged against the published ones (the regenerated side as "ours")."""
+
+    repeat: int
+    stems: int
+    wins: int = 0
+    losses: int = 0
+    draws: int = 0
+    judged: int = 0  # differing stems a judge decided, or called a draw
+    unjudged: int = 0  # differing stems left a draw: no judge configured, not rendered, over max_judged
+
+    @property
+    def margin(self) -> float:
+        return (self.wins - self.losses) / self.stems if self.stems else 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "margin": round(self.margin, 4)}
+
+
+def judge_regenerated(source: RoundSource, number: int, outputs: list[dict[str, bytes]],
+                      mine: dict[str, tuple[str, str]], fetch: Callable[[str], bytes], kind: str, *,
+                      renderer: JudgeRenderer | LazyRenderer | None, embedder: Embedder | None,
+                      vlm: LlmConfig | None, max_judged: int = 32, image_limits: ImageLimits = ImageLimits(),
+                      log: Callable[[str], None] = print) -> list[RepeatMargin]:
+    """The validators' audit judge, per repeat: the regenerated output of each published stem against the
+    published one (SN17-NOW.md section 5: the regenerated margin must stay above -win_margin). Identical bytes
+    are a draw, a stem the repeat did not deliver a loss; a differing pair is judged on the white views by the
+    VLM and the best-view vote (``judge_stem``), each distinct pair once, at most ``max_judged`` of them; with
+    no judge, no renderer or past that, a draw, counted as ``unjudged``."""
+    seed, prompts = source.seed(number), {p.stem: p for p in source.prompts(number)}
+    decided: dict[tuple[str, str], str | None] = {}  # (stem, regenerated sha256) -> outcome; None: unjudged
+    views: dict[str, dict | None] = {}  # sha256 -> white views (None: does not render)
+    margins = []
+    with httpx.Client(follow_redirects=False, trust_env=False) as client:
+
+        def drawn(data: bytes):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest not in views:
+                try:
+                    views[digest] = white_views(renderer, data, kind)
+                except RenderError as exc:
+                    log(f"audit {number}: an output does not render: {exc}")
+                    views[digest] = None
+            return views[digest]
+
+        def judge(stem: str, data: bytes) -> str | None:
+            if (vlm is None and embedder is None) or renderer is None or len(decided) >= max_judged:
+                return None
+            try:
+                image = Image.open(io.BytesIO(fetch_prompt(prompts[stem], image_limits).image)).convert("RGB")
+                theirs = fetch(mine[stem][0])
+            except (PromptFetchError, FetchError, KeyError) as exc:
+                log(f"audit {number}: {stem}: not judged: {exc}")
+                return None
+            ours, published_views = drawn(data), drawn(theirs)
+            if published_views is None:
+                return None
+            return judge_stem(stem, image, ours, published_views, embedder=embedder, vlm=vlm, seed=seed,
+                              client=client).outcome
+
+        for index, out in enumerate(outputs, 1):
+            margin = RepeatMargin(index, len(mine))
+            for stem, (_, digest) in sorted(mine.items()):
+                data = out.get(stem)
+                if data is None:
+                    margin.losses += 1
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                if sha == digest:
+                    margin.draws += 1
+                    continue
+                if (stem, sha) not in decided:
+                    decided[(stem, sha)] = judge(stem, data)
+                outcome = decided[(stem, sha)]
+                margin.judged += outcome is not None
+                margin.unjudged += outcome is None
+                outcome = outcome or "draw"
+                margin.wins += outcome == "win"
+                margin.losses += outcome == "loss"
+                margin.draws += outcome == "draw"
+            margins.append(margin)
+    return margins
 
 
 def _raw_json(source: RoundSource, name: str):

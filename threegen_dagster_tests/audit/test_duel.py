@@ -13,7 +13,10 @@ from PIL import Image
 
 from threegen_dagster.audit.duel import judge_stem
 from threegen_dagster.audit.renders import Embedder
-from threegen_dagster.audit.round import RoundAuditError, duel_round, leader_cdn_url, published_win_margin
+from threegen_dagster.audit.round import (
+    Fetching, RoundAuditError, duel_round, judge_regenerated, leader_cdn_url, output_fetcher, published,
+    published_win_margin,
+)
 from threegen_dagster.rounds.comp2_llm import LlmConfig
 from threegen_dagster.rounds.publish import Publication, publication_path
 from threegen_dagster.rounds.source import RoundSource
@@ -85,6 +88,26 @@ def test_the_duel_against_the_leader(round_world, tiny_dino, judge_renderer):
     assert (estimate.wins, estimate.losses, estimate.draws) == (2, 1, 1)
     assert estimate.margin == 0.25 and not estimate.would_win  # against the published 0.3
     assert estimate.to_json()["margin"] == 0.25
+
+
+def test_the_audit_judges_each_repeats_regenerated_outputs_against_the_published_ones(round_world, judge_renderer):
+    """The validators' audit margin: an identical output a draw, a stem not delivered a loss, a differing one
+    judged on the renders (the colour VLM prefers the published blue box to a regenerated red sphere), each
+    distinct pair asked once; with no judge the differing stem is a draw, counted as unjudged."""
+    state, server, store = round_world
+    s0, s1, s2, _ = state.stems
+    source, mine = RoundSource(str(state.root)), published(store, ROUND)  # s0, s1, s2: the box
+    outputs = [{s0: BOX, s1: SPHERE, s2: BOX}, {s0: BOX, s1: SPHERE}]  # repeat 2 did not deliver s2
+    fetch = output_fetcher(2, Fetching())
+    with VlmServer("colour") as vlm:
+        margins = judge_regenerated(source, ROUND, outputs, mine, fetch, "js", renderer=judge_renderer, embedder=None,
+                                    vlm=LlmConfig(vlm.url, "glm-4.6v-flash", attempts=1), log=lambda line: None)
+        assert len(vlm.questions) == 2  # the one differing pair, in both orders, once for both repeats
+    assert [(m.wins, m.losses, m.draws, m.judged, m.unjudged) for m in margins] == [(0, 1, 2, 1, 0), (0, 2, 1, 1, 0)]
+    assert margins[0].margin == pytest.approx(-1 / 3) and margins[1].to_json()["margin"] == round(-2 / 3, 4)
+    blind = judge_regenerated(source, ROUND, outputs, mine, fetch, "js", renderer=judge_renderer, embedder=None,
+                              vlm=None, log=lambda line: None)
+    assert [(m.wins, m.losses, m.draws, m.judged, m.unjudged) for m in blind] == [(0, 0, 3, 0, 1), (0, 1, 2, 0, 1)]
 
 
 def test_orders_that_disagree_leave_it_to_the_best_view(tiny_dino):

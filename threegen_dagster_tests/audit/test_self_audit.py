@@ -196,7 +196,7 @@ def test_a_server_that_cannot_warm_up_answers_replace_until_none_is_left(world, 
 def test_the_dagster_asset_audits_a_round_and_its_check_is_the_verdict(world, tmp_path):
     import dagster as dg
 
-    from threegen_dagster.defs.audit import AuditResource, sn17_self_audit
+    from threegen_dagster.defs.audit import AuditResource, DuelResource, sn17_self_audit
     from threegen_dagster.defs.resources import StoreResource
     from threegen_dagster.settings import Settings
     from threegen_dagster.defs.rounds import RoundsResource
@@ -219,6 +219,7 @@ def test_the_dagster_asset_audits_a_round_and_its_check_is_the_verdict(world, tm
             result = dg.materialize([sn17_self_audit], partition_key=str(ROUND), instance=instance, raise_on_error=False,
                                     resources={"store": StoreResource.from_settings(Settings(store=str(tmp_path / "store"), inbox=tmp_path)),
                                                "round_state": RoundsResource(source=str(world.folder.root)),
+                                               "duel": DuelResource(),
                                                "judge_render": JudgeRenderResource(), "audit": AuditResource(
                                                    server_url=world.server.url, poll_interval_s=0.25, max_rendered=0,
                                                    **config)})
@@ -230,6 +231,8 @@ def test_the_dagster_asset_audits_a_round_and_its_check_is_the_verdict(world, tm
     assert metadata["passed"].value and metadata["identical_to_published"].value == 0
     assert "differs from the published bytes; not rendered" in metadata["comparison"].value
     assert "| 1 | 1 | 1 | 1 |" in metadata["batches"].value  # pod, repeat, batch, stems
+    assert metadata["judge"].value.startswith("no judge configured") and metadata["worst_margin"].value == 0.0
+    assert "| 1 | 1 | 0 | 0 | 1 | 0 | 1 | 0.0 |" in metadata["margins"].value  # the differing stem: an unjudged draw
     saved = json.loads((tmp_path / "store" / f"rounds/{ROUND}/self_audit.json").read_text())
     assert saved["passed"] and list(saved["sha256"][0]) == [good]
 
@@ -244,5 +247,6 @@ def test_the_dagster_asset_audits_a_round_and_its_check_is_the_verdict(world, tm
         result = dg.materialize([sn17_self_audit], partition_key=str(ROUND), instance=instance, raise_on_error=False,
                                 resources={"store": StoreResource.from_settings(Settings(store=str(tmp_path / "store"), inbox=tmp_path)),
                                            "round_state": RoundsResource(source=str(world.folder.root)),
+                                           "duel": DuelResource(),
                                            "judge_render": JudgeRenderResource(), "audit": AuditResource()})
     assert "no server to audit: set THREEGEN_AUDIT_URL" in result.failure_data_for_node("sn17_self_audit").error.message
