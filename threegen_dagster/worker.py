@@ -18,7 +18,11 @@ true; a prompt is non-empty printable text; no unknown fields), the stage runner
 as PNG within ``max_image_pixels``; calls run one at a time, one GPU, others wait in the queue
 that /status reports; a call sent with ``X-Threegen-If-Idle: 1`` never waits: it takes the GPU at
 once or is answered 409, which is how a pool of workers leases a free one, ``workers.py``) and the
-client. The HTTP server, its limits and error answers are in ``worker_http.py``. No Dagster imports.
+client. A call sent with ``X-Threegen-Progress: 1`` is answered as NDJSON once it holds the GPU: the
+backend's progress lines (``{"progress": [done, total, unit]}``, at most one a unit per percent), then
+``{"answer": ...}``, or ``{"error", "status"}`` for a failure after it started; the client passes the
+progress on to its caller's ``progress_to`` block, so a run's log shows a stage's steps as the worker
+computes them. The HTTP server, its limits and error answers are in ``worker_http.py``. No Dagster imports.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import images
 from .backends.gpu import BackendError, free_gpu_memory, gpu_memory, peak_gpu_memory
 from .backends.registry import STAGE_BACKENDS, engine
+from .backends.stages import Progress, current_progress, progress_to
 from .codecs import b64, glb_bytes, glb_mesh, png_bytes, png_image, unb64
 from .keys import MAX_SEED, Prompt, clean_text
 
 DEFAULT_PORT = 8765
 IF_IDLE = "X-Threegen-If-Idle"  # a call with this header set takes the GPU at once or is answered 409
+PROGRESS = "X-Threegen-Progress"  # ... is answered as NDJSON: the stage's progress lines, then its answer
+NDJSON = "application/x-ndjson"
 
 
 class BadRequest(ValueError):
@@ -254,7 +261,8 @@ class StageRunner:
         self.device()  # found now, so GET /load stays cheap from the first call
         return seconds
 
-    def run(self, stage: str, args: tuple, if_idle: bool = False) -> dict[str, Any]:
+    def run(self, stage: str, args: tuple, if_idle: bool = False, progress: Progress | None = None,
+            on_start: Callable[[], None] | None = None) -> dict[str, Any]:
         if if_idle:  # the lease: the GPU now, or a 409 for the pool to try another worker
             if not self._gpu.acquire(blocking=False):
                 raise Busy(f"{stage}: busy (another call holds the GPU)")
@@ -265,15 +273,17 @@ class StageRunner:
             with self._count:
                 self._waiting -= 1
         try:
-            return self._run_locked(stage, args)
+            if on_start is not None:
+                on_start()
+            return self._run_locked(stage, args, progress)
         finally:
             self._gpu.release()
 
-    def _run_locked(self, stage: str, args: tuple) -> dict[str, Any]:
+    def _run_locked(self, stage: str, args: tuple, progress: Progress | None = None) -> dict[str, Any]:
         started, locked_at = time.perf_counter(), time.time()
         print(f"{time.strftime('%H:%M:%S')} {stage} started", flush=True)
         eng = self.engine(stage)
-        with peak_gpu_memory() as memory:
+        with peak_gpu_memory() as memory, progress_to(progress):
             out = BODIES[stage].answer(eng(*args))
         if self.free_between_stages:
             free_gpu_memory()
@@ -283,11 +293,13 @@ class StageRunner:
                        "gpu_lock_start": round(locked_at, 3), "gpu_lock_end": round(time.time(), 3)}  # the card's own interval
         return out
 
-    def call(self, stage: str, body: _Body, if_idle: bool = False) -> tuple[int, dict[str, Any]]:
-        """One stage call as (HTTP status, JSON body): 200, or 400/409/422/500 with {"error": ...}."""
+    def call(self, stage: str, body: _Body, if_idle: bool = False, progress: Progress | None = None,
+             on_start: Callable[[], None] | None = None) -> tuple[int, dict[str, Any]]:
+        """One stage call as (HTTP status, JSON body): 200, or 400/409/422/500 with {"error": ...}; ``progress``
+        hears the backend's reports, ``on_start`` when the call holds the GPU."""
         started = time.perf_counter()
         try:
-            return 200, self.run(stage, body.arguments(self.max_image_pixels), if_idle)
+            return 200, self.run(stage, body.arguments(self.max_image_pixels), if_idle, progress, on_start)
         except Busy as exc:
             return 409, {"error": str(exc), "busy": True}
         except BadRequest as exc:
@@ -338,12 +350,15 @@ class WorkerClient:
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
 
     def _call(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None,
-              if_idle: bool = False) -> dict:
+              if_idle: bool = False, progress: Progress | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", **({IF_IDLE: "1"} if if_idle else {})}
+        headers = {"Content-Type": "application/json", **({IF_IDLE: "1"} if if_idle else {}),
+                   **({PROGRESS: "1"} if progress is not None else {})}
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                if response.headers.get_content_type() == NDJSON:
+                    return self._streamed(path, response, progress)
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -368,6 +383,22 @@ class WorkerClient:
             raise WorkerLost(f"GPU worker at {self.url} is down: the connection broke during {path} "
                              f"({reason})") from None
 
+    def _streamed(self, path: str, response, progress: Progress | None) -> dict:
+        """A streamed answer: progress lines (passed to ``progress``), then ``{"answer"}`` or ``{"error", "status"}``
+        (a failure after the call took the GPU); a stream that ends before either broke mid-call."""
+        for line in response:
+            item = json.loads(line)
+            if "progress" in item:
+                if progress is not None:
+                    progress(*item["progress"])
+            elif "answer" in item:
+                return item["answer"]
+            elif "error" in item:
+                raise BackendError(f"GPU worker at {self.url} refused {path} (HTTP {item.get('status', 500)}): "
+                                   f"{item['error']}")
+        raise WorkerLost(f"GPU worker at {self.url} is down: the connection broke during {path} (the answer "
+                         "stopped before its end)")
+
     def health(self, timeout_s: float = 5.0) -> bool:
         return bool(self._call("GET", "/health", timeout_s=timeout_s).get("ok"))
 
@@ -379,7 +410,8 @@ class WorkerClient:
 
     def call(self, stage: str, *args: Any, if_idle: bool = False) -> tuple[Any, dict]:
         """One stage call on the worker: the contract's arguments in, (its result, the worker's meta) out;
-        ``if_idle``: WorkerBusy at once when its GPU is taken, never waiting in its queue."""
+        ``if_idle``: WorkerBusy at once when its GPU is taken, never waiting in its queue. Inside a ``progress_to``
+        block the worker streams the backend's progress, passed on to that block's callback as it comes."""
         wire = BODIES[stage]
-        out = self._call("POST", f"/v1/{stage}", wire.request(*args), if_idle=if_idle)
+        out = self._call("POST", f"/v1/{stage}", wire.request(*args), if_idle=if_idle, progress=current_progress())
         return wire.result(out), out["meta"]

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,7 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -42,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .backends.gpu import BackendError
-from .worker import BODIES, IF_IDLE, StageRunner
+from .worker import BODIES, IF_IDLE, NDJSON, PROGRESS, StageRunner
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -244,13 +246,58 @@ def make_app(runner: StageRunner, limits: Limits) -> Guard:
 
 
 def _endpoint(runner: StageRunner, stage: str, body_type: type) -> Any:
-    def endpoint(body, request) -> JSONResponse:
-        status, answer = runner.call(stage, body, if_idle=request.headers.get(IF_IDLE) == "1")
+    def endpoint(body, request) -> Response:
+        if_idle = request.headers.get(IF_IDLE) == "1"
+        if request.headers.get(PROGRESS) == "1":
+            return _streamed(runner, stage, body, if_idle)
+        status, answer = runner.call(stage, body, if_idle=if_idle)
         return JSONResponse(answer, status_code=status)
 
-    # FastAPI reads the body's type here (and hands over the request, for the if-idle header)
-    endpoint.__annotations__ = {"body": body_type, "request": Request, "return": JSONResponse}
+    # FastAPI reads the body's type here (and hands over the request, for the if-idle and progress headers)
+    endpoint.__annotations__ = {"body": body_type, "request": Request, "return": Response}
     return endpoint
+
+
+class _Reports:
+    """A call's progress for the stream: what the backend reports, at most one line a unit per percent (and
+    every end), then the call's outcome; read by the response as they come."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue = queue.Queue()
+        self._last: dict[str, float] = {}
+
+    def __call__(self, done: int, total: int, unit: str = "steps") -> None:
+        fraction = done / total if total > 0 else 0.0
+        if done < total and fraction - self._last.get(unit, -1.0) < 0.01:
+            return
+        self._last[unit] = fraction
+        self.items.put(("progress", [int(done), int(total), str(unit)[:100]]))
+
+
+def _streamed(runner: StageRunner, stage: str, body, if_idle: bool) -> Response:
+    """The call in a thread of its own, answered as NDJSON once it holds the GPU: its progress lines, then
+    ``{"answer": ...}`` or ``{"error", "status"}``. Refused before it starts (400, 409): a plain JSON answer."""
+    reports = _Reports()
+
+    def work() -> None:
+        reports.items.put(("end", runner.call(stage, body, if_idle, reports, lambda: reports.items.put(("start", None)))))
+
+    threading.Thread(target=work, name=f"worker-{stage}", daemon=True).start()
+    kind, first = reports.items.get()
+    if kind == "end":  # refused or failed before it held the GPU
+        return JSONResponse(first[1], status_code=first[0])
+
+    def lines():
+        while True:
+            kind, item = reports.items.get()
+            if kind == "progress":
+                yield json.dumps({"progress": item}).encode() + b"\n"
+            elif kind == "end":
+                status, answer = item
+                yield json.dumps({"answer": answer} if status == 200 else {**answer, "status": status}).encode() + b"\n"
+                return
+
+    return StreamingResponse(lines(), media_type=NDJSON)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -84,7 +84,11 @@ def test_the_pipeline_runs_its_model_stages_through_the_worker(embedded_worker, 
         entry, _ = cli.register(Prompt.from_text("a wooden chair"), 42, "test", settings, instance)
         result = build_definitions(settings).resolve_job_def("generate").execute_in_process(
             instance=instance, partition_key=entry.key, run_config=cli.QUIET_RUN)
+        progress = [e.user_message for e in instance.all_logs(result.run_id)
+                    if e.step_key == "generated_image" and e.user_message.startswith("text_to_image: ")]
     assert result.success
+    # the renderer's progress streamed from the worker into the run's log, as when it runs in the run's process
+    assert progress[-1] == "text_to_image: 262144/262144 rays traced (100%)" and 2 <= len(progress) <= 11, progress
     events = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
     for asset, backend in (("generated_image", "procedural"), ("foreground_image", "flood_fill"),
                            ("initial_mesh", "inflate"), ("refined_mesh", "decimate")):
@@ -120,6 +124,22 @@ def test_worker_refusals_are_clear(embedded_worker) -> None:
         client._call("POST", "/v1/paint", {})
     with pytest.raises(BackendError, match=r"did not answer /v1/text_to_image within 0.001 s"):
         WorkerClient(embedded_worker.url, timeout_s=0.001).call("text_to_image", "a slow chair", 1)
+
+
+def test_inside_a_progress_block_the_worker_streams_progress_and_refuses_the_same_way(embedded_worker) -> None:
+    from threegen_dagster.backends.stages import progress_to
+
+    client, seen = WorkerClient(embedded_worker.url), []
+    with progress_to(lambda done, total, unit: seen.append((done, total, unit))):
+        image, meta = client.call("text_to_image", "a red mug", 3)
+        assert image.size == (512, 512) and meta["where"] == "worker"
+        assert seen[-1] == (262144, 262144, "rays traced") and len(seen) >= 2
+        assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))  # in order, as the backend reported them
+        with pytest.raises(BackendError, match=r"refused /v1/background \(HTTP 422\): no object found"):
+            client.call("background", Image.new("RGB", (64, 64), "white"))  # failed after it took the GPU
+        with pytest.raises(BackendError, match=r"HTTP 400\): background: cannot decode"):
+            client._call("POST", "/v1/background", {"png_b64": "not base64!"}, progress=seen.append)  # before
+    assert WorkerClient(embedded_worker.url).load()["busy"] is False
 
 
 def test_a_worker_that_is_down_fails_the_step_clearly(tmp_path) -> None:

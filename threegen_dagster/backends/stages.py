@@ -52,6 +52,12 @@ def report_progress(done: int, total: int, unit: str = "steps") -> None:
         callback(done, total, unit)
 
 
+def current_progress() -> Progress | None:
+    """The callback of the innermost ``progress_to`` on this thread (a client passing progress on, e.g. a
+    GPU worker's)."""
+    return _PROGRESS.get()
+
+
 @contextmanager
 def progress_to(callback: Progress | None) -> Iterator[None]:
     """Progress reported by engines called inside this block (on this thread) goes to ``callback``."""
