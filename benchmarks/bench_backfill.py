@@ -34,7 +34,7 @@ from benchmarks._common import machine  # noqa: E402
 from threegen_dagster import cli  # noqa: E402
 from threegen_dagster.keys import Prompt  # noqa: E402
 from threegen_dagster.settings import Settings  # noqa: E402
-from threegen_dagster.worker import WorkerClient  # noqa: E402
+from threegen_dagster.worker_client import WorkerClient  # noqa: E402
 from threegen_dagster_tests.dagster_processes import (  # noqa: E402
     BIN, ROOT, Daemon, most_at_once, run_facts, write_home)
 

@@ -202,7 +202,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from .worker import StageRunner, WorkerClient
+    from .worker import StageRunner
+    from .worker_client import WorkerClient
     from .worker_http import LOOPBACK, Limits, bind, serve
 
     if args.status:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends.gpu import BackendError
-from .worker import WorkerBusy, WorkerClient, WorkerDown
+from .worker import WorkerBusy, WorkerDown
+from .worker_client import WorkerClient
 
 PROBE_TIMEOUT_S = 5.0  # a worker that cannot say how busy it is within this is skipped for the call
 SETTLE_PROBES, SETTLE_S = 4, 0.25  # every worker busy: look again this often, this far apart, before queueing

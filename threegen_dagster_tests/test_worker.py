@@ -18,7 +18,7 @@ from threegen_dagster.backends.gpu import BackendError
 from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt
 from threegen_dagster.settings import Settings, models_from_env
-from threegen_dagster.worker import WorkerClient
+from threegen_dagster.worker_client import WorkerClient
 
 
 def expected_device() -> str:

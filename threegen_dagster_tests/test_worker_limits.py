@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from threegen_dagster.backends.gpu import BackendError
-from threegen_dagster.worker import WorkerClient
+from threegen_dagster.worker_client import WorkerClient
 
 from .test_worker import Worker
 

@@ -22,7 +22,7 @@ from threegen_dagster import cli
 from threegen_dagster.backends.gpu import BackendError
 from threegen_dagster.defs.instance import PROJECT_YAML
 from threegen_dagster.settings import Settings, SettingsError
-from threegen_dagster.worker import WorkerClient
+from threegen_dagster.worker_client import WorkerClient
 from threegen_dagster.workers import WorkerPool
 
 from .dagster_processes import BIN, ROOT, most_at_once

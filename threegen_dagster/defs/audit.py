@@ -118,7 +118,7 @@ def sn17_self_audit(context: dg.AssetExecutionContext, store: StoreResource, rou
             context.log.info(f"round {number}: {kind}: {json.dumps(detail)[:500]}")
 
     embed_model = audit.embed_model or duel.embed_model
-    embedder = Embedder(embed_model) if embed_model else None
+    embedder, vlm = (Embedder(embed_model) if embed_model else None), duel.vlm()
     source = round_state.round_source()
     win_margin = duel.win_margin if duel.win_margin is not None else published_win_margin(source)
     try:
@@ -128,7 +128,7 @@ def sn17_self_audit(context: dg.AssetExecutionContext, store: StoreResource, rou
                                        max_rendered=audit.max_rendered, on_event=on_event)
             margins = judge_regenerated(source, number, report.outputs, published(store.store(), number),
                                         output_fetcher(competition, Fetching()), EXTENSIONS[competition], renderer=r,
-                                        embedder=embedder, vlm=duel.vlm(), max_judged=audit.max_rendered,
+                                        embedder=embedder, vlm=vlm, max_judged=audit.max_rendered,
                                         image_limits=round_state.image_limits(), log=context.log.warning)
     except RoundAuditError as exc:
         raise dg.Failure(str(exc)) from None
@@ -140,7 +140,7 @@ def sn17_self_audit(context: dg.AssetExecutionContext, store: StoreResource, rou
                                  f"({lost[0].losses} losses, {lost[0].wins} wins of {lost[0].stems})")
     unjudged = sum(m.unjudged for m in margins)
     judge_note = ("no judge configured (THREEGEN_DUEL_VLM_URL or THREEGEN_DUEL_EMBED_MODEL): differing stems "
-                  "counted as draws" if embedder is None and duel.vlm() is None else
+                  "counted as draws" if embedder is None and vlm is None else
                   f"{unjudged} differing stem(s) not judged (not rendered, or past max_rendered)" if unjudged else
                   "every differing stem judged")
     document = {**report.to_json(), "passed": passed, "reason": reason, "win_margin": win_margin,
