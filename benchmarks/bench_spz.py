@@ -9,7 +9,10 @@ with the case's threads on SCHED_FIFO, so the other processes' load stops counti
 of an otherwise idle machine. Meanwhile the others get the 5% of the CPU the kernel keeps for
 them (sched_rt_runtime_us), so use it for short runs.
 
-Run: .venv/bin/python benchmarks/bench_spz.py [--repeat N] [--realtime]
+``--breakdown`` times only decompress SH0 and its parts, in turns within one process: zstd alone,
+decompress on the calling thread alone, with the pool, and the CPU time a pooled call uses.
+
+Run: .venv/bin/python benchmarks/bench_spz.py [--repeat N] [--realtime] [--breakdown]
 """
 
 from __future__ import annotations
@@ -74,14 +77,65 @@ def _time_case(case: str, repeat: int, realtime: bool) -> None:
     print(json.dumps({"median": statistics.median(times), "min": min(times)}))
 
 
+def _breakdown(repeat: int, realtime: bool) -> None:
+    """Child process: where a 100k SH0 decompress spends its time, each variant timed in turns of 20
+    calls in one process, so all of them meet the same moments of a shared machine."""
+    import resource
+
+    import zstandard
+
+    from threegen_dagster.splats import spz_pool
+
+    frame = spz.compress(ply.write_ply(random_cloud(N, 0)))
+    pooled = spz_pool.WORKERS
+
+    def on_one_thread() -> None:
+        spz_pool.WORKERS = 0
+        try:
+            spz.decompress(frame)
+        finally:
+            spz_pool.WORKERS = pooled
+
+    variants = {"zstd alone": lambda: zstandard.ZstdDecompressor().decompress(frame),
+                "decompress, calling thread only": on_one_thread,
+                "decompress, with the pool": lambda: spz.decompress(frame)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu = 0.0
+    with _realtime() if realtime else nullcontext():
+        for name, call in variants.items():
+            times_ms(call, 1, warmup=5)
+        for _ in range(max(1, repeat // 20)):
+            for name, call in variants.items():
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                times[name] += times_ms(call, 20, warmup=0)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                if call is variants["decompress, with the pool"]:
+                    cpu += after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians["CPU time of a pooled call, both threads"] = cpu * 1e3 / len(times["decompress, with the pool"])
+    print(json.dumps(medians))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=200, help="timed calls per case (compress: a fifth)")
     parser.add_argument("--realtime", action="store_true", help="time the calls on SCHED_FIFO (root)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only decompress SH0: zstd alone, one thread, the pool, their CPU time")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # the child's one case
     args = parser.parse_args()
+    if args.case == "breakdown":
+        return _breakdown(args.repeat, args.realtime)
     if args.case:
         return _time_case(args.case, args.repeat, args.realtime)
+    if args.breakdown:
+        command = [sys.executable, __file__, "--case", "breakdown", "--repeat", str(args.repeat)]
+        out = subprocess.run(command + ["--realtime"] * args.realtime, check=True, capture_output=True, text=True)
+        print(f"decompress {N:,} SH0 gaussians, medians per call over {args.repeat} calls each, taken in "
+              f"turns; {machine()}; load {os.getloadavg()[0]:.1f}" + (", on SCHED_FIFO" if args.realtime else ""))
+        for name, ms in json.loads(out.stdout).items():
+            print(f"  {name:<40} {ms:7.2f} ms")
+        return
 
     load = os.getloadavg()[0]
     print(f"SPZ codec, {N:,} gaussians, level 1, single-threaded zstd; {machine()}; load {load:.1f}"
