@@ -28,6 +28,7 @@ import logging
 import queue
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,9 +74,10 @@ class Guard:
     ``max_body_size``)."""
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, max_body_bytes: int,
-                 refuse_web_pages: bool = True, json_only: bool = True) -> None:
+                 refuse_web_pages: bool = True, json_only: bool = True, too_large: str = "") -> None:
         self.app, self.hosts, self.max_body_bytes = app, hosts, max_body_bytes
         self.refuse_web_pages, self.json_only = refuse_web_pages, json_only
+        self.too_large = too_large or body_too_large(max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,27 +104,43 @@ class Guard:
                 return 415, f"the body must be Content-Type: application/json, not {content_type[:100]!r}"
         declared = headers.get("content-length", "0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return 413, body_too_large(self.max_body_bytes)
+            return 413, self.too_large
         return None
 
 
-def body_too_large(limit: int) -> str:
-    return f"the body is over the {limit:,}-byte limit (THREEGEN_WORKER_MAX_BODY_MB)"
+def body_too_large(limit: int, what: str = "THREEGEN_WORKER_MAX_BODY_MB") -> str:
+    return f"the body is over the {limit:,}-byte limit ({what})"
 
 
 class DeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on each request's arrival (see the module's notes)."""
+    """uvicorn's h11 protocol with a deadline on each request's arrival (see the module's notes) and, if
+    asked, a bound on the connections one address holds open: past it a connection is answered 503 at once,
+    so one client's idle connections cannot fill uvicorn's ``limit_concurrency`` for everyone."""
 
     read_timeout_s: float = 30.0
+    max_per_client: int | None = None
+    _open: Counter  # open connections by client address, one counter per server (``with_timeout``)
     _deadline: asyncio.TimerHandle | None = None
     _waiting_for: Any = None  # the cycle that was current when the deadline was armed
+    _address: str | None = None
 
     @classmethod
-    def with_timeout(cls, seconds: float) -> type[DeadlineH11]:
-        return type("DeadlineH11", (cls,), {"read_timeout_s": seconds})
+    def with_timeout(cls, seconds: float, max_per_client: int | None = None) -> type[DeadlineH11]:
+        return type("DeadlineH11", (cls,), {"read_timeout_s": seconds, "max_per_client": max_per_client,
+                                            "_open": Counter()})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.max_per_client is not None:
+            self._address = str((transport.get_extra_info("peername") or ("?",))[0])
+            self._open[self._address] += 1
+            if self._open[self._address] > self.max_per_client:
+                body = json.dumps({"error": f"more than {self.max_per_client} open connections from "
+                                            f"{self._address}: close some and retry"}).encode()
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                transport.close()
+                return
         self._arm()
 
     def on_response_complete(self) -> None:
@@ -137,6 +155,11 @@ class DeadlineH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._address is not None:
+            self._open[self._address] -= 1
+            if self._open[self._address] <= 0:
+                del self._open[self._address]
+            self._address = None
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -181,9 +204,10 @@ class Limits:
                    max_connections=settings.worker_max_connections, hosts=allowed_hosts(bind))
 
 
-def _validation_message(stage: str, exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors():
+def _validation_message(stage: str, exc: RequestValidationError, at_most: int = 10) -> str:
+    """The first ``at_most`` errors, one clause each (a body of many bad items has as many errors)."""
+    errors, parts = exc.errors(), []
+    for error in errors[:at_most]:
         field = ".".join(str(p) for p in error.get("loc", ())[1:]) or "body"
         if error.get("type") == "json_invalid":
             where = "" if field == "body" else f" at character {field}"
@@ -192,7 +216,8 @@ def _validation_message(stage: str, exc: RequestValidationError) -> str:
             parts.append(f"{stage} needs the field '{field}'")
         else:
             parts.append(f"{stage}: '{field}': {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}")
-    return "; ".join(parts) or f"{stage}: invalid request"
+    more = f" (and {len(errors) - at_most} more)" if len(errors) > at_most else ""
+    return "; ".join(parts) + more if parts else f"{stage}: invalid request"
 
 
 def json_errors(app: FastAPI, name: Callable[[str], str], not_found: Callable[[str], str], too_large: str,
@@ -268,7 +293,7 @@ class _Reports:
 
     def __call__(self, done: int, total: int, unit: str = "steps") -> None:
         fraction = done / total if total > 0 else 0.0
-        if done < total and fraction - self._last.get(unit, -1.0) < 0.01:
+        if done < total and 0 <= fraction - self._last.get(unit, -1.0) < 0.01:  # behind: a new pass of the unit
             return
         self._last[unit] = fraction
         self.items.put(("progress", [int(done), int(total), str(unit)[:100]]))
@@ -279,8 +304,14 @@ def _streamed(runner: StageRunner, stage: str, body, if_idle: bool) -> Response:
     ``{"answer": ...}`` or ``{"error", "status"}``. Refused before it starts (400, 409): a plain JSON answer."""
     reports = _Reports()
 
-    def work() -> None:
-        reports.items.put(("end", runner.call(stage, body, if_idle, reports, lambda: reports.items.put(("start", None)))))
+    def work() -> None:  # whatever happens, the stream gets its end
+        outcome = 500, {"error": "the call ended without an answer"}
+        try:
+            outcome = runner.call(stage, body, if_idle, reports, lambda: reports.items.put(("start", None)))
+        except Exception as exc:  # noqa: BLE001 - answered as the plain call's 500 would be
+            outcome = 500, {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            reports.items.put(("end", outcome))
 
     threading.Thread(target=work, name=f"worker-{stage}", daemon=True).start()
     kind, first = reports.items.get()
@@ -294,7 +325,11 @@ def _streamed(runner: StageRunner, stage: str, body, if_idle: bool) -> Response:
                 yield json.dumps({"progress": item}).encode() + b"\n"
             elif kind == "end":
                 status, answer = item
-                yield json.dumps({"answer": answer} if status == 200 else {**answer, "status": status}).encode() + b"\n"
+                try:
+                    line = json.dumps({"answer": answer} if status == 200 else {**answer, "status": status})
+                except (TypeError, ValueError) as exc:  # the plain call's 500, not a broken stream
+                    line = json.dumps({"error": f"the answer cannot be sent as JSON: {exc}", "status": 500})
+                yield line.encode() + b"\n"
                 return
 
     return StreamingResponse(lines(), media_type=NDJSON)

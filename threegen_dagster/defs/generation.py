@@ -45,8 +45,8 @@ def preview(png_or_image: bytes | Image.Image, size: int = PREVIEW_PX) -> dg.Met
 
 def progress(context: dg.AssetExecutionContext, stage: str) -> AbstractContextManager:
     """What the stage's backend reports inside its call (``backends/stages.py``: denoising steps,
-    chunks), as info lines in this step's log, one every tenth of the way. A stage sent to the GPU
-    worker reports nothing until it answers."""
+    chunks), as info lines in this step's log, one every tenth of the way; a stage sent to a GPU
+    worker too (the worker streams them, ``worker_http``)."""
     return progress_to(ProgressLog(context.log.info, stage))
 
 

@@ -24,7 +24,8 @@ STEM = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 SHA256_STEM = re.compile(r"^[0-9a-f]{64}$")
 
 Block = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
-HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)]
+HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+HttpUrl = Annotated[str, StringConstraints(pattern=HTTP_URL.pattern, max_length=2048)]
 
 
 class RoundFileError(ValueError):

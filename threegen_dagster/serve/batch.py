@@ -22,14 +22,13 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from ..keys import MAX_SEED
-from ..rounds.state import STEM
+from ..rounds.state import HTTP_URL, STEM
 
 WARMING_UP, READY, GENERATING, COMPLETE, REPLACE = "warming_up", "ready", "generating", "complete", "replace"
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -60,9 +59,12 @@ class PromptItem(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {value[:100]!r}")
+        """An http(s) URL as the round pipeline takes it (``rounds.state.HTTP_URL``); a scheme's case is
+        no matter (RFC 3986), so ``HTTP://`` is taken, written lower."""
+        scheme, sep, rest = value.partition("://")
+        value = scheme.lower() + sep + rest
+        if not HTTP_URL.fullmatch(value):
+            raise ValueError(f"not an http(s) URL (with a host, without spaces): {value[:100]!r}")
         return value
 
 
@@ -71,7 +73,7 @@ class GenerateRequest(BaseModel):
     [0, 2**32-1] (never "3", 3.0 or true); stems are unique; the count is checked against the limits."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
-    prompts: list[PromptItem] = Field(min_length=1)
+    prompts: list[PromptItem] = Field(min_length=1, max_length=ServeLimits.max_prompts)  # a long list fails at once
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
 
     @field_validator("prompts")
@@ -129,8 +131,11 @@ class Batch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Batch:
-        stems = {s["stem"]: StemState(**s) for s in data["stems"]}
-        return cls(data["id"], int(data["seed"]), stems, data["created"], data.get("finished"))
+        """A saved batch; fields this version does not know are left out. KeyError, TypeError or ValueError
+        for a document that is not one."""
+        known = {f.name for f in fields(StemState)}
+        stems = {s["stem"]: StemState(**{k: v for k, v in s.items() if k in known}) for s in data["stems"]}
+        return cls(str(data["id"]), int(data["seed"]), stems, float(data["created"]), data.get("finished"))
 
 
 def batch_id(request: GenerateRequest, now: float) -> str:
@@ -144,10 +149,14 @@ class BatchBook:
     after every change; ``saved`` is the batch found at start (None: none)."""
 
     def __init__(self, save: Callable[[dict], None], saved: dict | None = None,
-                 limits: ServeLimits = ServeLimits()) -> None:
-        self._save, self.limits = save, limits
+                 limits: ServeLimits = ServeLimits(), log: Callable[[str], None] = print) -> None:
+        self._save, self.limits, self._log = save, limits, log
         self._lock = threading.Condition()
-        self.batch: Batch | None = Batch.from_json(saved) if saved else None
+        self.batch: Batch | None = None
+        try:
+            self.batch = Batch.from_json(saved) if saved else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log(f"threegen serve: the saved batch is not one ({type(exc).__name__}: {exc}); starting without it")
         self.warm = False
         self.broken = ""  # why the server cannot serve (warm-up failed): status `replace`
         self.resumed = bool(self.batch and not self.batch.complete)
@@ -241,7 +250,13 @@ class BatchBook:
             return Batch.from_json(self.batch.to_json())
 
     def _persist(self) -> None:
-        self._save(self.batch.to_json())
+        """Save the batch. A save that fails (a full disk, the store down) is logged and made again with the
+        next change: the batch goes on in memory, and only a restart before a save succeeds loses it."""
+        try:
+            self._save(self.batch.to_json())
+        except Exception as exc:  # noqa: BLE001 - the pod must go on serving the batch it took
+            self._log(f"threegen serve: batch {self.batch.id} could not be saved ({type(exc).__name__}: {exc}); "
+                      "it goes on in memory")
 
 
 class Generator:
@@ -272,15 +287,25 @@ def run_loop(book: BatchBook, generator: Generator, log: Callable[[str], None] =
     log("threegen serve: warm" + (f"; resuming batch {book.batch.id}" if book.resumed else ""))
     stop = stop or threading.Event()
     while not stop.is_set():
-        item = book.next_pending(timeout_s=1.0)
-        if item is None:
-            continue
-        batch, seed, stem = item
-        started = time.perf_counter()
         try:
-            key, version = generator.generate(batch, stem.stem, stem.url, seed)
-            book.finish(batch, stem.stem, key=key, version=version, seconds=round(time.perf_counter() - started, 2))
-        except Exception as exc:  # noqa: BLE001 - one prompt's failure is recorded, the batch goes on
-            reason = str(exc) if isinstance(exc, GenerationFailed) else f"{type(exc).__name__}: {exc}"
-            book.finish(batch, stem.stem, reason=reason or "failed", seconds=round(time.perf_counter() - started, 2))
-            log(f"threegen serve: batch {batch}: {stem.stem} failed: {reason}")
+            _next(book, generator, log)
+        except Exception as exc:  # noqa: BLE001 - nothing ends the loop: the status would stay `generating`
+            log(f"threegen serve: the generation loop: {type(exc).__name__}: {exc}")
+            stop.wait(1.0)
+
+
+def _next(book: BatchBook, generator: Generator, log: Callable[[str], None]) -> None:
+    """Generate the next pending stem, if one comes within a second; its failure is its own."""
+    item = book.next_pending(timeout_s=1.0)
+    if item is None:
+        return
+    batch, seed, stem = item
+    started = time.perf_counter()
+    try:
+        key, version = generator.generate(batch, stem.stem, stem.url, seed)
+    except Exception as exc:  # noqa: BLE001 - one prompt's failure is recorded, the batch goes on
+        reason = str(exc) if isinstance(exc, GenerationFailed) else f"{type(exc).__name__}: {exc}"
+        book.finish(batch, stem.stem, reason=reason or "failed", seconds=round(time.perf_counter() - started, 2))
+        log(f"threegen serve: batch {batch}: {stem.stem} failed: {reason}")
+        return
+    book.finish(batch, stem.stem, key=key, version=version, seconds=round(time.perf_counter() - started, 2))

@@ -58,7 +58,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"threegen serve: the saved batch {store.uri(STATE)} cannot be read ({exc}); starting without it",
               file=sys.stderr, flush=True)
         saved = None
-    book = BatchBook(lambda batch: store.write(STATE, json.dumps(batch, indent=1).encode()), saved, limits)
+    book = BatchBook(lambda batch: store.write(STATE, json.dumps(batch, indent=1).encode()), saved, limits,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
     threading.Thread(target=run_loop, args=(book, generator), name="threegen-serve-generation", daemon=True).start()
     shown = f"[{args.host}]" if ":" in args.host else args.host
     resumed = f"; resuming batch {book.batch.id} ({book.batch.done}/{len(book.batch.stems)} done)" if book.resumed else ""
@@ -66,5 +67,5 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
           f"serving on http://{shown}:{sock.getsockname()[1]} (the model stages warming up{resumed}); "
           f"Ctrl-C stops it", flush=True)
     app = make_app(book, generator.read, generator.ext, allowed_hosts(args.host))
-    serve(app, sock, settings.worker_read_timeout_s, settings.worker_max_connections)
+    serve(app, sock, settings.worker_read_timeout_s)
     return 0

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, Query
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -43,8 +42,9 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
     app = FastAPI(title="threegen serve", docs_url=None, redoc_url=None, openapi_url=None,
                   max_body_size=limits.body_bytes)
 
+    too_large = body_too_large(limits.body_bytes, "threegen serve")
     json_errors(app, lambda path: path.strip("/"), not_found=lambda path: f"no such endpoint {path[:100]}: {ENDPOINTS}",
-                too_large=body_too_large(limits.body_bytes).replace("THREEGEN_WORKER_MAX_BODY_MB", "threegen serve"))
+                too_large=too_large)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
@@ -55,16 +55,22 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
         return {"ok": True}
 
     @app.get("/status")
-    def status(replacements_remaining: Annotated[int | None, Query(ge=0, le=1000)] = None) -> dict:
-        return book.status(replacements_remaining)
+    def status(replacements_remaining: str | None = None) -> dict:
+        # only echoed back: a value that is not a count is left out, never a refused poll (18 cost the pod)
+        count = replacements_remaining.strip() if replacements_remaining else ""
+        return book.status(int(count) if count.isdecimal() and len(count) <= 6 else None)
 
     @app.post("/generate")
     async def generate(request: Request) -> dict:
-        try:  # the body as JSON whatever its Content-Type (bounded by max_body_size while it arrives)
-            body = GenerateRequest.model_validate_json(await request.body())
+        body = await request.body()  # the body as JSON whatever its Content-Type (bounded while it arrives)
+        return {"accepted": await run_in_threadpool(submit, body)}
+
+    def submit(body: bytes) -> int:  # in a thread: validating a body is work the event loop must not wait on
+        try:
+            request = GenerateRequest.model_validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
-        return {"accepted": await run_in_threadpool(book.submit, body)}
+        return book.submit(request)
 
     @app.get("/results")
     def results() -> StreamingResponse:
@@ -74,13 +80,24 @@ def make_app(book: BatchBook, read: Callable[[str, str, int], bytes], ext: str, 
             "Content-Disposition": f'attachment; filename="{batch.id}.zip"', "X-Batch": batch.id,
             "X-Failed": str(len(zip_plan.failed))})
 
-    return Guard(app, hosts, limits.body_bytes, refuse_web_pages=hosts is not None, json_only=False)
+    return Guard(app, hosts, limits.body_bytes, refuse_web_pages=hosts is not None, json_only=False,
+                 too_large=too_large)
 
 
-def serve(app: Guard, sock: socket.socket, read_timeout_s: float = 30.0, max_connections: int = 32) -> None:
+MAX_CONNECTIONS, MAX_PER_CLIENT = 512, 8
+"""Open connections in all, and from one address: idle ones cost little, and one client holding many
+(half-sent heads, each allowed THREEGEN_WORKER_READ_TIMEOUT to arrive) must not shut the orchestrator out."""
+
+
+def serve(app: Guard, sock: socket.socket, read_timeout_s: float = 30.0) -> None:
     """Serve until SIGINT/SIGTERM on uvicorn, on the worker's protocol (heads at most 64 KiB)."""
+    server(app, read_timeout_s).run(sockets=[sock])
+
+
+def server(app: Guard, read_timeout_s: float = 30.0) -> uvicorn.Server:
     config = uvicorn.Config(
-        app, http=DeadlineH11.with_timeout(read_timeout_s), ws="none", lifespan="off", log_level="warning",
-        access_log=False, server_header=False, proxy_headers=False, limit_concurrency=max_connections,
+        app, http=DeadlineH11.with_timeout(read_timeout_s, MAX_PER_CLIENT), ws="none", lifespan="off",
+        log_level="warning", access_log=False, server_header=False, proxy_headers=False,
+        limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    return uvicorn.Server(config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 import zipfile
 
 import pytest
@@ -116,3 +118,66 @@ def test_a_server_that_cannot_warm_up_asks_to_be_replaced() -> None:
 def test_requests_are_validated_at_the_edge(body, error) -> None:
     with pytest.raises(ValueError, match=error):
         GenerateRequest.model_validate(body)
+
+
+def test_a_store_that_fails_to_save_never_stops_the_batch() -> None:
+    """A full disk or a store that is down: each failed save is a log line, the batch goes on to complete in
+    memory, and the generation loop (which records outcomes) outlives every failure."""
+    from threegen_dagster.serve.batch import GenerationFailed, run_loop
+
+    def save(batch: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    class Stems:  # what run_loop drives: one stem fails, the others give an output
+        def warm(self) -> None: ...
+
+        def generate(self, batch: str, stem: str, url: str, seed: int) -> tuple[str, int]:
+            if stem == "b":
+                raise GenerationFailed("no object found")
+            return f"k-{stem}", 1
+
+    lines: list[str] = []
+    book = BatchBook(save, log=lines.append)
+    stop = threading.Event()
+    loop = threading.Thread(target=run_loop, args=(book, Stems(), lines.append, stop), daemon=True)
+    loop.start()
+    while book.status()["status"] != "ready":
+        time.sleep(0.01)
+    assert book.submit(_request(["a", "b", "c"])) == 3  # accepted though its save failed
+    deadline = time.monotonic() + 60
+    while book.status()["status"] != "complete" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    loop.join(10)
+    status = book.status()
+    assert status["status"] == "complete" and status["payload"]["failed"] == 1, (status, lines)
+    assert sum("could not be saved (OSError: [Errno 28] No space left on device)" in line for line in lines) == 4
+    assert [s.state for s in book.completed().stems.values()] == ["done", "failed", "done"]
+
+
+def test_a_saved_batch_of_another_shape_is_read_or_left_out() -> None:
+    saved = {"id": "x", "seed": 1, "created": 0, "finished": None, "stems": [
+        {"stem": "a", "url": "http://h/a.png", "state": "pending", "key": "", "version": 0, "reason": "",
+         "seconds": 0, "added_by_a_newer_version": 1}]}
+    assert BatchBook([].append, saved=saved).batch.stems["a"].url == "http://h/a.png"  # unknown fields left out
+    for broken in ({**saved, "seed": None}, {k: v for k, v in saved.items() if k != "seed"},
+                   {**saved, "stems": [{"url": "http://h/a.png"}]}, {**saved, "stems": "a"}):
+        lines: list[str] = []
+        book = BatchBook([].append, saved=broken, log=lines.append)
+        book.set_warm()
+        assert book.batch is None and book.status()["status"] == "ready"
+        assert len(lines) == 1 and "the saved batch is not one" in lines[0] and "starting without it" in lines[0]
+
+
+def test_image_urls_are_taken_as_the_round_pipeline_takes_them() -> None:
+    item = GenerateRequest.model_validate({"prompts": [{"stem": "a", "image_url": "HTTP://h:9/a.png"}], "seed": 1})
+    assert item.prompts[0].image_url == "http://h:9/a.png"  # a scheme's case is no matter
+    for url in ("http://h/a b.png", "http://h/\n.png", "https:///a.png", "http//h/a.png"):
+        with pytest.raises(ValueError, match="not an http"):
+            GenerateRequest.model_validate({"prompts": [{"stem": "a", "image_url": url}], "seed": 1})
+
+
+def test_a_list_past_the_prompt_limit_is_one_error() -> None:
+    with pytest.raises(ValueError) as refused:
+        GenerateRequest.model_validate_json(b'{"prompts": [' + b",".join([b"{}"] * 100_000) + b'], "seed": 1}')
+    assert refused.value.error_count() == 1 and "at most 99 items" in str(refused.value)
