@@ -224,11 +224,17 @@ def json_errors(app: FastAPI, name: Callable[[str], str], not_found: Callable[[s
                 unparsable: str = "") -> None:
     """Every error of ``app`` as JSON ``{"error": ...}`` in one line: a body that does not validate (400,
     field by field, under the endpoint's ``name(path)``), one FastAPI cannot parse at all (400, with the
-    ``unparsable`` hint), an unknown path (404, ``not_found(path)``), a body over the limit (413)."""
+    ``unparsable`` hint), an unknown path (404, ``not_found(path)``), a body over the limit (413), and a
+    failure no handler expected (500; its traceback still goes to the log)."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": _validation_message(name(request.url.path), exc)}, status_code=400)
+
+    @app.exception_handler(Exception)  # a failure no handler expected: still JSON, still one line (and logged)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        message = " ".join(f"{name(request.url.path)}: the server failed: {type(exc).__name__}: {exc}".split())
+        return JSONResponse({"error": message[:1000]}, status_code=500)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -161,5 +161,8 @@ def test_a_streamed_call_that_fails_past_the_runner_ends_with_a_500(runner, erro
         with pytest.raises(BackendError, match=error) as failure:
             call(served.url, timeout_s=60)
         assert not isinstance(failure.value, WorkerLost)  # the call's own failure: not retried on another card
+        plain = WorkerClient(served.url)._call  # without a progress block: the same failure, as plain JSON
+        with pytest.raises(BackendError, match=r"\(HTTP 500\): text_to_image: the server failed: \w+Error"):
+            plain("POST", "/v1/text_to_image", BODY)
     finally:
         served.stop()
