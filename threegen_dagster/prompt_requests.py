@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import http_get
 from .keys import MAX_IMAGE_BYTES, Prompt, PromptError, check_seed
 
 MAX_PROMPTS = 16
 MAX_SEEDS = 16
 MAX_GENERATIONS = 64  # prompts x seeds in one request
 FETCH_TIMEOUT_S = 30.0  # the whole download of an image by URL
-_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,27 +99,20 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
 
 
 def _download(url: str, timeout_s: float, max_bytes: int) -> bytes:
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(url, headers={"User-Agent": "threegen-request", "Accept": "image/*"})
+    """The image at ``url``, whole within ``timeout_s`` (``http_get``: slow headers and a dripping body
+    are cut off too), redirects to http(s) only."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise PromptError(f"image {_shown(url)}: {int(declared):,} bytes; the limit is {max_bytes:,}")
-            chunks, size = [], 0
-            while chunk := response.read1(_CHUNK):  # at most one socket read: the deadline is checked often
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PromptError(f"image {_shown(url)}: over {max_bytes:,} bytes; the limit is {max_bytes:,}")
-                if time.monotonic() > deadline:
-                    raise PromptError(f"image {_shown(url)}: the download took over {timeout_s:g} s; stopped")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        return http_get.get(url, max_bytes=max_bytes, timeout_s=timeout_s,
+                            headers={"User-Agent": "threegen-request", "Accept": "image/*"})
+    except http_get.TooLarge as exc:
+        raise PromptError(f"image {_shown(url)}: {exc}") from None
     except urllib.error.HTTPError as exc:
         raise PromptError(f"image {_shown(url)}: the server answered HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise PromptError(f"image {_shown(url)}: cannot download it: {exc.reason}") from None
-    except (TimeoutError, OSError) as exc:
+    except TimeoutError:
+        raise PromptError(f"image {_shown(url)}: the download took over {timeout_s:g} s; stopped") from None
+    except OSError as exc:
         raise PromptError(f"image {_shown(url)}: cannot download it: {type(exc).__name__}: {exc}") from None
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .. import http_get
 from .state import (Leaders, PromptUrl, RoundFileError, RoundState, Schedule, Seed, Submissions, parse,
                     parse_prompts)
 
-CHUNK = 64 * 1024
 DEFAULT_BASE = "https://raw.githubusercontent.com/404-Repo/404-active-competition/main"
 
 
@@ -24,47 +23,26 @@ class FetchError(RoundFileError):
     """A file that could not be read (missing, too large, unreachable); the message says which and why."""
 
 
-def _opener(redirects: bool = True) -> urllib.request.OpenerDirector:
-    """http(s) only, redirects to http(s) only (urllib's redirect handler; none followed when not
-    ``redirects``: a 3xx is then an HTTP error), no proxies from the environment."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
-                    *((urllib.request.HTTPRedirectHandler,) if redirects else ()),
-                    urllib.request.HTTPDefaultErrorHandler, urllib.request.HTTPErrorProcessor):
-        opener.add_handler(handler())
-    return opener
-
-
 def fetch_url(url: str, *, max_bytes: int, timeout_s: float, tries: int = 3, pause_s: float = 1.0,
               what: str = "", redirects: bool = True) -> bytes:
-    """The body of ``url`` (http or https), at most ``max_bytes``; FetchError otherwise."""
+    """The body of ``url`` (http or https), at most ``max_bytes``, each try whole within ``timeout_s``
+    (``http_get``: a server dripping bytes is cut off too); FetchError otherwise."""
     name = what or url
     if urlsplit(url).scheme not in ("http", "https"):
         raise FetchError(f"{name}: not an http(s) URL")
     last = ""
     for attempt in range(1, tries + 1):
         try:
-            with _opener(redirects).open(urllib.request.Request(url, headers={"User-Agent": "threegen-dagster"}),
-                               timeout=timeout_s) as answer:
-                declared = answer.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise FetchError(f"{name}: {int(declared):,} bytes; the limit is {max_bytes:,}")
-                body, started = bytearray(), time.monotonic()
-                while chunk := answer.read(min(CHUNK, max_bytes + 1 - len(body))):
-                    body += chunk
-                    if time.monotonic() - started > timeout_s:  # a server dripping bytes: the socket timeout
-                        raise TimeoutError(f"the body took over {timeout_s:g} s")  # alone never ends it
-                    if len(body) > max_bytes:
-                        raise FetchError(f"{name}: more than {max_bytes:,} bytes; the limit is {max_bytes:,}")
-                return bytes(body)
+            return http_get.get(url, max_bytes=max_bytes, timeout_s=timeout_s, redirects=redirects,
+                                headers={"User-Agent": "threegen-dagster"})
+        except http_get.TooLarge as exc:
+            raise FetchError(f"{name}: {exc}") from None
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code} {exc.reason}"
             if exc.code == 404:
                 raise FetchError(f"{name}: not found (HTTP 404)") from None
             if exc.code < 500 and exc.code != 429:
                 raise FetchError(f"{name}: {last}") from None
-        except FetchError:
-            raise
         except (urllib.error.URLError, OSError, ValueError) as exc:  # refused, reset, timed out, bad URL
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         if attempt < tries:
