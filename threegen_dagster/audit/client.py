@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ def parse_zip(data: bytes, limits: ZipLimits) -> Results:
         try:
             with archive.open(info) as handle:
                 body = handle.read(limits.file_bytes + 1)  # a lying header never costs more than the limit
-        except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, RuntimeError) as exc:  # encrypted
             raise ZipRefused(f"{info.filename[:140]} cannot be read: {exc}") from None
         if len(body) > limits.file_bytes:
             raise ZipRefused(f"{info.filename[:140]} holds over {limits.file_bytes:,} bytes (its header says "
@@ -74,8 +75,8 @@ def parse_zip(data: bytes, limits: ZipLimits) -> Results:
 def _failed(body: bytes) -> dict[str, str]:
     try:
         document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ZipRefused(f"{FAILED_NAME} is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ZipRefused(f"{FAILED_NAME} is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(document, dict):
         raise ZipRefused(f"{FAILED_NAME} is not a {{stem: reason}} object")
     return {str(k)[:140]: str(v)[:500] for k, v in document.items()}
@@ -85,8 +86,8 @@ class BatchClient:
     """One server at ``base_url``; ``token``, when given, goes as a Bearer header (servers never need it)."""
 
     def __init__(self, base_url: str, timeout_s: float = 30.0, token: str = "") -> None:
-        self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
+        headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, follow_redirects=False,
                                   trust_env=False, headers=headers)
 
@@ -99,38 +100,48 @@ class BatchClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _get(self, path: str, limit: int, params: dict | None = None) -> tuple[int, bytes]:
+    def _request(self, method: str, path: str, limit: int, **kwargs) -> tuple[int, bytes]:
+        """(status, at most ``limit`` + 1 bytes of the body as sent), all of it within the timeout: no encoding
+        undone (none is asked for: a gzip bomb never inflates here), a server dripping bytes cut off."""
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with self._http.stream("GET", path, params=params) as answer:
+            with self._http.stream(method, path, **kwargs) as answer:
+                encoding = answer.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise ApiError(f"{method} {path} answered in Content-Encoding {encoding[:40]!r}, not asked for")
                 body = bytearray()
-                for chunk in answer.iter_bytes():
+                for chunk in answer.iter_raw():
                     body += chunk
                     if len(body) > limit:
                         return answer.status_code, bytes(body)  # over the limit: the caller refuses it
+                    if time.monotonic() > deadline:
+                        raise ApiError(f"{method} {path}: no whole answer within {self.timeout_s:g} s")
                 return answer.status_code, bytes(body)
         except httpx.HTTPError as exc:
-            raise ApiError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+            raise ApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+    def _get(self, path: str, limit: int, params: dict | None = None) -> tuple[int, bytes]:
+        return self._request("GET", path, limit, params=params)
 
     def status(self, replacements_remaining: int | None = None) -> dict:
         params = {} if replacements_remaining is None else {"replacements_remaining": replacements_remaining}
         code, body = self._get("/status", MAX_JSON_BYTES, params)
         if code != 200:
             raise ApiError(f"GET /status answered HTTP {code}")
+        if len(body) > MAX_JSON_BYTES:
+            raise ApiError(f"GET /status answered more than {MAX_JSON_BYTES:,} bytes")
         try:
             document = json.loads(body)
             if not isinstance(document, dict) or not isinstance(document.get("status"), str):
                 raise ValueError("no status field")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ApiError(f"GET /status answered no status JSON ({exc})") from None
         return document
 
     def generate(self, prompts: list[dict], seed: int) -> tuple[int, str]:
         """(HTTP status, the answer's first 300 characters); ApiError when no answer came."""
-        try:
-            answer = self._http.post("/generate", json={"prompts": prompts, "seed": seed})
-        except httpx.HTTPError as exc:
-            raise ApiError(f"POST /generate: {type(exc).__name__}: {exc}") from None
-        return answer.status_code, answer.text[:300]
+        code, body = self._request("POST", "/generate", 300, json={"prompts": prompts, "seed": seed})
+        return code, body[:300].decode("utf-8", "replace")
 
     def results(self, limits: ZipLimits) -> Results:
         """The complete batch's outputs; ApiError when not 200, ZipRefused when the ZIP breaks a limit."""

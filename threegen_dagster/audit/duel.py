@@ -42,6 +42,7 @@ class StemDuel:
     leader_best: float | None = None
     vlm_delta: float | None = None  # leader's mean penalty minus ours, over the angles kept
     note: str = ""
+    judge_failed: bool = False  # the judge model could not say (unreachable, an answer without penalties)
 
 
 @dataclass
@@ -128,7 +129,10 @@ def judge_stem(stem: str, prompt: Image.Image | None, ours: dict | None, leader:
         return StemDuel(stem, outcome, "missing", note="ours missing" if ours is None else "the leader's missing")
     row = StemDuel(stem, "draw", "none")
     if vlm is not None and client is not None:
-        row.outcome, row.vlm_delta, row.note = vlm_verdict(vlm, prompt, ours, leader, seed, client)
+        try:
+            row.outcome, row.vlm_delta, row.note = vlm_verdict(vlm, prompt, ours, leader, seed, client)
+        except LlmError as exc:  # one stem the judge cannot answer: the best-view vote, if any, decides it
+            row.judge_failed, row.note = True, f"the judge failed: {exc}"[:300]
         if row.outcome != "draw":
             row.decided_by = "vlm"
     if embedder is not None:

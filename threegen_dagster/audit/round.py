@@ -132,8 +132,11 @@ def judge_regenerated(source: RoundSource, number: int, outputs: list[dict[str, 
             ours, published_views = drawn(data), drawn(theirs)
             if published_views is None:
                 return None
-            return judge_stem(stem, image, ours, published_views, embedder=embedder, vlm=vlm, seed=seed,
-                              client=client).outcome
+            row = judge_stem(stem, image, ours, published_views, embedder=embedder, vlm=vlm, seed=seed,
+                             client=client)
+            if row.judge_failed:
+                log(f"audit {number}: {stem}: {row.note}")
+            return None if row.judge_failed and row.decided_by == "none" else row.outcome
 
         for index, out in enumerate(outputs, 1):
             margin = RepeatMargin(index, len(mine))

@@ -20,6 +20,7 @@ from ..audit.round import (
     Fetching, RoundAuditError, audit_round, duel_round, judge_regenerated, leader_cdn_url, output_fetcher, published,
     published_win_margin,
 )
+from ..catalog import md_cell
 from ..rounds.comp2_llm import LlmConfig
 from ..rounds.publish import EXTENSIONS
 from .resources import StoreResource
@@ -92,7 +93,7 @@ def _md(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
     if not rows:
         return dg.MetadataValue.md("(none)")
     lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    lines += [f"| {' | '.join(str(r.get(c, '')).replace('|', '/')[:200] for c in columns)} |" for r in rows]
+    lines += [f"| {' | '.join(md_cell(r.get(c, ''), 200) for c in columns)} |" for r in rows]  # the server's words
     return dg.MetadataValue.md("\n".join(lines))
 
 

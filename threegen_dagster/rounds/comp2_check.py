@@ -76,9 +76,12 @@ def check_module(source: bytes, limits: Comp2Limits = Comp2Limits(), *, timeout_
     with tempfile.TemporaryDirectory(prefix="comp2-check-") as tmp:
         path = Path(tmp) / "module.js"
         path.write_bytes(source)
-        # the main thread's heap is capped too; the module's worker gets limits.heap_mb (resourceLimits)
-        command = [node, f"--max-old-space-size={limits.heap_mb + 256}", str(folder / "check.mjs"), str(path),
-                   json.dumps(asdict(limits))]
+        # the main thread's heap is capped too; the module's worker gets limits.heap_mb (resourceLimits). The
+        # module is untrusted code (a model's answer, another miner's output): eval and Function off, and
+        # Node's permission model: it reads the checker and the module, writes nothing, starts no process
+        command = [node, f"--max-old-space-size={limits.heap_mb + 256}", "--disallow-code-generation-from-strings",
+                   "--experimental-permission", f"--allow-fs-read={folder.resolve()}/*", f"--allow-fs-read={path}",
+                   "--allow-worker", str(folder / "check.mjs"), str(path), json.dumps(asdict(limits))]
         command, bound = _memory_bound(command, limits.process_mb * 2**20)
         try:
             done = subprocess.run(command, capture_output=True, timeout=timeout_s, cwd=folder,
@@ -86,9 +89,12 @@ def check_module(source: bytes, limits: Comp2Limits = Comp2Limits(), *, timeout_
                                   **bound)
         except subprocess.TimeoutExpired:
             raise CheckerError(f"the comp 2 checker did not answer within {timeout_s:.0f} s: killed") from None
+    tail = " | ".join(done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])
+    if done.returncode < 0 or "FATAL ERROR" in tail:  # V8 aborted (out of memory): the module's doing, a verdict
+        return Comp2Report(False, (Failure("execution", "HEAP_EXCEEDED", f"running the module took the checker "
+                                           f"down (exit {done.returncode}): {tail[-300:]}"),))
     if done.returncode != 0:
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise CheckerError(f"the comp 2 checker failed (exit {done.returncode}): {' | '.join(tail)}")
+        raise CheckerError(f"the comp 2 checker failed (exit {done.returncode}): {tail}")
     try:
         answer = json.loads(done.stdout.decode("utf-8").strip().splitlines()[-1])
         failures = tuple(Failure(str(f["stage"]), str(f["rule"]), str(f["detail"])) for f in answer["failures"])

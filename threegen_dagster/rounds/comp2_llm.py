@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -114,13 +115,20 @@ def chat(config: LlmConfig, messages: list[dict], seed: int, client: httpx.Clien
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     body = {"model": config.model, "messages": messages, "temperature": 0, "seed": seed,
             "max_tokens": config.max_tokens}
-    try:
-        with client.stream("POST", url, json=body, headers=headers, timeout=config.timeout_s) as response:
+    deadline = time.monotonic() + config.timeout_s
+    try:  # the answer as sent (no encoding asked for, none undone), bounded, whole within the timeout
+        with client.stream("POST", url, json=body, headers={**headers, "Accept-Encoding": "identity"},
+                           timeout=config.timeout_s) as response:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise LlmError(f"the code model at {url} answered in Content-Encoding {encoding[:40]!r}: refused")
             data = bytearray()
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 data += chunk
                 if len(data) > MAX_ANSWER_BYTES:
                     raise LlmError(f"the code model at {url} answered more than {MAX_ANSWER_BYTES:,} bytes: refused")
+                if time.monotonic() > deadline:
+                    raise LlmError(f"the code model at {url} did not answer within {config.timeout_s:g} s")
             status = response.status_code
     except httpx.HTTPError as exc:
         raise LlmError(f"the code model at {url} is unreachable: {type(exc).__name__}: {exc}") from None
@@ -131,7 +139,9 @@ def chat(config: LlmConfig, messages: list[dict], seed: int, client: httpx.Clien
         raise LlmError(f"the code model at {url} answered HTTP {status}: {text[:300]!r}")
     try:
         content = json.loads(text)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        if isinstance(content, str):
+            content.encode("utf-8")  # a lone surrogate ("\ud800") would fail later, outside LlmError
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
         raise LlmError(f"the code model at {url} answered something other than a chat completion: "
                        f"{text[:200]!r}") from None
     if not isinstance(content, str) or not content.strip():

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import socket
+import threading
+import time
 import zipfile
 
 import pytest
 
-from threegen_dagster.audit.client import ZipLimits, ZipRefused, parse_zip
+from threegen_dagster.audit.client import ApiError, BatchClient, ZipLimits, ZipRefused, parse_zip
 
 
 def _zip(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -51,3 +55,113 @@ def test_bytes_over_the_limit_or_no_zip_at_all():
         parse_zip(big, ZipLimits(zip_bytes=1000))
     with pytest.raises(ZipRefused, match="not a ZIP"):
         parse_zip(b"<html>oops</html>", ZipLimits())
+
+
+def _encrypted_entry() -> bytes:
+    """A ZIP whose entry says it is encrypted (general-purpose flag bit 0), as a hostile server may send."""
+    data = bytearray(_zip({"a.glb": b"glTF...."}, zipfile.ZIP_STORED))
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local header, central directory
+        at = data.index(signature) + flag_at
+        data[at] |= 1
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (_encrypted_entry(), r"a\.glb cannot be read: .*encrypted"),
+    (_zip({"_failed.json": b"[" * 100_000}), r"_failed\.json is not JSON: RecursionError"),
+])
+def test_an_entry_that_cannot_be_read_is_a_refusal_not_a_crash(data, message):
+    with pytest.raises(ZipRefused, match=message):
+        parse_zip(data, ZipLimits())
+
+
+class _Server:
+    """A raw-socket batch API that answers every request with what ``answer`` writes."""
+
+    def __init__(self, answer) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+        def one(conn) -> None:
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                try:
+                    answer(conn)
+                except OSError:
+                    pass
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.server.accept()
+                except OSError:
+                    return
+                threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _drip(conn) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(1000):
+        conn.sendall(b" ")
+        time.sleep(0.05)
+
+
+def _gzip_twice(conn) -> None:
+    body = gzip.compress(gzip.compress(b" " * 10_000_000))
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def _endless(conn) -> None:
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    while True:
+        conn.sendall(b"x" * 65536)
+
+
+def _deep(conn) -> None:
+    body = b"[" * 60_000
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (_drip, r"GET /status: no whole answer within 1 s"),
+    (_gzip_twice, r"GET /status answered in Content-Encoding 'gzip, gzip', not asked for"),
+    (_deep, r"GET /status answered no status JSON \(maximum recursion depth"),
+])
+def test_a_status_answer_that_would_hang_or_blow_up_is_one_error(answer, message):
+    """A broken or hostile server under audit: a dripped answer is cut off at the client's timeout (each byte
+    is well within it), an encoding never asked for is refused unread (a gzip bomb never inflates), JSON
+    nested past Python's recursion limit is an answer without status."""
+    server = _Server(answer)
+    with BatchClient(server.url, timeout_s=1) as client, pytest.raises(ApiError, match=message):
+        client.status()
+    server.close()
+
+
+def test_a_post_answer_is_read_only_as_far_as_it_is_shown():
+    server = _Server(_endless)
+    with BatchClient(server.url, timeout_s=10) as client:
+        code, text = client.generate([{"stem": "a", "image_url": "http://h/a.png"}], 1)
+    assert code == 400 and text == "x" * 300
+    server.close()
+
+
+def test_the_server_s_words_stay_text_in_the_run_page():
+    """What an audited server answers reaches the asset's markdown tables: it stays one escaped cell."""
+    from threegen_dagster.defs.audit import _md
+
+    table = _md([{"outcome": "refused: | # Injected heading\n![pixel](http://e/x.png) [a](javascript:x)"}], ["outcome"])
+    text = table.value
+    assert text.count("\n") == 2 and "\n#" not in text  # one row: no heading, no line of its own
+    assert "![" not in text and "](" not in text.replace("\\](", "")  # no image, no link: brackets escaped

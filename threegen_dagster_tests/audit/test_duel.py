@@ -125,6 +125,22 @@ def test_orders_that_disagree_leave_it_to_the_best_view(tiny_dino):
     assert np.allclose(np.linalg.norm(embedder.embed([blue, red]), axis=1), 1.0)
 
 
+def test_a_judge_that_answers_prose_leaves_the_stem_to_the_best_view_or_unjudged(tiny_dino):
+    """One stem the judge model cannot answer fails neither the duel nor the audit (hours of regeneration):
+    the best-view vote decides it, or with no embedder it counts as unjudged."""
+    blue, red = Image.new("RGB", (64, 64), (40, 60, 200)), Image.new("RGB", (64, 64), (200, 40, 40))
+    views = {n: blue for n in ("front_left", "front_right", "front_below", "front_above")}
+    other = {n: red for n in views}
+    with VlmServer("prose") as vlm, httpx.Client() as client:
+        config = LlmConfig(vlm.url, "judge", attempts=1)
+        row = judge_stem("s", blue, views, other, embedder=None, vlm=config, seed=1, client=client)
+        assert row.judge_failed and (row.outcome, row.decided_by) == ("draw", "none")
+        assert row.note.startswith("the judge failed: the judge model's answer has no penalties for A")
+        row = judge_stem("s", blue, views, other, embedder=Embedder(tiny_dino), vlm=config, seed=1, client=client,
+                         dino_gap=0.0)
+    assert row.judge_failed and row.decided_by == "best_view" and row.outcome == "win"
+
+
 def test_no_leader_url_says_what_to_configure(round_world):
     state, server, store = round_world
     state.write("leader.json", [{"hotkey": "5HLeader", "repo": "lead/gen", "commit": "f" * 40, "weight": 0.8,

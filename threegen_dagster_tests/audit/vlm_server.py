@@ -1,7 +1,8 @@
 """A loopback stand-in for the judges' VLM speaking OpenAI's ``/v1/chat/completions``: it reads the images
 of each question (the prompt, then four views of A, then four of B) and answers penalties from what it sees:
 ``colour`` mode penalises views that are not mostly blue (the same answer whichever order the sides come in),
-``biased`` mode always prefers the first object (the two orders then disagree). Each question is recorded."""
+``biased`` mode always prefers the first object (the two orders then disagree), ``prose`` answers a sentence
+instead of penalties. Each question is recorded."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ class VlmServer:
                 images = [p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url"]
                 outer.questions.append({"auth": self.headers.get("Authorization"), "images": len(images),
                                         "seed": body.get("seed"), "temperature": body.get("temperature")})
-                if outer.mode == "biased":
+                if outer.mode == "prose":  # what small VLMs often do instead of the JSON asked for
+                    answer = "Object A looks closer to the reference."
+                elif outer.mode == "biased":
                     answer = {"A": [2, 2, 2, 2], "B": [7, 7, 7, 7]}
                 else:
                     answer = {side: [2 if _blue(u) else 6 for u in images[1 + 4 * i:5 + 4 * i]]
                               for i, side in enumerate("AB")}
-                data = json.dumps({"choices": [{"message": {"content": json.dumps(answer)}}]}).encode()
+                content = answer if isinstance(answer, str) else json.dumps(answer)
+                data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

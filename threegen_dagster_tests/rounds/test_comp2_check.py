@@ -158,3 +158,32 @@ def test_not_utf8_is_a_parse_error():
 def test_a_missing_checker_is_an_error_never_a_pass(tmp_path):
     with pytest.raises(CheckerError, match="install_node_checker.sh"):
         check_module(VALID, folder=tmp_path)
+
+
+@pytest.mark.parametrize("reach", [
+    "Object.getOwnPropertyDescriptor(Object.getPrototypeOf(helper), 'constructor').value('return process')()",
+    "helper['constr' + 'uctor']('return process')()",
+    "helper()['pro' + 'cess']",  # a sloppy function's `this`: the global object
+])
+def test_a_module_that_evades_the_static_rules_still_reaches_nothing(reach, tmp_path):
+    """A module is untrusted code (a model's answer, another miner's CDN output). One that gets past the AST
+    checks to the process finds eval and Function off and no `process` on the global object; were it to get
+    one, Node's permission model lets it write no file and start no process."""
+    marker = tmp_path / "written"
+    helper = "function helper() { return this; }"
+    body = f"  const p = {reach};\n  p.getBuiltinModule('fs').writeFileSync({json.dumps(str(marker))}, 'x');"
+    report = check_module(module(body, before=helper))
+    assert not report.ok and report.rules == ["EXECUTION_THREW"], report.summary()
+    assert not marker.exists()
+    fetched = check_module(module("  helper()['fet' + 'ch']('http://127.0.0.1:9/');", before=helper))
+    assert fetched.rules == ["EXECUTION_THREW"] and "is not a function" in fetched.failures[0].detail
+
+
+def test_a_module_that_takes_the_checker_down_is_its_own_failure():
+    """V8 aborting the whole checker (out of memory in a way its worker's limits do not catch) is the
+    module's doing: a verdict (so the code model is asked again, or the embedded module used), not a
+    CheckerError."""
+    report = check_module(module("  const keep = [];\n"
+                                 "  for (let i = 0; i < 100000; i++) { const a = new Uint8Array(1 << 20); a[0] = 1; "
+                                 "keep.push(a); }"))
+    assert not report.ok and report.rules == ["HEAP_EXCEEDED"], report.summary()
