@@ -14,10 +14,12 @@ import errno
 import hashlib
 import io
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 import numpy as np
 
@@ -28,7 +30,6 @@ MAX_TEXT_CHARS = 200
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 MAX_OFFSET = 1_000_000
-CREATED_FORMAT = "%Y-%m-%d %H:%M:%S"  # the catalog's "created" column, UTC
 
 
 class SearchError(ValueError):
@@ -43,13 +44,17 @@ def parse_when(value: str | None, field_name: str, end: bool = False) -> datetim
     text = str(value).strip()[:40]
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            day = datetime.combine(date.fromisoformat(text), datetime.min.time(), timezone.utc)
-            return day + timedelta(days=1) - timedelta(microseconds=1) if end else day
+            return datetime.combine(date.fromisoformat(text), time.max if end else time.min, timezone.utc)
         when = datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        # OverflowError when before year 1 or after 9999 in UTC (a start also once rounded up a second)
+        when.astimezone(timezone.utc) + timedelta(seconds=0 if end else 1)
     except ValueError:
         raise SearchError(f"{field_name} {text!r}: use a date or date-time like 2026-11-30 or "
                           f"2026-11-30T14:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise SearchError(f"{field_name} {text!r}: out of range (years 1 to 9999 in UTC)") from None
+    return when
 
 
 @dataclass(frozen=True)
@@ -94,10 +99,10 @@ class SearchQuery:
     def _created_bounds(self) -> tuple[str | None, str | None]:
         """The window as the catalog writes ``created`` (UTC, to the second), compared as text: the
         start rounded up to a whole second, the end down (both inclusive)."""
-        since, until = self.window()
+        since, until = (when.astimezone(timezone.utc) if when else None for when in self.window())
         if since is not None and since.microsecond:
             since += timedelta(seconds=1)
-        utc = [when.astimezone(timezone.utc).strftime(CREATED_FORMAT) if when else None for when in (since, until)]
+        utc = [when.isoformat(" ", "seconds")[:19] if when else None for when in (since, until)]  # year 0999, not 999
         return utc[0], utc[1]
 
     def matches(self, row: dict) -> bool:
@@ -206,7 +211,8 @@ class EmbeddingCache:
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-        except (ValueError, KeyError, OSError) as exc:  # not an npz, or not ours: rebuilt
+        except (ValueError, KeyError, OSError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile,
+                zlib.error) as exc:  # not an npz (a .npy, cut short, corrupt), or not ours: rebuilt
             self.damaged = f"{store.uri(self.path)} was unreadable ({exc}); it is rebuilt"
 
     def missing(self, shas: Iterable[str]) -> list[str]:

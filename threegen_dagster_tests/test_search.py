@@ -259,3 +259,61 @@ def test_the_ui_search_job_ranks_by_an_image_given_by_path(made, tiny_scorer, tm
     assert f"| {keys['a red ceramic mug']} | a red ceramic mug |" in table[2] and "| 1.0 |" in table[2]
     ok, outputs, failures = _search_run(root, tiny_scorer, image=str(tmp_path / "missing.png"))
     assert not ok and "search: " in failures[0] and "missing.png" in failures[0]
+
+
+ROWS = [{"key": "a-new-s1", "created": "2026-11-01 10:00:00"}, {"key": "an-old-s2", "created": "0999-06-01 00:00:00"}]
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"since": "9999-12-31T23:59:59-23:59"}, "since '9999-12-31T23:59:59-23:59': out of range (years 1 to 9999 in UTC)"),
+    ({"since": "0001-01-01T00:00+01:00"}, "since '0001-01-01T00:00+01:00': out of range"),
+    ({"until": "0001-01-01T00:00+01:00"}, "until '0001-01-01T00:00+01:00': out of range"),
+    ({"since": "9999-12-31T23:59:59.5"}, "since '9999-12-31T23:59:59.5': out of range"),  # rounded up: year 10000
+])
+def test_a_date_out_of_range_is_one_line_naming_the_field(fields, error) -> None:
+    with pytest.raises(SearchError, match=f"^{__import__('re').escape(error)}"):
+        search(ROWS, SearchQuery(**fields))
+
+
+def test_dates_at_the_ends_of_the_calendar_still_search() -> None:
+    found = lambda **kw: [r["key"] for r in search(ROWS, SearchQuery(**kw)).rows]  # noqa: E731
+    assert found(until="9999-12-31") == found(since="0001-01-01") == ["a-new-s1", "an-old-s2"]
+    assert found(since="9999-12-31T23:59:59+01:00") == [] and found(until="0001-01-01T00:00-01:00") == []
+    assert found(since="0999-01-01", until="0999-12-31") == ["an-old-s2"]  # the catalog writes year 999 as 0999
+
+
+def test_threegen_search_refuses_a_date_out_of_range_in_one_line(made) -> None:
+    done = cli(made[0].parent, "--since", "0001-01-01T00:00+01:00")
+    assert done.returncode == 2 and done.stdout == "" and done.stderr == \
+        "threegen: search: since '0001-01-01T00:00+01:00': out of range (years 1 to 9999 in UTC)\n"
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+SAVED = _npz(sha256=np.array(["cd" * 32]), vectors=np.ones((1, 4), np.float32))
+
+
+@pytest.mark.parametrize("data", [
+    SAVED[:len(SAVED) // 2],  # cut short: not a zip any more
+    SAVED[:-30],  # the zip's end record cut
+    SAVED.replace(b"vectors.npy", b"vectorz.npy"),  # another archive's names
+    _npy(np.ones((1, 4))),  # a .npy, not an .npz
+    _npz(sha256=np.array("cd" * 32), vectors=np.ones((1, 4))),  # a 0-d hash array
+], ids=["half", "no-end-record", "other-names", "npy", "0-d"])
+def test_any_damaged_embedding_cache_is_named_and_rebuilt(tmp_path, data: bytes) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.write("search/embeddings/m-x.npz", data)
+    cache = EmbeddingCache(store, "m-x")
+    assert cache.vectors == {} and "m-x.npz was unreadable" in cache.damaged
+    cache.add("ab" * 32, np.ones(4))
+    assert cache.save() and EmbeddingCache(store, "m-x").vectors.keys() == {"ab" * 32}

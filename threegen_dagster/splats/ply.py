@@ -34,6 +34,7 @@ _TYPES = {
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "ascii"}
 _END_HEADER = re.compile(rb"end_header[ \t]*\r?\n")
 _MAX_HEADER = 1 << 16
+_MAX_COUNT_DIGITS = 12
 
 
 class PlyError(SplatError, RuntimeError):
@@ -81,7 +82,10 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
             fmt = _FORMATS[words[1]]
         elif keyword == "element":
             if len(words) != 3 or not words[2].isdigit():
-                raise PlyError(f"header line {number}: malformed element line {line!r}")
+                raise PlyError(f"header line {number}: malformed element line {line[:80]!r}")
+            if len(words[2]) > _MAX_COUNT_DIGITS:
+                raise PlyError(f"header line {number}: element {words[1][:40]!r} count has {len(words[2]):,} digits, "
+                               f"at most {_MAX_COUNT_DIGITS}")
             current = {"name": words[1], "count": int(words[2]), "properties": [], "has_list": False}
             elements.append(current)  # type: ignore[arg-type]
         elif keyword == "property":
@@ -112,10 +116,12 @@ def _vertex_table(data: bytes) -> tuple[np.ndarray, tuple[str, ...], int]:
     vertex = elements[vertex_at]
     if vertex.has_list:
         raise PlyError("the vertex element has a list property; gaussian splats have scalar properties only")
+    for element in elements:
+        named = [name for name, _ in element.properties]
+        duplicates = sorted({n for n in named if named.count(n) > 1})
+        if duplicates:
+            raise PlyError(f"duplicate {element.name} properties: {', '.join(duplicates)}")
     names = tuple(name for name, _ in vertex.properties)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise PlyError(f"duplicate vertex properties: {', '.join(duplicates)}")
     missing = [n for n in REQUIRED if n not in names]
     if missing:
         raise PlyError(f"PLY lacks required gaussian properties: {', '.join(missing)}")
@@ -152,8 +158,13 @@ def _vertex_table(data: bytes) -> tuple[np.ndarray, tuple[str, ...], int]:
 
 
 def sh_rest_count(names: tuple[str, ...] | list[str]) -> int:
-    """How many consecutive ``f_rest_i`` properties a header has, checked to be a whole SH degree."""
-    numbered = sorted(int(n[7:]) for n in names if n.startswith("f_rest_") and n[7:].isdigit())
+    """How many consecutive ``f_rest_i`` properties a header has, checked to be a whole SH degree and
+    spelled as 3DGS and pyspz write them (``f_rest_7``, not ``f_rest_07``)."""
+    rest = [n for n in names if n.startswith("f_rest_") and n[7:].isdigit()]
+    for name in rest:
+        if len(name) > 9 or name != f"f_rest_{int(name[7:])}":
+            raise PlyError(f"property {name[:40]!r} is not an SH coefficient name: expected f_rest_0 to f_rest_44")
+    numbered = sorted(int(n[7:]) for n in rest)
     count = len(numbered)
     if numbered != list(range(count)):
         raise PlyError(f"f_rest properties are not numbered 0..{count - 1} without gaps: found {numbered[:6]}...")

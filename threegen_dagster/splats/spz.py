@@ -153,7 +153,10 @@ def _open(spz: bytes) -> tuple[tuple[int, ...], zstandard.ZstdDecompressionReade
     if len(head) < _HEADER.size:
         raise SpzError(f"SPZ payload is {len(head)} bytes, shorter than its 16-byte header")
     header = _HEADER.unpack(head)
-    _check_header(header)
+    need = _check_header(header)
+    if known and params.content_size < _HEADER.size + need:  # refused before any rows are allocated
+        raise SpzError(f"truncated SPZ: {header[2]:,} gaussians need {need:,} payload bytes after the header, "
+                       f"the zstd frame declares {params.content_size - _HEADER.size:,}")
     return header, reader
 
 

@@ -47,6 +47,7 @@ HOST = "127.0.0.1"
 READ_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 32
 MAX_VERSION = 999_999
+MAX_KEY_CHARS = 200  # the longest key keys.py makes is 121 characters; a file name holds 255 bytes
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline' data: blob: 'wasm-unsafe-eval'; worker-src blob: data:; "
             "img-src data: blob:; style-src 'unsafe-inline'; connect-src data: blob:")
 LIST_CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -75,6 +76,8 @@ class ReadOnlyGuard:
 
 
 def _checked(key: str, asset: str | None = None) -> None:
+    if len(key) > MAX_KEY_CHARS:
+        raise HTTPException(404, f"{key[:120]!r}... is not a generation key: at most {MAX_KEY_CHARS} characters")
     if not is_generation_key(key):
         raise HTTPException(404, f"{key[:120]!r} is not a generation key (like 'a-wooden-chair-3f2a9c1b0d-s42')")
     if asset is not None and asset not in STAGES:

@@ -171,3 +171,32 @@ def test_cloud_checks_shapes_and_reports_non_finite_values() -> None:
 
 def test_max_gaussians_matches_pyspz() -> None:
     assert ply.MAX_GAUSSIANS == 10_485_760
+
+
+def test_sh_names_must_be_spelled_as_3dgs_writes_them() -> None:
+    zero_padded = [f"property float f_rest_{i:02d}" for i in range(9)]
+    with pytest.raises(PlyError, match=r"^property 'f_rest_00' is not an SH coefficient name"):
+        read_ply(_header(*FULL, *zero_padded, count=1) + b"\0" * 4 * 23)
+    with pytest.raises(PlyError, match="not an SH coefficient name"):
+        read_ply(_header(*FULL, "property float f_rest_" + "1" * 5000, count=1) + b"\0" * 4 * 20000)
+    plain = [f"property float f_rest_{i}" for i in range(9)]
+    assert read_ply(_header(*FULL, *plain, count=1) + b"\0" * 4 * 23).sh_degree == 1
+
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(("element", "data"), [
+    ("vertex", _header(*FULL).replace(b"vertex 2", f"vertex {HUGE}".encode())),
+    ("face", _header(*FULL).replace(b"element vertex", f"element face {HUGE}\nproperty float a\nelement vertex".encode())),
+])
+def test_an_element_count_of_thousands_of_digits_is_a_ply_error(element: str, data: bytes) -> None:
+    with pytest.raises(PlyError, match=f"element '{element}' count has 5,000 digits, at most 12"):
+        read_ply(data + b"\0" * 112)
+
+
+def test_duplicate_properties_in_an_element_before_vertex_are_a_ply_error() -> None:
+    data = _header(*FULL).replace(b"element vertex 2", b"element face 1\nproperty float a\nproperty float a\n"
+                                                       b"element vertex 2")
+    with pytest.raises(PlyError, match="^duplicate face properties: a$"):
+        read_ply(data + b"\0" * 200)

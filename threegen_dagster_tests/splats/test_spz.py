@@ -273,3 +273,22 @@ def test_positions_are_the_fixed_point_values_times_two_to_minus_fractional_bits
     expected = values.astype(np.float32) * np.float32(2.0 ** -fractional_bits)
     decoded = spz.decode(zstandard.ZstdCompressor().compress(bytes(payload))).positions
     assert decoded.tobytes() == expected.reshape(n, 3).astype("<f4").tobytes()
+
+
+@pytest.mark.parametrize(("n", "body"), [
+    (10_000_000, 1000),  # a 10M SH3 header in a tiny frame
+    (1_000_000, 4_500_000),  # half the positions: enough that the rows (236 MB) were allocated before the check
+])
+def test_a_frame_declaring_less_than_its_header_needs_is_refused_before_the_rows(n: int, body: int) -> None:
+    frame = _frame((spz.MAGIC, 2, n, 3, 12, 0, 0), bytes(body))  # zstd writes the content size by default
+    assert zstandard.get_frame_parameters(frame).content_size == 16 + body
+    need = n * (9 + 1 + 3 + 3 + 3 + 45)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpzError, match=f"^truncated SPZ: {n:,} gaussians need {need:,} payload bytes after the "
+                                           f"header, the zstd frame declares {body:,}$"):
+            spz.decode(frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000

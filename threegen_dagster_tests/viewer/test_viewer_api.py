@@ -92,3 +92,18 @@ def test_info_download_stats_and_health(api) -> None:
     assert fetch(base, "/api/health")[1]["ok"] is True
     status, body = fetch(base, f"/api/generations/{keys['a wooden chair']}/gaussian_splat")
     assert status == 404 and "gaussian_splat" in body["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/generations/{key}", "/api/generations/{key}/generated_image", "/g/{key}"])
+def test_an_over_long_key_is_a_404_like_any_unknown_key(api, path) -> None:
+    key = "a-" * 200 + "0123456789abcdef-s1"  # the hashed form, too long for a file name
+    status, body = fetch(api[0], path.format(key=key))
+    assert status == 404 and body["error"].endswith("... is not a generation key: at most 200 characters")
+
+
+@pytest.mark.parametrize(("params", "error"), [
+    ({"since": "9999-12-31T23:59:59-23:59"}, "since '9999-12-31T23:59:59-23:59': out of range (years 1 to 9999 in UTC)"),
+    ({"until": "0001-01-01T00:00+01:00"}, "until '0001-01-01T00:00+01:00': out of range (years 1 to 9999 in UTC)"),
+])
+def test_a_date_out_of_range_is_a_400_naming_it(api, params, error) -> None:
+    assert fetch(api[0], "/api/generations", **params) == (400, {"error": error})
