@@ -187,3 +187,13 @@ def test_a_module_that_takes_the_checker_down_is_its_own_failure():
                                  "  for (let i = 0; i < 100000; i++) { const a = new Uint8Array(1 << 20); a[0] = 1; "
                                  "keep.push(a); }"))
     assert not report.ok and report.rules == ["HEAP_EXCEEDED"], report.summary()
+
+
+def test_a_nan_vertex_cannot_hide_a_box_out_of_bounds():
+    """A NaN makes every comparison false, so a bounding box holding one would pass any bound (here it hides a
+    10-unit box): refused as not finite."""
+    report = check_module(module("  const geo = new THREE.BufferGeometry();\n"
+                                 "  geo.setAttribute('position', new THREE.Float32BufferAttribute([NaN, 0, 0, 0, 0, 0, 0, 0.1, 0], 3));\n"
+                                 "  g.add(new THREE.Mesh(new THREE.BoxGeometry(10, 10, 10), mat));\n"
+                                 "  g.add(new THREE.Mesh(geo, mat));"))
+    assert report.rules == ["BOUNDING_BOX_OUT_OF_RANGE"] and "not finite" in report.failures[0].detail

@@ -61,7 +61,10 @@ export function measure(root, limits) {
     for (const child of node.children ?? []) stack.push([child, depth + 1]);
   }
   const box = new THREE.Box3().setFromObject(root);
-  if (box.isEmpty()) failures.push(fail(STAGE_POST, 'EMPTY_SCENE', 'Box3.setFromObject(root) is empty'));
+  const corners = [...box.min.toArray(), ...box.max.toArray()];
+  if (corners.some(Number.isNaN)) {  // a NaN coordinate makes every comparison false: no box would fail
+    failures.push(fail(STAGE_POST, 'BOUNDING_BOX_OUT_OF_RANGE', 'the bounding box is not finite (a NaN coordinate)'));
+  } else if (box.isEmpty()) failures.push(fail(STAGE_POST, 'EMPTY_SCENE', 'Box3.setFromObject(root) is empty'));
   else {
     m.bbox = {min: box.min.toArray(), max: box.max.toArray()};
     const out = ['x', 'y', 'z'].filter((a) => box.min[a] < -limits.bound || box.max[a] > limits.bound)
