@@ -6,6 +6,7 @@ No Dagster imports; pandas only where a DataFrame is asked for."""
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from datetime import datetime, timezone
@@ -47,19 +48,36 @@ def catalog_row(entry: Generation, latest: dict, blobs: set[str]) -> dict:
     # a pruned intermediate still counts: retention dropped it on purpose and kept its record
     present = [m is not None and (m.pruned_at is not None or m.sha256 in blobs) for m in manifests.values()]
     meta = {stage: (m.metadata if m else {}) for stage, m in manifests.items()}
-    seconds = {f"{stage}_seconds": meta[stage].get("seconds") for stage in STAGES}
+    seconds = {f"{stage}_seconds": number(meta[stage].get("seconds")) for stage in STAGES}
     passed = meta["validation_score"].get("passed")
+    passed = passed if isinstance(passed, bool) else None
     spz = manifests["compressed_splat"]
     return {
         "key": entry.key, "prompt": entry.label, "seed": entry.seed, "kind": entry.kind, "source": entry.source,
-        "created": datetime.fromtimestamp(entry.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "status": generation_status(present, passed), "score": meta["validation_score"].get("score"),
-        "passed": passed, "gaussians": meta["gaussian_splat"].get("gaussians"),
+        "created": shown_time(entry.created_at),
+        "status": generation_status(present, passed), "score": number(meta["validation_score"].get("score")),
+        "passed": passed, "gaussians": number(meta["gaussian_splat"].get("gaussians")),
         "spz_bytes": spz.bytes if spz else None,
         "total_seconds": round(sum(v for v in seconds.values() if v is not None), 3), **seconds,
         "versions": sum(latest.get((entry.key, stage), (None, 0))[1] for stage in STAGES),
         "slim": any(m is not None and m.pruned_at is not None for m in manifests.values()), "keep": entry.keep,
     }
+
+
+def number(value: object) -> int | float | None:
+    """A metadata figure if it is a real number, else None: a version's metadata is whatever its writer put
+    there, and one string among the seconds must not stop the sum, nor the catalog."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
+
+
+def shown_time(seconds: float) -> str:
+    """Unix seconds as a UTC date; "?" for a time no date can show (the ledger bounds it; this is the last guard)."""
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return "?"
 
 
 def unreadable_row(error: CorruptRecord) -> dict:

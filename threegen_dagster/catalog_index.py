@@ -32,12 +32,16 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from . import changes
 from .artifacts import _VERSION, ArtifactStore, Manifest, blob_path, scope
 from .catalog import catalog_row, latest_manifests, unreadable_row
 from .ledger import LEDGER, Ledger
-from .records import CorruptRecord, read_each
+from .records import Count, CorruptRecord, GenerationKey, Name, Sha256, read_each
 from .storage import Conflict, StorageError
 
 INDEX = "index/catalog"
@@ -45,6 +49,58 @@ BUILT = "index/built.json"  # written by the first rebuild: from then on the jou
 FORMAT = 1
 _HEAD = re.compile(rb'\{"format":%d,"totals_length":(\d{1,10}),"totals":' % FORMAT)  # see _encode
 _ENTRIES = b',"entries":'
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+# A shard is a cache anyone with the store can write: its shape is checked when it is read, so that a
+# wrong one is damaged (rebuilt), never a TypeError in every catalog view.
+@with_config(ConfigDict(extra="allow"))
+class _Row(TypedDict):
+    key: str
+    status: str
+
+
+class _Entry(TypedDict):
+    """One generation's entry (``CatalogIndex.compute``)."""
+
+    key: GenerationKey
+    as_of: Finite
+    created_at: Finite
+    row: _Row
+    assets: dict[Name, tuple[Count, Count, list[Sha256]]]  # versions, bytes, the blobs they keep
+    extra_bytes: Count
+    blobs: dict[Sha256, Count]
+    missing: list[Sha256]
+    unreadable: list[str]
+
+
+class _AssetTotals(TypedDict):
+    versions: Count
+    logical_bytes: Count
+    blobs: list[Sha256]
+
+
+class _StatusTotals(TypedDict):
+    generations: Count
+    versions: Count
+    logical_bytes: Count
+
+
+class _Totals(TypedDict):
+    """A shard's totals (``_totals``)."""
+
+    generations: Count
+    logical_bytes: Count
+    stale: list[GenerationKey]
+    unreadable: list[tuple[Finite, GenerationKey, Count, str]]
+    by_asset: dict[Name, _AssetTotals]
+    by_status: dict[str, _StatusTotals]
+    blobs: dict[Sha256, Count]
+    missing: list[Sha256]
+
+
+_SHARD_ENTRIES = TypeAdapter(dict[GenerationKey, _Entry])
+_SHARD_TOTALS = TypeAdapter(_Totals)
 
 
 def shard_path(key: str) -> str:
@@ -163,7 +219,7 @@ class CatalogIndex:
             if exc.errno != errno.ENOENT:
                 raise
             return {}, None
-        return _decode(data) or {}, tag  # a damaged shard is a cache: rebuilt
+        return _decode(data, path) or {}, tag  # a damaged shard is a cache: rebuilt
 
     def _shards(self) -> list[dict | None]:
         paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
@@ -172,7 +228,7 @@ class CatalogIndex:
     def _load_shard(self, path: str) -> dict | None:
         """A shard's entries for reading (no version tag to compute); None if it is damaged."""
         try:
-            return _decode(self.store.read(path))
+            return _decode(self.store.read(path), path)
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -183,8 +239,8 @@ class CatalogIndex:
         return self._map(self._load_totals, paths)
 
     def _load_totals(self, path: str) -> dict | None:
-        """A shard's totals, parsed without its rows when it was written with them (an older shard's
-        are summed from its entries); None if it is damaged."""
+        """A shard's totals, parsed without its rows when it was written with them (an older shard's,
+        or damaged totals, are summed from its entries); None if it is damaged, or empty (see ``entries``)."""
         try:
             data = self.store.read(path)
         except StorageError as exc:
@@ -192,14 +248,13 @@ class CatalogIndex:
                 raise
             return _totals({})
         parts = _parts(data)
-        if parts is not None:
+        if parts is not None and parts[1] != b"{}":
             try:
-                totals = json.loads(parts[0])
-                return totals if isinstance(totals, dict) else None
-            except ValueError:
-                return None
-        entries = _decode(data)
-        return None if entries is None else _totals(entries)
+                return _SHARD_TOTALS.validate_json(parts[0], strict=True)
+            except ValidationError:
+                pass  # damaged totals: summed from the entries, below, if those are sound
+        entries = _decode(data, path)
+        return _totals(entries) if entries else None
 
     def _ledger_keys(self) -> set[str]:
         return {i.path[len(LEDGER) + 1:-5] for i in self.store.list(LEDGER)
@@ -209,14 +264,15 @@ class CatalogIndex:
     def entries(self) -> list[dict]:
         """Every generation's entry, oldest first. Generations the change journal names (registered,
         changed, removed) and unreadable ones are recomputed first; a store indexed for the first
-        time is rebuilt (once); a damaged shard is rebuilt from the ledger's listing."""
+        time is rebuilt (once); a damaged shard is rebuilt from the ledger's listing. So is an empty
+        one: emptied by removals, or overwritten; only a small store has one, so the listing is cheap."""
         if not self.store.exists(BUILT):
             self.rebuild()
         shards = self._shards()
         indexed = {key: entry for shard in shards for key, entry in (shard or {}).items()}
         stale = {key for key, entry in indexed.items() if entry["row"].get("status") == "unreadable"}
         redo = stale | set(changes.pending(self.store))
-        if any(shard is None for shard in shards):  # a damaged shard: find its generations in the ledger
+        if not all(shards):  # a damaged or empty shard: find its generations in the ledger
             redo |= {key for key in self._ledger_keys() if key not in indexed}
         if redo:
             self.refresh(redo)
@@ -302,18 +358,24 @@ def _parts(data: bytes) -> tuple[bytes, bytes] | None:
     return data[head.end():cut], data[cut + len(_ENTRIES):-1]
 
 
-def _decode(data: bytes) -> dict | None:
-    """A shard's entries (only the entries are parsed when it has its totals); None if it is damaged."""
+def _decode(data: bytes, path: str) -> dict | None:
+    """The entries of the shard at ``path`` (only the entries are parsed when it has its totals), checked:
+    their shape, and that each is filed under its own key in its own shard; None if it is damaged."""
     try:
         parts = _parts(data)
         if parts is not None:
-            entries = json.loads(parts[1])
-        else:
+            body = parts[1]
+        else:  # the layout before totals
             shard = json.loads(data)
-            entries = shard["entries"] if shard.get("format") == FORMAT else None
-        return entries if isinstance(entries, dict) else None
-    except (ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(shard, dict) or shard.get("format") != FORMAT or "entries" not in shard:
+                return None
+            body = json.dumps(shard["entries"]).encode()
+        entries = _SHARD_ENTRIES.validate_json(body, strict=True)
+    except (ValueError, RecursionError):  # not JSON, or not a shard's entries (ValidationError: a ValueError)
         return None
+    if any(entry["key"] != key or shard_path(key) != path for key, entry in entries.items()):
+        return None
+    return entries
 
 
 def _totals(entries: dict[str, dict]) -> dict:
@@ -345,7 +407,7 @@ def _totals(entries: dict[str, dict]) -> dict:
         out["logical_bytes"] += entry["extra_bytes"]
         blobs.update(entry["blobs"])
         missing.update(entry["missing"])
-        out["unreadable"] += [[entry["created_at"], key, i, line] for i, line in enumerate(entry["unreadable"])]
+        out["unreadable"] += [(entry["created_at"], key, i, line) for i, line in enumerate(entry["unreadable"])]
     return {**out, "by_asset": {name: {**row, "blobs": sorted(row["blobs"])} for name, row in by_asset.items()},
             "by_status": by_status, "blobs": blobs, "missing": sorted(missing)}
 

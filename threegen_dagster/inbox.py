@@ -31,6 +31,9 @@ from .tasks import MAX_TASK_BYTES
 ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
 SUFFIX = ".json"
 MAX_REASON_CHARS = 2000
+NAME_MAX = 255  # bytes in a file name (Linux)
+# what may follow a name set aside: the error file's suffix, with the time of a collision before it
+_ROOM = len(".1234567890123456789.error.txt")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _ERROR_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -122,19 +125,25 @@ class Inbox:
         return Entry(name, data, f"{info.st_ino}-{hashlib.sha256(data).hexdigest()}")
 
     def set_aside(self, name: str, into: str, reason: str = "") -> str:
-        """Move the entry (whatever it is) into the sub-folder ``into``, under a name not taken there,
-        with ``<name>.error.txt`` holding ``reason`` if one is given; returns the name it got.
-        InboxError if it cannot be moved (it is then left where it is)."""
+        """Move the entry (whatever it is) into the sub-folder ``into``, under a name not taken there
+        (shortened if need be: see ``fitted``), with ``<name>.error.txt`` holding ``reason`` if one is
+        given; returns the name it got. InboxError if it cannot be moved (it is then left where it is),
+        or if its error file cannot be written: any OSError, so that the caller counts the entry as
+        stuck, never as a failed tick."""
         sub = self._subfolder(into)
-        target = name
-        while _exists(target, sub) or (reason and _exists(f"{target}.error.txt", sub)):
-            target = f"{name.removesuffix(SUFFIX)}-{time.time_ns()}{SUFFIX}"
         try:
+            target = fitted(name)
+            while _exists(target, sub) or (reason and _exists(f"{target}.error.txt", sub)):
+                target = fitted(name, str(time.time_ns()))
             os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=sub)
         except OSError as exc:
             raise InboxError(exc.errno, f"cannot move {name!r} into {into}/: {exc.strerror}") from None
         if reason:
-            self._write_error(sub, target, reason)
+            try:
+                self._write_error(sub, target, reason)
+            except OSError as exc:
+                raise InboxError(exc.errno, f"moved into {into}/ as {target!r}, but its error file could not "
+                                            f"be written: {exc.strerror}") from None
         return target
 
     def _write_error(self, sub: int, target: str, reason: str) -> None:
@@ -167,6 +176,20 @@ class Inbox:
                        else exc.strerror)
                 raise InboxError(exc.errno, f"cannot use {into}/ in the inbox ({why}): fix or remove it") from None
         return self._subfolders[into]
+
+
+def fitted(name: str, tag: str = "") -> str:
+    """``name``, with ``-tag`` before its suffix if given, short enough (in bytes) that an error file beside it
+    stays within NAME_MAX: a name too long keeps the start of its stem and gains a short hash of the whole
+    name, so two long names that start alike stay apart."""
+    stem = name.removesuffix(SUFFIX)
+    suffix, tail = name[len(stem):], f"-{tag}" if tag else ""
+    if len(os.fsencode(stem + tail + suffix)) <= NAME_MAX - _ROOM:
+        return stem + tail + suffix
+    tail = f"-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}{tail}{suffix}"
+    while len(os.fsencode(stem + tail)) > NAME_MAX - _ROOM:
+        stem = stem[:-1]  # characters, not bytes: a multi-byte character is never cut in half
+    return stem + tail
 
 
 def _exists(name: str, dir_fd: int) -> bool:

@@ -33,6 +33,7 @@ from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
 HOLDS = f"{LEDGER}/holds"
+MAX_CREATED_AT = 253402300799.0  # 9999-12-31 23:59:59 UTC: the last second a datetime can show
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Generation:
     prompt: str  # the text, or the image's caption (may be empty)
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     source: str  # "cli", "ui", "inbox", ...
-    created_at: float  # unix seconds
+    # unix seconds; bounded, so that one altered entry is a bad record, not a date no view can show
+    created_at: Annotated[float, Field(ge=0, le=MAX_CREATED_AT, allow_inf_nan=False)]
     task_id: str = ""
     image_sha256: Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{64})?$")] = ""
     keep: bool = False

@@ -68,7 +68,8 @@ def parse(adapter: TypeAdapter[T], data: bytes, path: str, uri: str) -> T:
 
 
 def read_each(read: Callable[[I], T], items: Iterable[I], unreadable: list[CorruptRecord] | None) -> list[T]:
-    """``read(item)`` for each item; a bad record is raised, or appended to ``unreadable`` if given."""
+    """``read(item)`` for each item; a bad record is raised, or appended to ``unreadable`` if given. A
+    record gone since it was listed (removed or retired meanwhile) is skipped: it is no longer there to show."""
     out = []
     for item in items:
         try:
@@ -77,6 +78,9 @@ def read_each(read: Callable[[I], T], items: Iterable[I], unreadable: list[Corru
             if unreadable is None:
                 raise
             unreadable.append(exc)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
     return out
 
 

@@ -361,11 +361,15 @@ def sn17_submission_sensor(context: dg.SensorEvaluationContext, store: StoreReso
 
 
 @dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def sn17_submissions(store: StoreResource) -> dg.Output:
-    """Every SN17 task this miner pulled: its validator, state, the decision, score and feedback."""
+def sn17_submissions(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Output:
+    """Every SN17 task this miner pulled: its validator, state, the decision, score and feedback (a record
+    that cannot be read is left out, with a warning)."""
     columns = ["task_id", "type", "validator_uid", "state", "decision", "score", "accepted", "reason"]
+    queue = TaskQueue(store.store())
     rows = [{c: e.get(c) for c in columns} | {"fidelity": (e.get("feedback") or {}).get("task_fidelity_score")}
-            for e in TaskQueue(store.store()).all()]
+            for e in queue.all()]
+    for note in queue.notes:
+        context.log.warning(note)
     import pandas as pd  # here, not at import: a generation's run never needs it
 
     frame = pd.DataFrame(rows, columns=[*columns, "fidelity"])

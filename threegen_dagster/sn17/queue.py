@@ -26,6 +26,7 @@ import binascii
 import errno
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ ACTIVE = "sn17/active"
 ACTIVE_STATES = ("pulled", "running", "submitting")
 TERMINAL_STATES = ("submitted", "failed", "rejected")
 STATES = ACTIVE_STATES + TERMINAL_STATES
+# the fields the sensors compare or count with: a record where one is not a number is skipped, reported
+NUMBERS = ("pulled_at", "started_at", "failed_at", "submitted_at", "start_errors", "relaunches")
 
 
 class NotClaimed(Exception):
@@ -69,6 +72,19 @@ def prompt_of(task: Any) -> Prompt:
 def entry_prompt(entry: dict) -> Prompt:
     """The Prompt of a queue entry."""
     return prompt_of(SimpleNamespace(id=entry["task_id"], type=entry["type"], prompt=entry["prompt"]))
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (not a bool, not NaN or infinite, not an int no float can hold)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+
+
+def _pull_order(entry: dict) -> tuple[float, str]:
+    """Oldest pull first; a record without a usable time sorts first (``_checked`` skips those anyway)."""
+    pulled = entry.get("pulled_at", 0)
+    return (float(pulled) if _is_number(pulled) else 0.0, str(entry.get("task_id")))
 
 
 def _marker(record_path: str) -> str:
@@ -133,9 +149,11 @@ class TaskQueue:
         return self._read(self.path(task_id))
 
     def all(self) -> list[dict]:
-        """Every entry, oldest pull first. Reads every record: for the catalog, not for sensor ticks."""
-        entries = [json.loads(self.store.read(i.path)) for i in self.store.list(ROOT) if i.path.endswith(".json")]
-        return sorted(entries, key=lambda e: (e.get("pulled_at", 0), str(e.get("task_id"))))
+        """Every entry, oldest pull first. Reads every record: for the catalog, not for sensor ticks.
+        A record that cannot be read is skipped, with a line in ``notes``."""
+        self.notes = []
+        entries = [self._checked(i.path) for i in self.store.list(ROOT) if i.path.endswith(".json")]
+        return sorted((e for e in entries if e), key=_pull_order)
 
     def active(self) -> list[dict]:
         """The active entries (pulled, running, submitting), oldest pull first: one listing of the index
@@ -152,7 +170,7 @@ class TaskQueue:
                 self.notes.append(f"removed the stale index marker {info.path}")
             elif not self._reject_bad_id(path, entry):
                 entries.append(entry)
-        return sorted(entries, key=lambda e: (e.get("pulled_at", 0), str(e.get("task_id"))))
+        return sorted(entries, key=_pull_order)
 
     def pending(self) -> list[dict]:
         return [e for e in self.active() if e["state"] == "pulled"]
@@ -180,11 +198,15 @@ class TaskQueue:
         so that one damaged record never stops the others."""
         try:
             entry = self._read(path)
-            if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("state"), str)
-                                          and "task_id" in entry):
+            if entry is None:
+                return None
+            if not (isinstance(entry, dict) and isinstance(entry.get("state"), str) and "task_id" in entry):
                 raise ValueError("not a task record (no task_id or state)")
+            wrong = next((name for name in NUMBERS if name in entry and not _is_number(entry[name])), None)
+            if wrong:
+                raise ValueError(f"{wrong} is {json.dumps(entry[wrong])[:40]}, not a number")
             return entry
-        except (StorageError, ValueError) as exc:
+        except (StorageError, ValueError, RecursionError) as exc:
             self.notes.append(f"skipped the task record {self.store.uri(path)}: {exc}")
             return False
 
