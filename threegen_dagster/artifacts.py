@@ -27,8 +27,8 @@ from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
 from .changes import mark_changed
-from .records import (Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size, corrupt, named_shas,
-                      parse, read_each)
+from .records import (MAX_RECORD_BYTES, Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size,
+                      corrupt, named_shas, parse, read_each)
 from .storage import Conflict, ObjectInfo, Store, StorageError
 
 BLOBS = "blobs/sha256"
@@ -247,8 +247,13 @@ class ArtifactStore:
             manifest = Manifest(asset=asset, key=key, version=version, sha256=blob.sha256, bytes=blob.bytes,
                                 format=fmt, run_id=run_id, written_at=time.time() if now is None else now,
                                 metadata=metadata or {}, extras=extra_refs, deduplicated=not blob.new)
+            body = manifest.to_json()
+            if len(body) > MAX_RECORD_BYTES:  # never read back (records.check_size): its blob would be collected
+                raise IntegrityError(errno.EFBIG, f"the version record of {asset} for {key or 'the catalog'} would "
+                                                  f"be {len(body):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit: "
+                                                  f"its metadata is too large ({', '.join(sorted(metadata or {}))[:200]})")
             try:
-                self.store.write(manifest.path, manifest.to_json(), if_absent=True, content_type="application/json")
+                self.store.write(manifest.path, body, if_absent=True, content_type="application/json")
                 break
             except Conflict:  # a concurrent materialization took this number
                 version += 1

@@ -160,7 +160,9 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
         for key in plan.remove:
             record_bytes += sum(i.size for i in store.list(f"generations/{key}")) + ledger.entry_bytes(key)
         record_bytes += sum(info.size for m in plan.drop if (info := store.stat(m.path)) is not None)
-    known = {m.path for m in snapshot.manifests} | {error.path for error in snapshot.unreadable}
+    # the versions whose blobs ``live`` accounts for: a path under a removed generation or of a dropped version
+    # that exists again at collection time is a version written since (a run re-materialising it), read there
+    known = {m.path for m in survivors} | {error.path for error in snapshot.unreadable}
     blobs = collect(artifacts, snapshot.blobs, known, live, policy.gc_grace_hours, dry_run=dry_run)
     gone_blobs = blobs.doomed if dry_run else blobs.deleted
     tasks, bad_tasks = _finished_tasks(store, now - policy.max_age_hours * 3600)

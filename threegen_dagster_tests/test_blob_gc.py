@@ -134,3 +134,38 @@ def test_a_lock_left_by_a_dead_collection_holds_no_writer_up(tmp_path, monkeypat
     assert artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1").deduplicated
     assert reads.count(GC_LOCK) == 1  # read once, not waited on
     assert artifacts.load(KEY, "gaussian_splat")[1] == DATA
+
+
+def test_a_generation_written_again_while_retention_removes_it_keeps_its_blob(tmp_path, monkeypatch) -> None:
+    """Retention removes an old generation; before blobs are collected a run materialises it again with the
+    same bytes (deduplicated: the blob keeps its old age), at the same path v000001. That version is new:
+    it is read and its blob spared (the path alone, known from the plan's listing, made it look accounted
+    for, and the blob went)."""
+    import threegen_dagster.retention as retention
+
+    store = LocalStore(tmp_path / "store")
+    artifacts, month = ArtifactStore(store), 30 * 24 * 3600
+    old = artifacts.record(KEY, "validation_score", DATA, "json", run_id="old", now=time.time() - month)
+    _age(store, old.blob, month / 3600)
+    collect = retention.collect
+
+    def a_run_writes_first(*args, **kwargs):
+        again = ArtifactStore(LocalStore(tmp_path / "store")).record(KEY, "validation_score", DATA, "json", "new")
+        assert again.path == old.path and again.deduplicated
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(retention, "collect", a_run_writes_first)
+    report = apply_retention(artifacts, Ledger(store), RetentionPolicy(gc_grace_hours=0))
+    assert report.removed == [KEY] and report.blobs_deleted == 0
+    assert ArtifactStore(store).load(KEY, "validation_score")[1] == DATA
+
+
+def test_a_version_record_too_large_to_read_back_is_refused_when_written(tmp_path) -> None:
+    """A record over the 1 MiB every reader refuses could never be read, and its blob would be collected as
+    unused: the write is refused instead, naming the metadata, and nothing is stored under the key."""
+    from threegen_dagster.artifacts import IntegrityError
+
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(IntegrityError, match=r"over the 1,048,576-byte limit: its metadata is too large \(log\)"):
+        ArtifactStore(store).record(KEY, "validation_score", DATA, "json", "run", metadata={"log": "x" * 2**20})
+    assert ArtifactStore(store).latest(KEY, "validation_score") is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Self
@@ -55,6 +56,20 @@ def axon_info(target: Neuron | bt.AxonInfo) -> bt.AxonInfo:
     if isinstance(target, bt.AxonInfo):
         return target
     return bt.AxonInfo(version=0, ip=target.ip, port=target.port, ip_type=4, hotkey=target.hotkey, coldkey="")
+
+
+MAX_COOLDOWN_S = 7 * 86400
+"""The furthest ahead a validator's cooldown is taken: a larger one (or one that is no number) is its own
+problem, never an OverflowError in the miner's pull round."""
+
+
+def cooldown(value: object, now: float) -> float:
+    """A validator's ``cooldown_until`` as unix seconds within [0, now + MAX_COOLDOWN_S]."""
+    try:
+        until = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return now + MAX_COOLDOWN_S if isinstance(value, int) and value > 0 else 0.0
+    return min(max(until, 0.0), now + MAX_COOLDOWN_S) if math.isfinite(until) else 0.0
 
 
 def _status(synapse: bt.Synapse) -> str:
@@ -108,8 +123,13 @@ class MinerClient:
         chosen, self.last_skipped = select(neurons, self.book.all(), self.policy,
                                            self.book.blacklist(self.policy), now)
         self.last_errors = {}
-        answers = await asyncio.gather(*(self._pull_one(n, now) for n in chosen))
-        return [a for a in answers if a is not None]
+        answers = await asyncio.gather(*(self._pull_one(n, now) for n in chosen), return_exceptions=True)
+        for neuron, answer in zip(chosen, answers):  # one validator's failure is its own: the others' tasks stay
+            if isinstance(answer, Exception):
+                self.last_errors[neuron.uid] = f"{type(answer).__name__}: {answer}"[:300]
+            elif isinstance(answer, BaseException):
+                raise answer
+        return [a for a in answers if isinstance(a, PulledTask)]
 
     async def _pull_one(self, neuron: Neuron, now: float) -> PulledTask | None:
         started = time.monotonic()
@@ -123,7 +143,7 @@ class MinerClient:
             r.call(now, seconds, ok)
             if ok:
                 r.tasks += task is not None
-                r.cooldown_until = float(synapse.cooldown_until)
+                r.cooldown_until = cooldown(synapse.cooldown_until, now)
             else:
                 r.local_cooldown_until = now + self.policy.failure_cooldown_s
 
@@ -171,13 +191,13 @@ class MinerClient:
                 if spz_b64:
                     r.scores = (r.scores + [feedback["task_fidelity_score"]])[-r.KEEP:]
                 r.feedback = (r.feedback + [feedback])[-r.KEEP:]
-            r.cooldown_until = float(answer.cooldown_until)
+            r.cooldown_until = cooldown(answer.cooldown_until, now)
 
         try:
             record = self.book.update(axon.hotkey, change)
             until = record.cooldown_until if ok else record.local_cooldown_until
         except StorageError as exc:  # the answer matters more than the statistics: return it anyway
             log.warning("could not record the submission in validator %s's record: %s", axon.hotkey, exc)
-            until = float(answer.cooldown_until) if ok else now + self.policy.failure_cooldown_s
+            until = cooldown(answer.cooldown_until, now) if ok else now + self.policy.failure_cooldown_s
         return SubmitOutcome(accepted, feedback, until, seconds, "" if ok else _status(answer),
                              sent=ok or not never_sent(answer))

@@ -300,3 +300,22 @@ def test_neurons_from_metagraph():
         axons=[SimpleNamespace(ip="0.0.0.0", port=0), SimpleNamespace(ip="1.2.3.4", port=8091)])
     assert neurons_from_metagraph(metagraph) == [Neuron(0, "5A", 12.5, "0.0.0.0", 0, False),
                                                  Neuron(1, "5B", 3000.0, "1.2.3.4", 8091, True)]
+
+
+def test_a_validator_s_impossible_cooldown_is_its_own_problem(start, client, store):
+    """A validator answering a cooldown of 400 digits (a valid JSON int no float holds) used to raise
+    OverflowError in the shared pull round: the honest validator's task, already assigned, was never
+    queued. Now the cooldown is taken as at most a week ahead, and each validator's failure is its own."""
+    from threegen_dagster.sn17.client import MAX_COOLDOWN_S, cooldown
+
+    from .local_validator import MinerState
+
+    (hostile, h), (honest, n) = start(), start()
+    honest.add_task("a red teapot")
+    c, queue = client(), TaskQueue(store)
+    hostile.miners[c.dendrite.keypair.ss58_address] = MinerState(cooldown_until=10**400)
+    before = time.time()
+    pulled = run(c, lambda c: c.pull([h, n]))
+    assert [p.task.prompt for p in pulled] == ["a red teapot"] and queue.add(pulled[0])
+    assert before < c.book.record(hostile.hotkey).cooldown_until <= time.time() + MAX_COOLDOWN_S
+    assert cooldown(float("nan"), 5.0) == 0.0 and cooldown(-1, 5.0) == 0.0 and cooldown("soon", 5.0) == 0.0
