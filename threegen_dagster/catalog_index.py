@@ -24,87 +24,25 @@ scan can see (unreferenced blobs; a blob deleted behind the store's back) is ``A
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
-from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+from pydantic import ValidationError
 
 from . import changes
 from .artifacts import _VERSION, ArtifactStore, Manifest, blob_path, scope
 from .catalog import catalog_row, latest_manifests, unreadable_row
+from .catalog_shard import (FORMAT, INDEX, SHARD_TOTALS, decode_shard, encode_shard, shard_parts, shard_path,
+                            shard_totals)
 from .ledger import LEDGER, Ledger
-from .records import Count, CorruptRecord, GenerationKey, Name, Sha256, read_each
+from .records import CorruptRecord, read_each
 from .storage import Conflict, StorageError
 
-INDEX = "index/catalog"
 BUILT = "index/built.json"  # written by the first rebuild: from then on the journal names every change
-FORMAT = 1
-_HEAD = re.compile(rb'\{"format":%d,"totals_length":(\d{1,10}),"totals":' % FORMAT)  # see _encode
-_ENTRIES = b',"entries":'
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-# A shard is a cache anyone with the store can write: its shape is checked when it is read, so that a
-# wrong one is damaged (rebuilt), never a TypeError in every catalog view.
-@with_config(ConfigDict(extra="allow"))
-class _Row(TypedDict):
-    key: str
-    status: str
-
-
-class _Entry(TypedDict):
-    """One generation's entry (``CatalogIndex.compute``)."""
-
-    key: GenerationKey
-    as_of: Finite
-    created_at: Finite
-    row: _Row
-    assets: dict[Name, tuple[Count, Count, list[Sha256]]]  # versions, bytes, the blobs they keep
-    extra_bytes: Count
-    blobs: dict[Sha256, Count]
-    missing: list[Sha256]
-    unreadable: list[str]
-
-
-class _AssetTotals(TypedDict):
-    versions: Count
-    logical_bytes: Count
-    blobs: list[Sha256]
-
-
-class _StatusTotals(TypedDict):
-    generations: Count
-    versions: Count
-    logical_bytes: Count
-
-
-class _Totals(TypedDict):
-    """A shard's totals (``_totals``)."""
-
-    generations: Count
-    logical_bytes: Count
-    stale: list[GenerationKey]
-    unreadable: list[tuple[Finite, GenerationKey, Count, str]]
-    by_asset: dict[Name, _AssetTotals]
-    by_status: dict[str, _StatusTotals]
-    blobs: dict[Sha256, Count]
-    missing: list[Sha256]
-
-
-_SHARD_ENTRIES = TypeAdapter(dict[GenerationKey, _Entry])
-_SHARD_TOTALS = TypeAdapter(_Totals)
-
-
-def shard_path(key: str) -> str:
-    return f"{INDEX}/{hashlib.sha256(key.encode()).hexdigest()[:2]}.json"
 
 
 @dataclass
@@ -204,7 +142,7 @@ class CatalogIndex:
                     shard.pop(key, None)
                 elif key not in shard or shard[key].get("as_of", 0) <= entry["as_of"]:
                     shard[key] = entry
-            body = _encode(shard)
+            body = encode_shard(shard)
             try:
                 self.store.write(path, body, if_absent=tag is None, if_match=tag, content_type="application/json")
                 return
@@ -219,7 +157,7 @@ class CatalogIndex:
             if exc.errno != errno.ENOENT:
                 raise
             return {}, None
-        return _decode(data, path) or {}, tag  # a damaged shard is a cache: rebuilt
+        return decode_shard(data, path) or {}, tag  # a damaged shard is a cache: rebuilt
 
     def _shards(self) -> list[dict | None]:
         paths = [i.path for i in self.store.list(INDEX) if i.path.endswith(".json")]
@@ -228,7 +166,7 @@ class CatalogIndex:
     def _load_shard(self, path: str) -> dict | None:
         """A shard's entries for reading (no version tag to compute); None if it is damaged."""
         try:
-            return _decode(self.store.read(path), path)
+            return decode_shard(self.store.read(path), path)
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -246,15 +184,15 @@ class CatalogIndex:
         except StorageError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            return _totals({})
-        parts = _parts(data)
+            return shard_totals({})
+        parts = shard_parts(data)
         if parts is not None and parts[1] != b"{}":
             try:
-                return _SHARD_TOTALS.validate_json(parts[0], strict=True)
+                return SHARD_TOTALS.validate_json(parts[0], strict=True)
             except ValidationError:
                 pass  # damaged totals: summed from the entries, below, if those are sound
-        entries = _decode(data, path)
-        return _totals(entries) if entries else None
+        entries = decode_shard(data, path)
+        return shard_totals(entries) if entries else None
 
     def _ledger_keys(self) -> set[str]:
         return {i.path[len(LEDGER) + 1:-5] for i in self.store.list(LEDGER)
@@ -338,78 +276,6 @@ class CatalogIndex:
             "by_status": {name: row for name, row in sorted(by_status.items())},
             "unreadable_records": [item[-1] for item in unreadable] + [str(e) for e in bad],
         }
-
-
-def _encode(entries: dict[str, dict]) -> bytes:
-    """A shard: its totals first, with their length, then its entries (one JSON object)."""
-    totals = json.dumps(_totals(entries), separators=(",", ":")).encode()
-    rows = json.dumps(entries, separators=(",", ":")).encode()
-    return b'{"format":%d,"totals_length":%d,"totals":%b%b%b}' % (FORMAT, len(totals), totals, _ENTRIES, rows)
-
-
-def _parts(data: bytes) -> tuple[bytes, bytes] | None:
-    """The (totals, entries) JSON of a shard written by ``_encode``, cut apart unparsed; None otherwise."""
-    head = _HEAD.match(data)
-    if head is None or not data.endswith(b"}"):
-        return None
-    cut = head.end() + int(head[1])
-    if data[cut:cut + len(_ENTRIES)] != _ENTRIES:
-        return None
-    return data[head.end():cut], data[cut + len(_ENTRIES):-1]
-
-
-def _decode(data: bytes, path: str) -> dict | None:
-    """The entries of the shard at ``path`` (only the entries are parsed when it has its totals), checked:
-    their shape, and that each is filed under its own key in its own shard; None if it is damaged."""
-    try:
-        parts = _parts(data)
-        if parts is not None:
-            body = parts[1]
-        else:  # the layout before totals
-            shard = json.loads(data)
-            if not isinstance(shard, dict) or shard.get("format") != FORMAT or "entries" not in shard:
-                return None
-            body = json.dumps(shard["entries"]).encode()
-        entries = _SHARD_ENTRIES.validate_json(body, strict=True)
-    except (ValueError, RecursionError):  # not JSON, or not a shard's entries (ValidationError: a ValueError)
-        return None
-    if any(entry["key"] != key or shard_path(key) != path for key, entry in entries.items()):
-        return None
-    return entries
-
-
-def _totals(entries: dict[str, dict]) -> dict:
-    """What a shard's entries add to the statistics (summed by ``stats`` over every shard): generations,
-    versions and bytes by asset and by status; blob sizes, missing blobs and each asset's blobs as sets
-    (a blob shared across shards is counted once by their union); bad records with the (created, key)
-    they sort by; the keys whose row is unreadable (to be recomputed on read)."""
-    by_asset: dict[str, dict] = {}
-    by_status: dict[str, dict] = {}
-    blobs: dict[str, int] = {}
-    missing: set[str] = set()
-    out = {"generations": 0, "logical_bytes": 0, "stale": [], "unreadable": []}
-    for key, entry in sorted(entries.items()):
-        status = entry["row"].get("status", "unknown")
-        if status == "unreadable":
-            out["stale"].append(key)
-        if entry["assets"]:
-            out["generations"] += 1
-            counts = by_status.setdefault(status.split(" (")[0], {"generations": 0, "versions": 0, "logical_bytes": 0})
-            counts["generations"] += 1
-        for asset, (versions, nbytes, shas) in entry["assets"].items():
-            row = by_asset.setdefault(asset, {"versions": 0, "logical_bytes": 0, "blobs": set()})
-            row["versions"] += versions
-            row["logical_bytes"] += nbytes
-            row["blobs"].update(shas)
-            counts["versions"] += versions
-            counts["logical_bytes"] += nbytes
-            out["logical_bytes"] += nbytes
-        out["logical_bytes"] += entry["extra_bytes"]
-        blobs.update(entry["blobs"])
-        missing.update(entry["missing"])
-        out["unreadable"] += [(entry["created_at"], key, i, line) for i, line in enumerate(entry["unreadable"])]
-    return {**out, "by_asset": {name: {**row, "blobs": sorted(row["blobs"])} for name, row in by_asset.items()},
-            "by_status": by_status, "blobs": blobs, "missing": sorted(missing)}
 
 
 def _refs(m: Manifest) -> list[tuple[str, int]]:
