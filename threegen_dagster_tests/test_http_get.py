@@ -3,7 +3,6 @@ headers or a body dripped a byte at a time (cut off at the deadline, which a soc
 reaches), a body cut short of its declared length, a redirect out of http(s), a body without end."""
 
 import socket
-import threading
 import time
 import urllib.error
 
@@ -11,36 +10,13 @@ import pytest
 
 from threegen_dagster import http_get
 
+from .raw_host import RawHost
 
-class Host:
-    """A raw-socket server that reads a request and lets ``answer`` write whatever it likes."""
 
+class Host(RawHost):
     def __init__(self, answer) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/x.png"
-        self.answer = answer
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
-            try:
-                self.answer(conn)
-            except OSError:  # the client hung up
-                pass
-
-    def close(self) -> None:
-        self.server.close()
+        super().__init__(answer)
+        self.url += "/x.png"
 
 
 def drip(conn: socket.socket, data: bytes) -> None:

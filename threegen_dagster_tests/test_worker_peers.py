@@ -14,45 +14,20 @@ from threegen_dagster.worker import NDJSON, StageRunner, WorkerLost
 from threegen_dagster.worker_client import WorkerClient
 from threegen_dagster.worker_http import Limits, make_app
 
+from .raw_host import RawHost
+
 BODY = {"prompt": "a red mug", "seed": 3}
 
 
-class Peer:
-    """A raw-socket "worker" answering every POST with ``head`` and then whatever ``send`` writes."""
+class Peer(RawHost):
+    """A "worker" answering every POST with a 200 head of ``content_type`` and then whatever ``send`` writes."""
 
     def __init__(self, send, content_type: str = NDJSON) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.send, self.content_type = send, content_type
-        threading.Thread(target=self._serve, daemon=True).start()
+        def answer(conn: socket.socket) -> None:
+            conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n".encode())
+            send(conn)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, body = data.split(b"\r\n\r\n", 1)
-            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-                         .split(b":")[1])
-            while len(body) < length:  # the whole request, or closing would reset the connection
-                body += conn.recv(65536)
-            try:
-                conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {self.content_type}\r\nconnection: close\r\n\r\n"
-                             .encode())
-                self.send(conn)
-            except OSError:  # the client hung up: what the test wanted to see
-                pass
-
-    def close(self) -> None:
-        self.server.close()
+        super().__init__(answer)
 
 
 def call(url: str, **client) -> dict:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import socket
-import threading
 import time
 import zipfile
 
 import pytest
 
 from threegen_dagster.audit.client import ApiError, BatchClient, ZipLimits, ZipRefused, parse_zip
+
+from ..raw_host import RawHost
 
 
 def _zip(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -75,42 +75,6 @@ def test_an_entry_that_cannot_be_read_is_a_refusal_not_a_crash(data, message):
         parse_zip(data, ZipLimits())
 
 
-class _Server:
-    """A raw-socket batch API that answers every request with what ``answer`` writes."""
-
-    def __init__(self, answer) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-
-        def one(conn) -> None:
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, body = data.split(b"\r\n\r\n", 1)
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length")), 0)
-                while len(body) < length:
-                    body += conn.recv(65536)
-                try:
-                    answer(conn)
-                except OSError:
-                    pass
-
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = self.server.accept()
-                except OSError:
-                    return
-                threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=serve, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def _drip(conn) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     for _ in range(1000):
@@ -143,14 +107,14 @@ def test_a_status_answer_that_would_hang_or_blow_up_is_one_error(answer, message
     """A broken or hostile server under audit: a dripped answer is cut off at the client's timeout (each byte
     is well within it), an encoding never asked for is refused unread (a gzip bomb never inflates), JSON
     nested past Python's recursion limit is an answer without status."""
-    server = _Server(answer)
+    server = RawHost(answer)
     with BatchClient(server.url, timeout_s=1) as client, pytest.raises(ApiError, match=message):
         client.status()
     server.close()
 
 
 def test_a_post_answer_is_read_only_as_far_as_it_is_shown():
-    server = _Server(_endless)
+    server = RawHost(_endless)
     with BatchClient(server.url, timeout_s=10) as client:
         code, text = client.generate([{"stem": "a", "image_url": "http://h/a.png"}], 1)
     assert code == 400 and text == "x" * 300
