@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py threegen_dagster/splats/_spz_kernel.c | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps -r docker/nodeps.in bittensor==9.12.2
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml | $(PY)
 # `make demo` on a fresh clone installs the base dependencies only (no torch, diffusers, bittensor:
 # the embedded backends never import them; test_lean_imports.py checks); `make test` after it installs
 # the rest (its own stamp)
-$(DEMO): pyproject.toml | $(PY)
+$(DEMO): pyproject.toml setup.py threegen_dagster/splats/_spz_kernel.c | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e .
 	touch $(DEMO)
 

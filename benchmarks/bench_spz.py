@@ -10,7 +10,11 @@ of an otherwise idle machine. Meanwhile the others get the 5% of the CPU the ker
 them (sched_rt_runtime_us), so use it for short runs.
 
 ``--breakdown`` times only decompress SH0 and its parts, in turns within one process: zstd alone,
-decompress on the calling thread alone, with the pool, and the CPU time a pooled call uses.
+decompress on the calling thread alone, with the pool, with numpy's writers instead of the compiled
+kernel, and the CPU time a pooled call uses.
+
+Decompress uses the compiled kernel (``_spz_kernel.c``) where the package was built with a C
+compiler; the header line says which decoder ran.
 
 Run: .venv/bin/python benchmarks/bench_spz.py [--repeat N] [--realtime] [--breakdown]
 """
@@ -32,10 +36,11 @@ ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent)]
 from _common import machine, peak_rss_mb, times_ms  # noqa: E402
 
-from threegen_dagster.splats import ply, spz  # noqa: E402
+from threegen_dagster.splats import ply, spz, spz_unpack  # noqa: E402
 from threegen_dagster_tests.splats.conftest import random_cloud  # noqa: E402
 
 N = 100_000
+DECODER = "compiled kernel" if spz_unpack.KERNEL else "numpy writers (the kernel is not built)"
 CASES = {  # name: (label, pyspz's median on this machine class)
     "decompress_sh0": ("decompress SH0 (PLY without normals)", "pyspz 4.1-5.7 ms; aim <= 4.5"),
     "decompress_sh3": ("decompress SH3", "pyspz ~44 ms"),
@@ -96,9 +101,17 @@ def _breakdown(repeat: int, realtime: bool) -> None:
         finally:
             spz_pool.WORKERS = pooled
 
+    def with_numpy_writers() -> None:
+        kernel, spz_unpack.KERNEL = spz_unpack.KERNEL, None
+        try:
+            spz.decompress(frame)
+        finally:
+            spz_unpack.KERNEL = kernel
+
     variants = {"zstd alone": lambda: zstandard.ZstdDecompressor().decompress(frame),
                 "decompress, calling thread only": on_one_thread,
-                "decompress, with the pool": lambda: spz.decompress(frame)}
+                "decompress, with the pool": lambda: spz.decompress(frame),
+                "decompress, numpy writers, with the pool": with_numpy_writers}
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu = 0.0
     with _realtime() if realtime else nullcontext():
@@ -132,14 +145,15 @@ def main() -> None:
         command = [sys.executable, __file__, "--case", "breakdown", "--repeat", str(args.repeat)]
         out = subprocess.run(command + ["--realtime"] * args.realtime, check=True, capture_output=True, text=True)
         print(f"decompress {N:,} SH0 gaussians, medians per call over {args.repeat} calls each, taken in "
-              f"turns; {machine()}; load {os.getloadavg()[0]:.1f}" + (", on SCHED_FIFO" if args.realtime else ""))
+              f"turns; {machine()}; load {os.getloadavg()[0]:.1f}" + (", on SCHED_FIFO" if args.realtime else "")
+              + f"; decoder: {DECODER}")
         for name, ms in json.loads(out.stdout).items():
             print(f"  {name:<40} {ms:7.2f} ms")
         return
 
     load = os.getloadavg()[0]
     print(f"SPZ codec, {N:,} gaussians, level 1, single-threaded zstd; {machine()}; load {load:.1f}"
-          + (", timed on SCHED_FIFO" if args.realtime else ""))
+          + (", timed on SCHED_FIFO" if args.realtime else "") + f"; decoder: {DECODER}")
     print(f"  each case in a fresh process; per call over {args.repeat} calls (compress: {max(1, args.repeat // 5)})")
     for case, (label, reference) in CASES.items():
         repeat = max(1, args.repeat // 5) if case.startswith("compress") else args.repeat

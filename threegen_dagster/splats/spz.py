@@ -1,4 +1,5 @@
-"""The SN17 SPZ codec: a pure-numpy drop-in for 404-GEN's ``pyspz``.
+"""The SN17 SPZ codec: a numpy drop-in for 404-GEN's ``pyspz`` (decoding's inner loop compiled where
+a C compiler was found at install time, see ``spz_unpack``).
 
 SN17 validators decode submissions with ``pyspz`` (404-Repo/spz), which wraps a
 version-2 SPZ payload (Niantic's packed layout, ``NGSP`` header) in **one zstd
@@ -186,23 +187,32 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
     The payload is decompressed field by field, each field in two halves, each read at most
     doubling what the frame has delivered so far, so a frame cannot make us allocate far ahead of
     its real content: the rows (at most 84 times the position bytes then delivered) only once the
-    first half of the positions has arrived. While zstd decompresses the next half, the pool
-    already writes the rows of what has arrived (see ``spz_pool``)."""
+    first half of the positions has arrived. While zstd decompresses the rest, the pool already
+    writes the rows of what has arrived (see ``spz_pool``): with the compiled kernel, a half's
+    rows once all of its fields are here; with the numpy writers, each field's columns."""
     header, reader = _open(spz)
     _magic, version, n, degree, fractional_bits, _flags, _reserved = header
     lay = unpack.Layout(n, SH_COEFFS_FOR_DEGREE[degree], include_normals)
     half = -(-n // 2)
     halves = [(start, min(start + half, n)) for start in range(0, n, half)]
+    fields = unpack.fields(lay, version, fractional_bits)
+    compiled = unpack.KERNEL is not None and version == 2
+    arrived: dict[int, list[tuple[int, np.ndarray]]] = {start: [] for start, _ in halves}
     rows, got, need = None, 0, _check_header(header)
     with Tasks(parallel=n >= _MIN_PARALLEL) as tasks:
-        for width, write in unpack.fields(lay, version, fractional_bits):
+        for width, write in fields:
             for start, stop in halves:
                 data = _read(reader, width * (stop - start), got, need, n)
                 got += len(data)
                 rows = allocate(lay) if rows is None else rows
+                arrived[start].append((width, data))
                 for lo, hi in _blocks(start, stop):
-                    block = unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi)
-                    tasks.submit(partial(write, block, lay))
+                    if not compiled:
+                        block = unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi)
+                        tasks.submit(partial(write, block, lay))
+                    elif len(arrived[start]) == len(fields):  # every field of these rows is here
+                        tasks.submit(partial(unpack.kernel_rows, arrived[start], rows, start, lo, hi, lay,
+                                             fractional_bits))
         tasks.finish()
 
 

@@ -1,7 +1,17 @@
-"""SPZ payload fields written straight into the float32 rows of pyspz's PLY body.
+"""SPZ payload fields written straight into the float32 rows of pyspz's PLY body, two ways with the
+same bytes out (the tests decode every case both ways).
 
 The payload is attribute-major: positions, alphas, colours, scales, rotations, SH, each a run
-of ``n`` equal-width records. Each writer fills rows ``lo:hi`` of its columns from the bytes of
+of ``n`` equal-width records.
+
+**The compiled kernel** (``_spz_kernel.c``, ``KERNEL``), where the package was built with a C
+compiler: ``kernel_rows`` writes a block of rows from all of their fields once they have all
+arrived, a row at a time, in a stage that stays in L1. numpy's writers spend most of a decode in
+strided passes over the rows, one per column; the kernel writes each row once, and decodes 100k
+SH0 gaussians in about 60% of their time (``benchmarks/bench_spz.py --breakdown``).
+
+**numpy's writers** (``fields``), where the kernel is not built, and for version-1 payloads
+(float16 positions, which the kernel does not read). Each writer fills rows ``lo:hi`` of its columns from the bytes of
 its field for exactly those rows, in place, through strided views and byte-to-float tables (two
 adjacent bytes at a time where their columns are adjacent too), so no per-field arrays are built
 and nothing is copied twice; numpy releases the GIL in every step, so blocks run on threads
@@ -25,8 +35,31 @@ import numpy as np
 
 from .spz_arith import LUT, pair_table
 
+try:
+    from . import _spz_kernel
+except ImportError:  # not built: the package was installed where no C compiler was found
+    _spz_kernel = None
+
 F = np.float32
 _PAIRS = {name: pair_table(LUT[name]) for name in ("color", "scale", "rotation")}
+
+KERNEL_VERSION = 1
+KERNEL = _spz_kernel if getattr(_spz_kernel, "VERSION", None) == KERNEL_VERSION else None
+"""The compiled row writer, or None where it is not built, or is a stale build of another version."""
+
+
+def _kernel_tables() -> np.ndarray:
+    """The tables ``_spz_kernel.c`` reads, in its ``Tables`` order, 8-byte aligned: spz_arith's, and the
+    SH bytes' values as ``sh`` computes them."""
+    sh = np.multiply(np.arange(256, dtype=np.uint8), F(1 / 128), dtype=F) - F(1)
+    floats = [LUT[name] for name in ("alpha", "color", "scale", "rotation")] + [sh]
+    raw = b"".join(table.astype("<f4").tobytes() for table in floats) + LUT["z_square"].astype("<f8").tobytes()
+    tables = np.frombuffer(raw, np.float64).copy()  # a fresh array: numpy aligns it
+    tables.flags.writeable = False
+    return tables
+
+
+KERNEL_TABLES = _kernel_tables()
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,16 @@ def sh(block: Block, lay: Layout) -> None:
     values -= F(1)
     dest = block.rows[lo:hi, lay.dc + 3: lay.opacity].reshape(block.m, 3, k)
     dest[...] = values.reshape(block.m, k, 3).transpose(0, 2, 1)
+
+
+def kernel_rows(fields: list[tuple[int, np.ndarray]], rows: np.ndarray, start: int, lo: int, hi: int,
+                lay: Layout, fractional_bits: int) -> None:
+    """Rows ``lo:hi`` of ``rows`` through ``KERNEL``, from the (bytes per record, data) of every field
+    of a version-2 payload, each field's data starting at row ``start``."""
+    data = [field[width * (lo - start): width * (hi - start)] for width, field in fields]
+    sh = data[5] if lay.k else b""
+    KERNEL.unpack(rows[lo:hi], *data[:5], sh, KERNEL_TABLES, lay.k, lay.normals,
+                  float(F(1.0 / (1 << fractional_bits))))
 
 
 def fields(lay: Layout, version: int, fractional_bits: int) -> list[tuple[int, object]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from threegen_dagster.splats import GaussianCloud
+from threegen_dagster.splats import GaussianCloud, spz_unpack
 
 VECTORS = Path(__file__).parent / "data" / "sn17-spz"
 MANIFEST = json.loads((VECTORS / "MANIFEST.json").read_text())
@@ -39,3 +39,13 @@ def random_cloud(n: int, sh_degree: int = 0, seed: int = 0) -> GaussianCloud:
 @pytest.fixture
 def cloud() -> GaussianCloud:
     return random_cloud(500, sh_degree=2)
+
+
+@pytest.fixture(params=["kernel", "numpy"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A decoding test runs twice: with the compiled kernel (where it is built) and with numpy's writers."""
+    if request.param == "numpy":
+        monkeypatch.setattr(spz_unpack, "KERNEL", None)
+    elif spz_unpack.KERNEL is None:
+        pytest.skip("the SPZ kernel is not built here (test_spz_kernel says whether it should be)")
+    return request.param

@@ -20,6 +20,9 @@ from threegen_dagster.splats.spz import SpzError
 from .conftest import CASES, VECTORS, random_cloud, vector
 
 
+decodes = pytest.mark.usefixtures("decoder")  # the test runs with the compiled kernel and with numpy's writers
+
+
 def payload_of(frame: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(frame)
 
@@ -33,6 +36,7 @@ def test_compress_payload_is_byte_identical_to_pyspz(case: str) -> None:
     assert payload_of(frame) == expected
 
 
+@decodes
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("normals", [False, True])
 def test_decompress_is_byte_identical_to_pyspz(case: str, normals: bool) -> None:
@@ -40,6 +44,7 @@ def test_decompress_is_byte_identical_to_pyspz(case: str, normals: bool) -> None
     assert spz.decompress(vector(f"{case}.spz"), include_normals=normals) == expected
 
 
+@decodes
 def test_our_frames_decode_with_what_pyspz_wrote_and_back() -> None:
     ours = spz.compress(vector("inria_1000_sh3.ply"))
     assert spz.decompress(ours) == vector("inria_1000_sh3.decoded.ply")
@@ -52,6 +57,7 @@ def test_levels_and_workers_change_the_frame_not_the_payload(level: int, workers
     assert payload_of(frame) == vector("trellis_7000_sh0.payload")
 
 
+@decodes
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_round_trip_error_is_within_pyspz_bounds(degree: int) -> None:
     cloud = random_cloud(3000, sh_degree=degree, seed=degree)
@@ -67,12 +73,14 @@ def test_round_trip_error_is_within_pyspz_bounds(degree: int) -> None:
     assert dots.min() >= 0.994
 
 
+@decodes
 def test_frame_without_content_size_still_decodes() -> None:
     streamed = zstandard.ZstdCompressor(write_content_size=False).compress(vector("inria_1000_sh1.payload"))
     assert zstandard.get_frame_parameters(streamed).content_size == zstandard.CONTENTSIZE_UNKNOWN
     assert spz.decompress(streamed) == vector("inria_1000_sh1.decoded.ply")
 
 
+@decodes
 def test_version_1_payload_with_float16_positions_decodes() -> None:
     v2 = vector("inria_1000_sh1.payload")
     n = struct.unpack_from("<I", v2, 8)[0]
@@ -125,6 +133,7 @@ CORRUPT = {
 }
 
 
+@decodes
 @pytest.mark.parametrize("name,message", sorted(CORRUPT.items()))
 def test_corrupt_spz_vectors_get_a_clear_error(name: str, message: str) -> None:
     with pytest.raises(SpzError, match=message):
@@ -135,6 +144,7 @@ def _frame(header: tuple[int, ...], body: bytes = b"") -> bytes:
     return zstandard.ZstdCompressor().compress(struct.pack("<IIIBBBB", *header) + body)
 
 
+@decodes
 @pytest.mark.parametrize(
     "frame,message",
     [
@@ -161,6 +171,7 @@ def test_corrupt_spz_is_refused_without_a_huge_allocation(frame: bytes, message:
     assert peak < 5_000_000
 
 
+@decodes
 def test_cut_off_frames_are_refused_at_every_length() -> None:
     frame = spz.compress(vector("inria_1000_sh1.ply"))
     for cut in range(0, len(frame), 997):
@@ -200,6 +211,7 @@ def test_stress_payload_matches_pyspz_digest(stress: tuple[str, bytes]) -> None:
     assert hashlib.sha256(payload_of(frame)).hexdigest() == STRESS_EXPECTED[name]["payload"]
 
 
+@decodes
 def test_stress_decompress_matches_pyspz_digests(stress: tuple[str, bytes]) -> None:
     name, frame = stress
     assert hashlib.sha256(spz.decompress(frame)).hexdigest() == STRESS_EXPECTED[name]["decoded"]
@@ -220,6 +232,7 @@ def test_errors_are_caught_as_pyspz_errors_too(caught: type[Exception]) -> None:
 
 # --- decompress writes the PLY in place, on the pool's threads -------------------------------------
 
+@decodes
 def test_decompress_gives_independent_plain_bytes() -> None:
     frame = vector("large_20000_sh3.spz")
     first, second = spz.decompress(frame), spz.decompress(frame)
@@ -229,6 +242,7 @@ def test_decompress_gives_independent_plain_bytes() -> None:
     assert first == vector("large_20000_sh3.decoded.ply")
 
 
+@decodes
 def test_concurrent_decompress_calls_share_the_pool_safely() -> None:
     frames = [spz.encode(random_cloud(40_000, sh_degree=d, seed=d)) for d in (0, 1, 2, 3)] * 2
     expected = [spz.decompress(f, include_normals=bool(i % 2)) for i, f in enumerate(frames)]
@@ -237,6 +251,7 @@ def test_concurrent_decompress_calls_share_the_pool_safely() -> None:
     assert got == expected
 
 
+@decodes
 @pytest.mark.parametrize("section", ["positions", "colours", "rotations", "sh"])
 def test_a_payload_cut_in_any_section_is_refused(section: str) -> None:
     n = 40_000  # rows split over the pool's threads
@@ -250,6 +265,7 @@ def _decompressed_digest(frame: bytes) -> str:
     return hashlib.sha256(spz.decompress(frame)).hexdigest()
 
 
+@decodes
 def test_a_forked_child_decodes_on_a_pool_of_its_own() -> None:
     """The parent's pool threads do not exist in a forked child; reusing that pool would hang."""
     frame = spz.encode(random_cloud(40_000, sh_degree=1))
@@ -260,6 +276,7 @@ def test_a_forked_child_decodes_on_a_pool_of_its_own() -> None:
             spz.compress(vector("inria_1000_sh3.ply"))
 
 
+@decodes
 @pytest.mark.parametrize("fractional_bits", [0, 12, 23, 30, 142, 149, 160])
 def test_positions_are_the_fixed_point_values_times_two_to_minus_fractional_bits(fractional_bits: int) -> None:
     """pyspz writes 12; any other header value scales the signed 24-bit values by 2^-bits, rounded
@@ -275,6 +292,7 @@ def test_positions_are_the_fixed_point_values_times_two_to_minus_fractional_bits
     assert decoded.tobytes() == expected.reshape(n, 3).astype("<f4").tobytes()
 
 
+@decodes
 @pytest.mark.parametrize(("n", "body"), [
     (10_000_000, 1000),  # a 10M SH3 header in a tiny frame
     (1_000_000, 4_500_000),  # half the positions: enough that the rows (236 MB) were allocated before the check

@@ -212,6 +212,14 @@ def test_decoder_w_needs_no_double_rounding_fix_for_any_byte_triple() -> None:
         np.testing.assert_array_equal(fast, fma32(r[z], r[z], xy), err_msg=f"z byte {z}")
 
 
+def test_the_kernels_inner_norm_is_pyspz_fma_for_every_byte_pair() -> None:
+    """The compiled kernel computes fma(x, x, y*y) as (float)((double)x*x + (double)(y*y)), with y*y
+    rounded in float32: for all 65,536 (x, y) bytes that is the correctly rounded fma (the table)."""
+    r = LUT["rotation"]
+    x, yy = r[None, :].astype(np.float64), (r[:, None] * r[:, None]).astype(np.float64)  # [y byte, x byte]
+    np.testing.assert_array_equal((x * x + yy).astype(F).ravel(), LUT["xy_norm"])
+
+
 def test_decoded_w_matches_pyspz_model() -> None:
     rng = np.random.default_rng(2)
     rot = rng.integers(0, 256, (3000, 3), dtype=np.uint8)
