@@ -27,9 +27,9 @@ from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
 from .changes import mark_changed
-from .records import (MAX_RECORD_BYTES, Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, check_size,
-                      corrupt, named_shas, parse, read_each)
-from .storage import Conflict, ObjectInfo, Store, StorageError
+from .records import (MAX_RECORD_BYTES, Count, CorruptRecord, Extension, GenerationKey, Name, Sha256, corrupt,
+                      named_shas, parse, read_each, read_record)
+from .storage import Conflict, ObjectInfo, Store, StorageError, TooLarge
 
 BLOBS = "blobs/sha256"
 CONTENT_TYPES = {"png": "image/png", "glb": "model/gltf-binary", "json": "application/json", "csv": "text/csv",
@@ -50,6 +50,20 @@ _VERSION = re.compile(r"v(\d{6,})\.json$")
 
 class IntegrityError(StorageError):
     """Stored bytes that are missing or do not hash to what their manifest says."""
+
+
+def read_lock(store: Store) -> tuple[bytes | None, str | None]:
+    """GC_LOCK's bytes and version tag; (None, None) when there is none. Read bounded like any record:
+    a lock too large to be one (no collection writes one, see blob_gc.MAX_DOOMED) is not read, and
+    gives no bytes (unreadable: a writer assumes the worst) under a tag that stands for it."""
+    try:
+        return store.read_tagged(GC_LOCK, max_bytes=MAX_RECORD_BYTES)
+    except TooLarge as exc:
+        return None, f"too large: {exc.size}"
+    except StorageError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return None, None
 
 
 def blob_path(sha: str) -> str:
@@ -182,8 +196,7 @@ class ArtifactStore:
     def read_manifest(self, path: str, size: int | None = None) -> Manifest:
         """The version at ``path`` (``size``: from a listing); CorruptRecord (naming it, and carrying
         the blobs its bytes still name) if it cannot be read."""
-        check_size(size, path, self.store.uri(path))
-        data = self.store.read(path)
+        data = read_record(self.store, path, size)
         try:
             return Manifest.from_json(data, path, self.store.uri(path))
         except CorruptRecord as exc:
@@ -205,12 +218,16 @@ class ArtifactStore:
     def latest(self, key: str | None, asset: str, run_id: str | None = None) -> Manifest | None:
         """The newest version; with ``run_id``, the version that run wrote through this instance
         if it wrote one (no listing: a chain reads back exactly what it wrote). An unreadable
-        newest version is a CorruptRecord, never silently an older one."""
+        newest version is a CorruptRecord, never silently an older one; one removed since the
+        listing (retention dropped it) is no longer the newest, so the next one is read."""
         known = self._known.get((key, asset))
         if run_id is not None and known is not None and known.run_id == run_id:
             return known
-        files = self._version_files(key, asset)
-        return self.read_manifest(files[-1].path, files[-1].size) if files else None
+        for info in reversed(self._version_files(key, asset)):
+            found = read_each(lambda i: self.read_manifest(i.path, i.size), [info], None)
+            if found:
+                return found[0]
+        return None
 
     def manifest(self, key: str | None, asset: str, version: int | None = None,
                  run_id: str | None = None) -> Manifest:
@@ -248,7 +265,7 @@ class ArtifactStore:
                                 format=fmt, run_id=run_id, written_at=time.time() if now is None else now,
                                 metadata=metadata or {}, extras=extra_refs, deduplicated=not blob.new)
             body = manifest.to_json()
-            if len(body) > MAX_RECORD_BYTES:  # never read back (records.check_size): its blob would be collected
+            if len(body) > MAX_RECORD_BYTES:  # never read back (records.read_record): its blob would be collected
                 raise IntegrityError(errno.EFBIG, f"the version record of {asset} for {key or 'the catalog'} would "
                                                   f"be {len(body):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit: "
                                                   f"its metadata is too large ({', '.join(sorted(metadata or {}))[:200]})")
@@ -271,12 +288,7 @@ class ArtifactStore:
         condemns blobs under GC_LOCK, then re-reads the versions written since it planned and spares
         what they use, then deletes: a version written before the lock is spared; one written after
         it sees the lock here, waits for the collection to end, and stores again whatever is gone."""
-        try:
-            raw, tag = self.store.read_tagged(GC_LOCK)
-        except StorageError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            raw = tag = None
+        raw, tag = read_lock(self.store)
         if tag is not None:
             try:
                 named = json.loads(raw)["doomed"]
@@ -291,13 +303,8 @@ class ArtifactStore:
             deadline = time.monotonic() + left
             while condemned & payloads.keys() and time.monotonic() < deadline:
                 time.sleep(0.05)
-                try:
-                    if self.store.read_tagged(GC_LOCK)[1] != tag:
-                        break  # that collection ended (another may hold a new lock: it re-read our version)
-                except StorageError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
-                    break
+                if read_lock(self.store)[1] != tag:
+                    break  # that collection ended (another may hold a new lock: it re-read our version)
         for sha, (data, fmt) in payloads.items():
             if not self.store.exists(blob_path(sha)):
                 self.put_blob(data, fmt)

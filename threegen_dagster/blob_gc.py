@@ -24,12 +24,15 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from .artifacts import GC_LOCK, GC_WAIT_S, ArtifactStore
-from .records import CorruptRecord
-from .storage import Conflict, ObjectInfo, StorageError
+from .artifacts import GC_LOCK, GC_WAIT_S, ArtifactStore, read_lock
+from .records import MAX_RECORD_BYTES, CorruptRecord
+from .storage import Conflict, ObjectInfo, StorageError, TooLarge
 
 DELETE_BUDGET_S = GC_WAIT_S / 2  # from taking the lock; half, so a delete in flight ends before writers go on
 STALE_LOCK_S = GC_WAIT_S  # a lock this old deletes nothing any more (its collection died or gave up): taken over
+# the lock names each condemned blob (68 bytes of JSON apiece) and writers read it as a record (at most
+# MAX_RECORD_BYTES): one collection condemns no more than that, the next cleanup collects the rest
+MAX_DOOMED = (MAX_RECORD_BYTES - 1024) // 68
 
 
 @dataclass
@@ -54,8 +57,11 @@ class BlobCollector:
 
     def plan(self, blobs: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
         cutoff = self.store.clock() - self.grace_s
-        self.result.doomed = {sha: info for sha, info in blobs.items()
-                              if sha not in self.live and info.modified <= cutoff}
+        unused = sorted(((info.modified, sha) for sha, info in blobs.items()
+                         if sha not in self.live and info.modified <= cutoff))
+        self.result.doomed = {sha: blobs[sha] for _, sha in unused[:MAX_DOOMED]}  # the oldest
+        if len(unused) > MAX_DOOMED:
+            self.result.note = f"{len(unused) - MAX_DOOMED} more unused blob(s) left for the next cleanup"
         return self.result.doomed
 
     def condemn(self) -> bool:
@@ -71,11 +77,15 @@ class BlobCollector:
         age = self.store.clock() - info.modified if info else 0.0
         if info is not None and age > STALE_LOCK_S:  # its collection died: take over, compare-and-swap
             try:
-                _, tag = self.store.read_tagged(GC_LOCK)
+                _, tag = self.store.read_tagged(GC_LOCK, max_bytes=MAX_RECORD_BYTES)
                 self._tag = self.store.write(GC_LOCK, body, if_match=tag, content_type="application/json")
                 self.result.note = f"took over {self.store.uri(GC_LOCK)}, left {age:.0f} s ago by a " \
                                    f"collection that did not finish"
                 return True
+            except TooLarge as exc:  # no collection wrote it (MAX_DOOMED), and its tag would mean reading it all
+                self.result.note = (f"blob collection skipped: {self.store.uri(GC_LOCK)} is {exc.size:,} bytes, "
+                                    f"too large to be a lock (at most {MAX_RECORD_BYTES:,}); delete it")
+                return False
             except StorageError:
                 pass
         self.result.note = (f"blob collection skipped: another one holds {self.store.uri(GC_LOCK)} "
@@ -112,12 +122,8 @@ class BlobCollector:
         return self.result.deleted
 
     def release(self) -> None:
-        try:
-            if self._tag is not None and self.store.read_tagged(GC_LOCK)[1] == self._tag:
-                self.store.delete(GC_LOCK)
-        except StorageError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        if self._tag is not None and read_lock(self.store)[1] == self._tag:
+            self.store.delete(GC_LOCK)
         self._tag = None
 
 

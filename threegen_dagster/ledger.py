@@ -28,7 +28,7 @@ from pydantic import Field, StringConstraints, TypeAdapter
 from .changes import mark_changed
 from .keys import (MAX_SEED, Prompt, PromptError, candidate_keys, is_generation_key, key_error, key_fits,
                    parse_readable_key, seed_of)
-from .records import CorruptRecord, GenerationKey, check_size, corrupt, parse, read_each
+from .records import CorruptRecord, GenerationKey, corrupt, parse, read_each, read_record
 from .storage import Conflict, Store, StorageError
 
 LEDGER = "ledger"
@@ -122,8 +122,7 @@ class Ledger:
     def _read(self, path: str, size: int | None = None) -> Generation:
         """The entry at ``path``, checked: schema, stored under its own key, prompt hashing to it."""
         uri = self.store.uri(path)
-        check_size(size, path, uri)
-        entry = parse(_GENERATION, self.store.read(path), path, uri)
+        entry = parse(_GENERATION, read_record(self.store, path, size), path, uri)
         if path != f"{LEDGER}/{entry.key}.json":
             raise corrupt(path, uri, f"it is the entry of {entry.key}, not of the key it is stored under")
         if not (key_fits(entry.key, entry.digest, entry.seed) if entry.digest else seed_of(entry.key) == entry.seed):

@@ -15,7 +15,7 @@ from typing import Annotated, TypeVar
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
 
 from .keys import KEY_PATTERN
-from .storage import StorageError
+from .storage import StorageError, Store, TooLarge
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -48,10 +48,22 @@ def corrupt(path: str, uri: str, reason: str) -> CorruptRecord:
     return error
 
 
-def check_size(size: int | None, path: str, uri: str) -> None:
+def check_size(size: int | None, path: str, uri: str, limit: int = MAX_RECORD_BYTES) -> None:
     """Refuse a record too large to be one before reading it (``size`` from a listing)."""
-    if size is not None and size > MAX_RECORD_BYTES:
-        raise corrupt(path, uri, f"it is {size:,} bytes, not a record (at most {MAX_RECORD_BYTES:,}); not read")
+    if size is not None and size > limit:
+        raise corrupt(path, uri, f"it is {size:,} bytes, not a record (at most {limit:,}); not read")
+
+
+def read_record(store: Store, path: str, size: int | None = None, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The record's bytes, never more than ``limit`` of them read: a larger object, by its listing's
+    ``size`` or by the store as it reads (a record read by name has no listing), is a CorruptRecord."""
+    uri = store.uri(path)
+    check_size(size, path, uri, limit)
+    try:
+        return store.read(path, max_bytes=limit)
+    except TooLarge as exc:
+        check_size(exc.size, path, uri, limit)  # raises: it is over the limit
+        raise
 
 
 def parse(adapter: TypeAdapter[T], data: bytes, path: str, uri: str) -> T:

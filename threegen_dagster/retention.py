@@ -24,7 +24,9 @@ from .artifacts import ArtifactStore, Manifest
 from .blob_gc import collect
 from .changes import mark_changed
 from .ledger import Generation, Ledger, key_of
-from .records import CorruptRecord
+from .records import CorruptRecord, corrupt, read_each, read_record
+from .sn17.queue import TERMINAL_STATES
+from .tasks import MAX_TASK_BYTES
 
 TASKS = "sn17/tasks"  # the SN17 task queue (sn17/queue.py)
 HEAVY = ("generated_image", "foreground_image", "initial_mesh", "refined_mesh", "gaussian_splat")
@@ -178,18 +180,19 @@ def apply_retention(artifacts: ArtifactStore, ledger: Ledger, policy: RetentionP
 
 
 def _finished_tasks(store, before: float) -> tuple[list, list[str]]:
-    """SN17 tasks finished (submitted, failed or rejected) and last written before ``before``; and one
-    line per task record that cannot be read (skipped, left in place)."""
-    finished, bad = [], []
-    for info in store.list(TASKS):
-        if info.modified >= before:
-            continue
-        try:
-            state = json.loads(store.read(info.path)).get("state")
-        except (ValueError, AttributeError) as exc:  # not JSON, or not an object
-            bad.append(f"bad record {store.uri(info.path)}: not a task ({type(exc).__name__}); skipped, "
-                       f"fix or delete it")
-            continue
-        if state in ("submitted", "failed", "rejected"):
-            finished.append(info)
-    return finished, bad
+    """SN17 tasks finished (submitted, failed, rejected or expired) and last written before ``before``; and one
+    line per task record that cannot be read (skipped, left in place). Read like the other records:
+    one removed since the listing (the queue or another cleanup) is skipped, one larger than any task
+    (MAX_TASK_BYTES: its prompt image and a few fields) is not read."""
+    old = [info for info in store.list(TASKS) if info.modified < before]
+    bad: list[CorruptRecord] = []
+    states = read_each(lambda info: (info, _task_state(store, info)), old, bad)
+    return [info for info, state in states if state in TERMINAL_STATES], [str(e) for e in bad]
+
+
+def _task_state(store, info) -> object:
+    data = read_record(store, info.path, info.size, limit=MAX_TASK_BYTES)
+    try:
+        return json.loads(data).get("state")
+    except (ValueError, AttributeError, RecursionError) as exc:  # not JSON, not an object, nested too deep
+        raise corrupt(info.path, store.uri(info.path), f"not a task ({type(exc).__name__})") from None

@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from threegen_dagster.artifacts import GC_LOCK, ArtifactStore
-from threegen_dagster.blob_gc import BlobCollector
+from threegen_dagster.artifacts import GC_LOCK, ArtifactStore, blob_path, read_lock
+from threegen_dagster.blob_gc import MAX_DOOMED, BlobCollector
 from threegen_dagster.ledger import Ledger
+from threegen_dagster.records import MAX_RECORD_BYTES
 from threegen_dagster.retention import RetentionPolicy, apply_retention
-from threegen_dagster.storage import LocalStore
+from threegen_dagster.storage import LocalStore, ObjectInfo
 
 KEY = "a-chair-0123456789-s1"
 DATA = b"an intermediate stage's bytes, stored long ago and now used by nothing" * 50
@@ -56,14 +57,14 @@ def test_a_writer_that_finds_its_blob_condemned_waits_for_the_collection_then_re
     assert json.loads(store.read(GC_LOCK))["doomed"] == [orphan.sha256]
     events, read_tagged = [], store.read_tagged
 
-    def observe(relative: str):
+    def observe(relative: str, **kwargs):
         if relative == GC_LOCK and "collection releases the lock" not in events:
             events.append("writer reads the lock")
             if events.count("writer reads the lock") == 2:  # the writer is waiting: the collection goes on
                 events.append(f"collection deletes {len(collector.delete())} blob(s)")
                 events.append("collection releases the lock")
                 collector.release()
-        return read_tagged(relative)
+        return read_tagged(relative, **kwargs)
 
     monkeypatch.setattr(store, "read_tagged", observe)
     manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
@@ -110,7 +111,11 @@ def test_one_collection_at_a_time_and_a_dead_ones_lock_is_taken_over(store) -> N
         assert report.blobs_deleted == 1 and "took over" in report.gc_note and not store.exists(GC_LOCK)
 
 
-@pytest.mark.parametrize("lock", [b"{not json", json.dumps({"doomed": "everything"}).encode()])
+TOO_LARGE = b" " * MAX_RECORD_BYTES + json.dumps({"doomed": []}).encode()  # valid, but no lock is this large
+
+
+@pytest.mark.parametrize("lock", [b"{not json", json.dumps({"doomed": "everything"}).encode(), TOO_LARGE],
+                         ids=["not-json", "not-a-list", "too-large"])
 def test_a_writer_treats_an_unreadable_lock_as_condemning_its_blobs(store, monkeypatch, lock: bytes) -> None:
     import threegen_dagster.artifacts as artifacts_module
 
@@ -118,7 +123,8 @@ def test_a_writer_treats_an_unreadable_lock_as_condemning_its_blobs(store, monke
     store.write(GC_LOCK, lock)
     # a lock nobody releases: wait until it is GC_WAIT_S old (S3 times have 1 s steps), then go on
     monkeypatch.setattr(artifacts_module, "GC_WAIT_S", 3.0)
-    monkeypatch.setattr(store, "read_tagged", lambda relative: reads.append(relative) or read_tagged(relative))
+    monkeypatch.setattr(store, "read_tagged",
+                        lambda relative, **kw: reads.append(relative) or read_tagged(relative, **kw))
     manifest = artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1")
     assert reads.count(GC_LOCK) >= 2  # it waited on the lock instead of trusting it
     assert artifacts.load(KEY, "gaussian_splat")[1] == DATA and manifest.version == 1
@@ -130,10 +136,41 @@ def test_a_lock_left_by_a_dead_collection_holds_no_writer_up(tmp_path, monkeypat
     orphan = artifacts.put_blob(DATA)
     store.write(GC_LOCK, json.dumps({"doomed": [orphan.sha256], "since": 0}).encode())
     _age(store, GC_LOCK, 1)  # its collection died an hour ago (it stopped deleting long before)
-    monkeypatch.setattr(store, "read_tagged", lambda relative: reads.append(relative) or read_tagged(relative))
+    monkeypatch.setattr(store, "read_tagged",
+                        lambda relative, **kw: reads.append(relative) or read_tagged(relative, **kw))
     assert artifacts.record(KEY, "gaussian_splat", DATA, "ply", "run-1").deduplicated
     assert reads.count(GC_LOCK) == 1  # read once, not waited on
     assert artifacts.load(KEY, "gaussian_splat")[1] == DATA
+
+
+def test_a_lock_too_large_to_be_one_is_reported_and_not_taken_over(tmp_path) -> None:
+    """No collection writes a lock over MAX_RECORD_BYTES (see the next test): an old one that large is damage.
+    Taking it over would mean reading it whole for its tag; the cleanup says so instead, and collects nothing."""
+    store = LocalStore(tmp_path)
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    orphan = artifacts.put_blob(DATA)
+    store.write(GC_LOCK, TOO_LARGE)
+    _age(store, GC_LOCK, 2)
+    report = apply_retention(artifacts, ledger, RetentionPolicy(gc_grace_hours=0))
+    assert report.blobs_deleted == 0 and artifacts.get_blob(orphan.sha256)
+    assert report.gc_note == (f"blob collection skipped: {store.uri(GC_LOCK)} is {len(TOO_LARGE):,} bytes, too large "
+                              f"to be a lock (at most {MAX_RECORD_BYTES:,}); delete it")
+    assert store.read(GC_LOCK) == TOO_LARGE
+
+
+def test_a_collection_condemns_no_more_blobs_than_its_lock_can_name(store) -> None:
+    """The lock names every condemned blob, and writers read it bounded: a collection condemns at most
+    MAX_DOOMED (the oldest), leaves the rest for the next cleanup, and so can still read and release its lock."""
+    collector = BlobCollector(ArtifactStore(store), known=set(), live=set(), grace_hours=1)
+    old = store.clock() - 7200
+    blobs = {f"{i:064x}": ObjectInfo(blob_path(f"{i:064x}"), 1, old - i) for i in range(MAX_DOOMED + 5)}
+    assert sorted(collector.plan(blobs)) == sorted(blobs)[5:]  # the oldest
+    assert collector.result.note == "5 more unused blob(s) left for the next cleanup"
+    assert collector.condemn()
+    raw, _ = read_lock(store)
+    assert len(raw) <= MAX_RECORD_BYTES and len(json.loads(raw)["doomed"]) == MAX_DOOMED
+    collector.release()
+    assert not store.exists(GC_LOCK)
 
 
 def test_a_generation_written_again_while_retention_removes_it_keeps_its_blob(tmp_path, monkeypatch) -> None:

@@ -136,13 +136,13 @@ class CountingStore(LocalStore):
         self.lists: list[str] = []
         self.on_list = None
 
-    def read(self, relative: str) -> bytes:
+    def read(self, relative: str, max_bytes: int | None = None) -> bytes:
         self.reads.append(relative)
-        return super().read(relative)
+        return super().read(relative, max_bytes)
 
-    def read_tagged(self, relative: str):
+    def read_tagged(self, relative: str, max_bytes: int | None = None):
         self.reads.append(relative)
-        return super().read_tagged(relative)
+        return super().read_tagged(relative, max_bytes)
 
     def list(self, prefix: str):
         self.lists.append(prefix)

@@ -131,6 +131,25 @@ def test_an_object_too_large_to_be_a_record_is_not_read(store, monkeypatch) -> N
     assert reads == []
 
 
+def test_a_record_read_by_its_name_is_bounded_too(store) -> None:
+    """``manifest(version=N)`` and a ledger look-up read one record by its path, with no listing to give
+    its size first: the read itself stops at the bound, and the object is a bad record, not read whole."""
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    entry, _ = ledger.add(Prompt.from_text("a chair"), 1, "test")
+    m = artifacts.record(entry.key, "compressed_splat", b"spz", "spz", "r")
+    big = b" " * (2**20) + m.to_json()  # valid JSON, but a blob's size
+    store.write(m.path, big)
+    store.write(f"ledger/{entry.key}.json", b" " * (2**20) + store.read(f"ledger/{entry.key}.json"))
+    where = re.escape(store.uri(m.path))
+    with pytest.raises(CorruptRecord, match=f"^bad record {where}: it is {len(big):,} bytes, not a record "
+                                            f"\\(at most 1,048,576\\); not read"):
+        artifacts.manifest(entry.key, "compressed_splat", version=1)
+    with pytest.raises(CorruptRecord, match="not a record"):
+        artifacts.load(entry.key, "compressed_splat", version=1)
+    with pytest.raises(CorruptRecord, match=f"ledger/{entry.key}.json: it is .* bytes, not a record"):
+        ledger.find(entry.key)
+
+
 def test_cleanup_carries_on_past_bad_records_and_reports_each(store) -> None:
     artifacts, ledger = ArtifactStore(store), Ledger(store)
     old = _generation(ledger, artifacts, "old thing", 100, passed=False)  # due for removal

@@ -1,18 +1,21 @@
 """Untrusted records that once stopped a whole view, each now reported and skipped while the rest go on:
 a ledger entry with an impossible time, version metadata that is not a number, a catalog shard of the
-wrong shape, a record removed between a listing and its read, an SN17 task record with a wrong-typed
-time, and an inbox file whose name leaves no room for what setting it aside adds. Real stores and
-folders in temporary directories; the sensors ticked through ``dg.build_sensor_context``."""
+wrong shape, a record removed between a listing and its read (by a view, by ``latest``, by retention's
+task cleanup), an SN17 task record with a wrong-typed time or too large to be one, and an inbox file
+whose name leaves no room for what setting it aside adds. Real stores and folders in temporary
+directories (and the real S3 server where a test takes ``store``); the sensors ticked through
+``dg.build_sensor_context``."""
 
 import json
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from threegen_dagster import changes
-from threegen_dagster.artifacts import ArtifactStore
+from threegen_dagster.artifacts import ArtifactStore, IntegrityError
 from threegen_dagster.catalog import build_catalog, catalog_row, statuses
 from threegen_dagster.catalog_index import CatalogIndex, shard_path, store_stats
 from threegen_dagster.definitions import build_definitions
@@ -21,9 +24,13 @@ from threegen_dagster.defs.sn17 import INDEXED, sn17_submission_sensor, sn17_tas
 from threegen_dagster.inbox import NAME_MAX, REJECTED, Inbox
 from threegen_dagster.keys import Prompt
 from threegen_dagster.ledger import Generation, Ledger
+from threegen_dagster.retention import RetentionPolicy, apply_retention
 from threegen_dagster.settings import Settings
 from threegen_dagster.sn17.queue import TaskQueue
 from threegen_dagster.storage import LocalStore
+from threegen_dagster.tasks import MAX_TASK_BYTES
+
+KEY = "a-chair-0123456789-s1"
 
 
 @pytest.fixture
@@ -176,16 +183,74 @@ def test_a_record_removed_between_listing_and_reading_is_skipped(tmp_path) -> No
     assert [e.key for e in ledger.all(unreadable)] == [good.key] and unreadable == []
 
 
+def remove_after_listing(monkeypatch, store, victims: set[str]) -> None:
+    """A concurrent remover on the real store (local or S3): each path in ``victims`` is deleted just after a
+    listing names it, so the reader meets ENOENT (NoSuchKey on S3) for a path its listing gave it."""
+    listed = store.list
+
+    def racing(prefix: str):
+        listing = list(listed(prefix))
+        for info in listing:
+            if info.path in victims:
+                store.delete(info.path)
+        return iter(listing)
+
+    monkeypatch.setattr(store, "list", racing)
+
+
+def test_retention_skips_a_task_record_removed_after_listing(store, monkeypatch) -> None:
+    """Retention lists the SN17 task records, then reads each: one removed in between (the queue's own
+    cleanup, or a second retention) is gone, not a failure of the whole run."""
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    for task_id in ("t-gone", "t-done"):
+        store.write(f"sn17/tasks/{task_id}.json", json.dumps({"task_id": task_id, "state": "submitted"}).encode())
+    remove_after_listing(monkeypatch, store, {"sn17/tasks/t-gone.json"})
+    report = apply_retention(artifacts, ledger, RetentionPolicy(max_age_hours=1, gc_grace_hours=0), now=2e9)
+    assert report.tasks_dropped == 1 and report.unreadable == []
+    assert list(store.list("sn17/tasks")) == []
+
+
+def test_latest_falls_back_when_the_newest_version_is_removed_after_listing(store, monkeypatch) -> None:
+    """``latest`` lists the versions, then reads the newest: removed in between (retention dropping it), the
+    newest version still there is the answer; with none left, there is none."""
+    artifacts = ArtifactStore(store)
+    v1 = artifacts.record(KEY, "compressed_splat", b"spz one", "spz", "r1")
+    v2 = artifacts.record(KEY, "compressed_splat", b"spz two", "spz", "r2")
+    remove_after_listing(monkeypatch, store, {v2.path})
+    assert artifacts.latest(KEY, "compressed_splat") == v1
+    assert artifacts.load(KEY, "compressed_splat")[1] == b"spz one"
+    remove_after_listing(monkeypatch, store, {v1.path})
+    assert artifacts.latest(KEY, "compressed_splat") is None
+    with pytest.raises(IntegrityError, match=r"no 'compressed_splat' for a-chair-0123456789-s1 in "):
+        artifacts.load(KEY, "compressed_splat")
+
+
 # -- 5: an SN17 task record with a wrong-typed time -----------------------------------------------------
 TASK = {"type": "text", "validator_uid": 1, "validator_hotkey": "h", "validator_ip": "127.0.0.1",
-        "validator_port": 1, "validation_threshold": 0.5, "reason": "", "pulled_at": 1.0}
+        "validator_port": 1, "validation_threshold": 0.5, "reason": ""}
 
 
-def queued(store: LocalStore, task_id: str, body: bytes | dict) -> None:
-    data = body if isinstance(body, bytes) else json.dumps({**TASK, "task_id": task_id,
-                                                            "prompt": f"a chair {task_id}", **body}).encode()
-    store.write(f"sn17/tasks/{task_id}.json", data)
+def queued(store: LocalStore, task_id: str, body: bytes | dict) -> bytes | dict:
+    """A task record as the queue writes it, pulled now (an old pull would expire), and its marker; what was written."""
+    record = body if isinstance(body, bytes) else {**TASK, "pulled_at": time.time(), "task_id": task_id,
+                                                   "prompt": f"a chair {task_id}", **body}
+    store.write(f"sn17/tasks/{task_id}.json", record if isinstance(record, bytes) else json.dumps(record).encode())
     store.write(f"sn17/active/{task_id}.json", b"")
+    return record
+
+
+def test_retention_reports_a_task_record_too_large_to_be_one_and_leaves_it(store) -> None:
+    """A task record holds at most a prompt image (base64) and a few fields: one larger than any task
+    (MAX_TASK_BYTES) is damage, reported and left in place, never read whole; the others are cleaned up."""
+    artifacts, ledger = ArtifactStore(store), Ledger(store)
+    store.write("sn17/tasks/t-done.json", json.dumps({"task_id": "t-done", "state": "submitted"}).encode())
+    huge = b" " * MAX_TASK_BYTES + json.dumps({"task_id": "t-huge", "state": "submitted"}).encode()
+    store.write("sn17/tasks/t-huge.json", huge)
+    report = apply_retention(artifacts, ledger, RetentionPolicy(max_age_hours=1, gc_grace_hours=0), now=2e9)
+    assert report.tasks_dropped == 1 and [i.path for i in store.list("sn17/tasks")] == ["sn17/tasks/t-huge.json"]
+    assert report.unreadable == [f"bad record {store.uri('sn17/tasks/t-huge.json')}: it is {len(huge):,} bytes, "
+                                 f"not a record (at most {MAX_TASK_BYTES:,}); not read; fix or delete it (the rest "
+                                 f"of the store is unaffected)"]
 
 
 @pytest.mark.parametrize("odd", [{"state": "pulled", "pulled_at": "yesterday"}, {"state": "pulled", "pulled_at": None},
@@ -196,7 +261,7 @@ def test_a_task_record_with_a_wrong_typed_field_is_skipped_by_both_sensors(tmp_p
                         sn17={"wallet_name": "miner", "wallet_path": str(tmp_path / "wallets")})
     store = LocalStore(tmp_path / "store")
     queued(store, "t-good", {"state": "pulled"})
-    queued(store, "t-odd", odd)
+    written = queued(store, "t-odd", odd)
     queued(store, "t-half", b'{"task_id": "t-half", "sta')
     resources = build_definitions(settings).resources
     resources = {"store": resources["store"], "sn17": resources["sn17"]}
@@ -209,7 +274,7 @@ def test_a_task_record_with_a_wrong_typed_field_is_skipped_by_both_sensors(tmp_p
     assert [e["task_id"] for e in queue.active()] == ["t-good"]
     assert sorted(note.split("/")[-1].split(":")[0] for note in queue.notes) == ["t-half.json", "t-odd.json"]
     assert [e["task_id"] for e in queue.all()] == ["t-good"] and len(queue.notes) == 2
-    assert queue.get("t-odd") == {**TASK, "task_id": "t-odd", "prompt": "a chair t-odd", **odd}  # left as it was
+    assert queue.get("t-odd") == written  # left as it was
 
 
 # -- 6: an inbox file whose name leaves no room for a suffix ---------------------------------------------

@@ -3,13 +3,14 @@
 import errno
 import hashlib
 import threading
+import traceback
 import urllib.request
 
 import pytest
 
-from threegen_dagster.storage import Conflict, S3Store, StorageError, parse_s3_uri
+from threegen_dagster.storage import Conflict, S3Store, StorageError, parse_s3_uri, redact_url
 
-from .s3_server import BUCKET
+from .s3_server import ACCESS_KEY, BUCKET, SECRET_KEY
 
 
 def test_write_read_stat_list_delete(store) -> None:
@@ -112,6 +113,52 @@ def test_s3_missing_bucket_and_unreachable_server(s3_server) -> None:
     with pytest.raises(StorageError, match="endpoint http://127.0.0.1:9 is unreachable") as info:
         S3Store(down, BUCKET).read("a")
     assert info.value.errno == errno.ECONNREFUSED
+
+
+def test_s3_an_endpoint_url_with_credentials_never_shows_them(s3_server, s3_prefix) -> None:
+    """``http://user:password@host:port``: botocore never sends the userinfo (requests are signed with the
+    AWS keys), but it would reach every message naming the endpoint, the botocore error chained to it (what
+    Dagster logs), and the download links put in asset metadata."""
+    import boto3
+    from botocore.config import Config
+
+    password = "pw-in-the-url-4d1c"
+
+    def client(endpoint: str, secret: str = SECRET_KEY):
+        return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=secret,
+                            region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+
+    def shown(error: BaseException) -> str:  # the message and the whole chain, as a log shows them
+        return "".join(traceback.format_exception(error))
+
+    up = s3_server.endpoint.replace("http://", f"http://user:{password}@")
+    refused = S3Store(client(up, secret="not-the-secret"), BUCKET, s3_prefix)
+    with pytest.raises(StorageError, match="refused the credentials") as info:
+        refused.write("a", b"x")
+    assert f"S3 at {s3_server.endpoint.replace('http://', 'http://***@')} refused" in str(info.value)
+    assert password not in shown(info.value)
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist at http://\\*\\*\\*@") as info:
+        S3Store(client(up), "no-such-bucket").write("a", b"x")
+    assert password not in shown(info.value)
+    with pytest.raises(StorageError, match=r"endpoint http://\*\*\*@127.0.0.1:9 is unreachable") as info:
+        S3Store(client(f"http://user:{password}@127.0.0.1:9"), BUCKET).read("a")
+    assert password not in shown(info.value)
+
+    store = S3Store(client(up), BUCKET, s3_prefix)
+    store.write("x/model.spz", b"spz bytes")
+    link = store.url("x/model.spz", 600)
+    assert password not in link and "@" not in link.split("?")[0]
+    with urllib.request.urlopen(link, timeout=5) as response:  # and it still downloads
+        assert response.read() == b"spz bytes"
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://user:pass@host:9000", "http://***@host:9000"),
+    ("https://key@s3.example.com/bucket", "https://***@s3.example.com/bucket"),
+    ('endpoint URL: "http://u:p@ss@10.0.0.1:9/b/k"', 'endpoint URL: "http://***@10.0.0.1:9/b/k"'),
+    ("http://host:9000/a@b", "http://host:9000/a@b"), ("AWS S3", "AWS S3")])
+def test_redact_url_hides_only_the_userinfo(text: str, shown: str) -> None:
+    assert redact_url(text) == shown
 
 
 @pytest.mark.parametrize("uri,expected", [("s3://b", ("b", "")), ("s3://b/p/q/", ("b", "p/q"))])

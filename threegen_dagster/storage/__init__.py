@@ -10,10 +10,11 @@ Split by layer: ``base`` (the interface, errors, paths), ``local``, ``s3``, ``ur
 from its URI); every public name is importable from here.
 """
 
-from .base import HASH_CHUNK, MULTIPART_THRESHOLD, Conflict, ObjectInfo, StorageError, Store, check_path
+from .base import HASH_CHUNK, MULTIPART_THRESHOLD, Conflict, ObjectInfo, StorageError, Store, TooLarge, check_path
 from .local import LocalStore
 from .s3 import S3Store
-from .uri import S3_MAX_ATTEMPTS, open_store, parse_s3_uri, s3_client
+from .uri import S3_MAX_ATTEMPTS, open_store, parse_s3_uri, redact_url, s3_client
 
 __all__ = ["HASH_CHUNK", "MULTIPART_THRESHOLD", "S3_MAX_ATTEMPTS", "Conflict", "LocalStore", "ObjectInfo", "S3Store", "StorageError",
-           "Store", "check_path", "open_store", "parse_s3_uri", "s3_client"]
+           "Store", "TooLarge", "check_path", "open_store", "parse_s3_uri", "redact_url",
+           "s3_client"]

@@ -31,6 +31,18 @@ class Conflict(StorageError):
     """A conditional write lost: the object exists (create-only) or changed since it was read."""
 
 
+class TooLarge(StorageError):
+    """A read bounded by ``max_bytes`` met a larger object (``size`` bytes); none of it was kept."""
+
+    size: int = 0
+
+
+def too_large(where: str, size: int, max_bytes: int) -> TooLarge:
+    error = TooLarge(errno.EFBIG, f"not read: {where} is {size:,} bytes, over the {max_bytes:,} this read allows")
+    error.size = size
+    return error
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     path: str
@@ -58,11 +70,13 @@ class Store:
         exists. ``if_match``: fail with Conflict unless the object is still at that tag."""
         raise NotImplementedError
 
-    def read_tagged(self, relative: str) -> tuple[bytes, str]:
+    def read_tagged(self, relative: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """The bytes and their version tag. ``max_bytes``: a larger object is TooLarge, and never more
+        than that is read, so a damaged or hostile object cannot fill memory."""
         raise NotImplementedError
 
-    def read(self, relative: str) -> bytes:
-        return self.read_tagged(relative)[0]
+    def read(self, relative: str, max_bytes: int | None = None) -> bytes:
+        return self.read_tagged(relative, max_bytes=max_bytes)[0]
 
     def read_hashed(self, relative: str) -> tuple[bytes, str]:
         """The bytes and their SHA-256 (hex)."""

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .base import Conflict, ObjectInfo, StorageError, Store, _tag, check_path
+from .base import Conflict, ObjectInfo, StorageError, Store, _tag, check_path, too_large
 
 
 class LocalStore(Store):
@@ -86,18 +86,25 @@ class LocalStore(Store):
 
         return _Held()
 
-    def read_tagged(self, relative: str) -> tuple[bytes, str]:
-        data = self.read(relative)
+    def read_tagged(self, relative: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        data = self.read(relative, max_bytes=max_bytes)
         return data, _tag(data)
 
-    def read(self, relative: str) -> bytes:
+    def read(self, relative: str, max_bytes: int | None = None) -> bytes:
         target = self.path(relative)
         try:
-            return target.read_bytes()
+            with target.open("rb") as f:
+                if max_bytes is None:
+                    return f.read()
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(max_bytes + 1) if size <= max_bytes else b""
         except FileNotFoundError:
             raise StorageError(errno.ENOENT, f"missing from the store: {target}") from None
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot read {target}: {exc.strerror}") from exc
+        if size > max_bytes or len(data) > max_bytes:  # too large, or grew past the bound since the fstat
+            raise too_large(str(target), max(size, len(data)), max_bytes)
+        return data
 
     def stat(self, relative: str) -> ObjectInfo | None:
         try:

@@ -11,7 +11,8 @@ import io
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .base import HASH_CHUNK, MULTIPART_THRESHOLD, Conflict, ObjectInfo, StorageError, Store, check_path
+from .base import HASH_CHUNK, MULTIPART_THRESHOLD, Conflict, ObjectInfo, StorageError, Store, check_path, too_large
+from .uri import redact_url
 
 
 class S3Store(Store):
@@ -28,7 +29,7 @@ class S3Store(Store):
     def __init__(self, client: Any, bucket: str, prefix: str = "", multipart_threshold: int = MULTIPART_THRESHOLD) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
         self.multipart_threshold = multipart_threshold
-        self.endpoint = getattr(getattr(client, "meta", None), "endpoint_url", "") or "AWS S3"
+        self.endpoint = redact_url(getattr(getattr(client, "meta", None), "endpoint_url", "") or "AWS S3")
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
         if hasattr(client, "meta"):  # presign with SigV4, as AWS requires everywhere (botocore may pick SigV2)
             client.meta.events.register("choose-signer.s3.*", _sigv4, unique_id="threegen-sigv4")
@@ -52,6 +53,8 @@ class S3Store(Store):
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         where = self.uri(relative)
+        if (shown := redact_url(str(exc))) != str(exc):  # botocore names the request URL; chained to ours, it is logged
+            exc.args = (shown,)
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -144,10 +147,15 @@ class S3Store(Store):
             raise self._error(exc, "list", "blobs") from exc
         return parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
 
-    def read_tagged(self, relative: str) -> tuple[bytes, str]:
+    def read_tagged(self, relative: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key(relative))
+            if max_bytes is not None and response["ContentLength"] > max_bytes:  # the body stays unread
+                response["Body"].close()
+                raise too_large(self.uri(relative), response["ContentLength"], max_bytes)
             return response["Body"].read(), response["ETag"]
+        except StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "read", relative) from exc
 
@@ -213,7 +221,8 @@ class S3Store(Store):
         params = {"Bucket": self.bucket, "Key": self.key(relative)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        link = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        return redact_url(link, mark="")  # the signature is in the query: a link needs no userinfo, nor shows it
 
 
 def _sigv4(signature_version=None, **_):

@@ -4,6 +4,7 @@ opens stores this way, and the Dagster ``StoreResource`` delegates to it with da
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,14 @@ from .base import MULTIPART_THRESHOLD, StorageError, Store
 from .local import LocalStore
 
 S3_MAX_ATTEMPTS = 3
+_USERINFO = re.compile(r"(?<=://)[^/?#\s\"']*@")  # the user:password@ of a URL (up to its last @)
+
+
+def redact_url(text: str, mark: str = "***@") -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``mark``: an S3 endpoint given as
+    ``http://user:password@host:9000`` would otherwise carry its password into error messages, logs and
+    asset metadata. (botocore never sends the userinfo: S3 requests are signed with the AWS keys.)"""
+    return _USERINFO.sub(mark, text)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
