@@ -15,6 +15,7 @@ from .rounds.comp2_llm import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, LlmConfig
 from .rounds.publish import CDN_PREFIX, CDN_URL
 from .rounds.source import DEFAULT_BASE as ROUNDS_SOURCE
 from .rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK
+from .sn17.decision import VALIDATION_THRESHOLD
 from .sn17.validators import ValidatorPolicy
 from .splats.mesh import DEFAULT_GAUSSIAN_COUNT
 from .storage import StorageError, parse_s3_uri
@@ -40,14 +41,15 @@ class Settings:
     """THREEGEN_RETENTION_HOURS, THREEGEN_KEEP_PASSED_HOURS, THREEGEN_SLIM_HOURS, THREEGEN_KEEP_VERSIONS."""
     gaussians: int = DEFAULT_GAUSSIAN_COUNT
     """THREEGEN_GAUSSIANS: gaussians per splat."""
-    score_threshold: float = 0.6
-    """THREEGEN_SCORE_THRESHOLD: the blocking score check's threshold."""
+    score_threshold: float = VALIDATION_THRESHOLD
+    """THREEGEN_SCORE_THRESHOLD: the blocking score check's threshold (default: SN17's acceptance threshold)."""
     frame: str = "y_up"
     """THREEGEN_FRAME: 'y_up' or 'y_down', the frame the splat is written in."""
     models: dict = field(default_factory=dict)
     """Per stage, the backend and its options: see ``models_from_env``."""
     validators: ValidatorPolicy = ValidatorPolicy()
-    """THREEGEN_SN17_MIN_STAKE, _BLACKLIST (UIDs, comma-separated), _MIN_SUCCESS, _MAX_RESPONSE_S, _WINDOW."""
+    """THREEGEN_SN17_MIN_STAKE, _BLACKLIST (UIDs, comma-separated), _MIN_SUCCESS, _MAX_RESPONSE_S, _WINDOW,
+    _MAX_PENDING (tasks from one validator not yet finished before it is not asked again)."""
     sn17: dict = field(default_factory=dict)
     """THREEGEN_WALLET_NAME, THREEGEN_WALLET_HOTKEY, THREEGEN_WALLET_PATH, THREEGEN_SN17_VARIANTS."""
     worker_url: str = ""
@@ -381,4 +383,5 @@ def validator_policy(env: Mapping[str, str], number) -> ValidatorPolicy:
         min_stake=number("THREEGEN_SN17_MIN_STAKE", DEFAULT_POLICY.min_stake, float), manual_blacklist=blacklist,
         min_success_rate=number("THREEGEN_SN17_MIN_SUCCESS", DEFAULT_POLICY.min_success_rate, float),
         max_mean_response_s=number("THREEGEN_SN17_MAX_RESPONSE_S", DEFAULT_POLICY.max_mean_response_s, float),
-        window=int(number("THREEGEN_SN17_WINDOW", DEFAULT_POLICY.window, int)))
+        window=int(number("THREEGEN_SN17_WINDOW", DEFAULT_POLICY.window, int)),
+        max_pending=int(positive(env, "THREEGEN_SN17_MAX_PENDING", DEFAULT_POLICY.max_pending, int)))

@@ -183,14 +183,14 @@ def test_retention_drops_finished_sn17_tasks_only(store) -> None:
     import json
 
     artifacts, ledger = ArtifactStore(store), Ledger(store)
-    for task_id, state in (("t-done", "submitted"), ("t-bad", "rejected"), ("t-open", "pulled"),
-                           ("t-running", "running")):
+    for task_id, state in (("t-done", "submitted"), ("t-bad", "rejected"), ("t-late", "expired"),
+                           ("t-open", "pulled"), ("t-running", "running")):
         store.write(f"sn17/tasks/{task_id}.json", json.dumps({"task_id": task_id, "state": state}).encode())
     policy = RetentionPolicy(max_age_hours=1, gc_grace_hours=0)
     dry = apply_retention(artifacts, ledger, policy, now=NOW * 2, dry_run=True)
-    assert dry.tasks_dropped == 2 and len(list(store.list("sn17/tasks"))) == 4
+    assert dry.tasks_dropped == 3 and len(list(store.list("sn17/tasks"))) == 5
     report = apply_retention(artifacts, ledger, policy, now=NOW * 2)
-    assert report.tasks_dropped == 2
+    assert report.tasks_dropped == 3
     assert sorted(i.path for i in store.list("sn17/tasks")) == ["sn17/tasks/t-open.json", "sn17/tasks/t-running.json"]
     store.write("sn17/tasks/t-fresh.json", json.dumps({"task_id": "t-fresh", "state": "submitted"}).encode())
     assert apply_retention(artifacts, ledger, policy, now=time.time()).tasks_dropped == 0  # young: kept

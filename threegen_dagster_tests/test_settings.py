@@ -23,6 +23,7 @@ from threegen_dagster.splats.mesh import DEFAULT_GAUSSIAN_COUNT
     ({"THREEGEN_SN17_BLACKLIST": "180;12"}, r"THREEGEN_SN17_BLACKLIST='180;12': comma-separated UIDs"),
     ({"THREEGEN_SN17_MIN_STAKE": "a lot"}, r"THREEGEN_SN17_MIN_STAKE='a lot' is not a float"),
     ({"THREEGEN_SN17_VARIANTS": "two"}, r"THREEGEN_SN17_VARIANTS='two' is not a int"),
+    ({"THREEGEN_SN17_MAX_PENDING": "0"}, r"THREEGEN_SN17_MAX_PENDING='0' must be greater than 0"),
     ({"THREEGEN_SCORER": "oracle"}, r"THREEGEN_SCORER='oracle': one of proxy, models, validation_server"),
 ])
 def test_an_unusable_value_is_one_line_naming_its_variable(tmp_path, env, message) -> None:
@@ -41,14 +42,18 @@ def test_the_defaults_have_one_source(tmp_path) -> None:
     assert settings.presign_seconds == StoreResource.model_fields["presign_seconds"].default == 86_400
     assert settings.retention == RetentionPolicy()
     assert settings.validators == ValidatorPolicy() == ValidatorPolicyResource().policy()
-    assert settings.validators.min_stake == 1000.0
+    assert settings.validators.min_stake == 1000.0 and settings.validators.max_pending == 2
 
 
 def test_values_the_environment_sets_arrive(tmp_path) -> None:
+    from threegen_dagster.defs.resources import ValidatorPolicyResource
+
     settings = Settings.from_env({"THREEGEN_GAUSSIANS": "8000", "THREEGEN_SCORE_THRESHOLD": "0.4",
                                   "THREEGEN_PRESIGN_SECONDS": "600", "THREEGEN_SLIM_HOURS": "0",
                                   "THREEGEN_SN17_BLACKLIST": "", "THREEGEN_STORE": "s3://bucket/miner-1/",
-                                  "THREEGEN_FRAME": "y_down"}, cwd=tmp_path)
+                                  "THREEGEN_FRAME": "y_down", "THREEGEN_SN17_MAX_PENDING": "3"}, cwd=tmp_path)
     assert (settings.gaussians, settings.score_threshold, settings.presign_seconds) == (8000, 0.4, 600)
+    assert settings.validators.max_pending == 3
+    assert ValidatorPolicyResource.from_policy(settings.validators).policy() == settings.validators
     assert settings.retention.slim_after_hours == 0 and settings.validators.manual_blacklist == frozenset()
     assert settings.store == "s3://bucket/miner-1/" and settings.frame == "y_down"

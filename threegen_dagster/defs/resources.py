@@ -202,17 +202,20 @@ class ValidatorPolicyResource(dg.ConfigurableResource):
     max_mean_response_s: float = Field(DEFAULT_POLICY.max_mean_response_s, gt=0,
                                        description="Auto-blacklist above this mean response time")
     window: int = Field(DEFAULT_POLICY.window, ge=1, description="Calls the automatic blacklist looks back over")
+    max_pending: int = Field(DEFAULT_POLICY.max_pending, ge=1,
+                             description="Tasks from one validator not yet finished before it is not asked again")
 
     @classmethod
     def from_policy(cls, policy: ValidatorPolicy) -> "ValidatorPolicyResource":
         return cls(min_stake=policy.min_stake, blacklist=sorted(policy.manual_blacklist),
                    min_success_rate=policy.min_success_rate, max_mean_response_s=policy.max_mean_response_s,
-                   window=policy.window)
+                   window=policy.window, max_pending=policy.max_pending)
 
     def policy(self) -> ValidatorPolicy:
         return ValidatorPolicy(min_stake=self.min_stake, manual_blacklist=frozenset(self.blacklist),
                                min_success_rate=self.min_success_rate,
-                               max_mean_response_s=self.max_mean_response_s, window=self.window)
+                               max_mean_response_s=self.max_mean_response_s, window=self.window,
+                               max_pending=self.max_pending)
 
 
 class SN17Resource(dg.ConfigurableResource):

@@ -143,13 +143,17 @@ def _relaunch(context, queue: TaskQueue, ledger, entry: dict) -> list[dg.RunRequ
 def sn17_task_sensor(context: dg.SensorEvaluationContext, store: StoreResource, sn17: SN17Resource):
     queue, ledger = TaskQueue(store.store()), store.ledger()
     _index_once(context, queue)
-    active, requests, troubled = _active(context, queue), [], 0
-    pulled = [e for e in active if e["state"] == "pulled"][: sn17.max_per_tick]
-    overdue = [e for e in active if e["state"] == "running" and e.get("started_at", 0) < time.time() - RELAUNCH_AFTER_S]
+    active, requests, troubled, started, now = _active(context, queue), [], 0, 0, time.time()
+    pulled = [e for e in active if e["state"] == "pulled"]
+    overdue = [e for e in active if e["state"] == "running" and e.get("started_at", 0) < now - RELAUNCH_AFTER_S]
     for entry in pulled + overdue:  # each task alone: one that fails is logged, the others go on
         try:
             if entry["state"] == "pulled":
-                requests += _start(context, queue, ledger, entry, sn17.variants)
+                if expired := queue.expire(entry, now):  # past the validator's deadline: never started
+                    context.log.warning(f"sn17: task {entry['task_id']} {expired['reason']}")
+                elif started < sn17.max_per_tick:
+                    started += 1
+                    requests += _start(context, queue, ledger, entry, sn17.variants)
             else:
                 requests += _relaunch(context, queue, ledger, entry)
         except NotClaimed as exc:

@@ -15,6 +15,7 @@ from typing import Any, Self
 import bittensor as bt
 
 from ..storage import StorageError
+from .decision import VALIDATION_THRESHOLD
 from .protocol import (
     PULL_TASK_TIMEOUT,
     SUBMIT_RESULTS_TIMEOUT,
@@ -72,6 +73,19 @@ def cooldown(value: object, now: float) -> float:
     return min(max(until, 0.0), now + MAX_COOLDOWN_S) if math.isfinite(until) else 0.0
 
 
+def validation_threshold(value: object) -> tuple[float, str]:
+    """A validator's ``validation_threshold`` and, when it is refused, why (else ""). Scores lie in [0, 1]:
+    NaN, an infinity or anything above 1 would make every result empty (no score reaches it), a negative or
+    a non-number means nothing, so outside [0, 1] the default VALIDATION_THRESHOLD is used instead."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:  # NaN fails too
+        return float(value), ""
+    try:
+        shown = repr(value)[:40]
+    except ValueError:  # an int too long to print
+        shown = "a huge int"
+    return VALIDATION_THRESHOLD, f"validation_threshold {shown} is not a number in [0, 1]"
+
+
 def _status(synapse: bt.Synapse) -> str:
     d = synapse.dendrite
     return f"{d.status_code} {d.status_message or ''}".strip() if d else "no answer"
@@ -117,11 +131,13 @@ class MinerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def pull(self, neurons: list[Neuron], now: float | None = None) -> list[PulledTask]:
-        """Ask every selectable validator for a task at once; the answers that carry one."""
+    async def pull(self, neurons: list[Neuron], now: float | None = None,
+                   pending: dict[str, int] | None = None) -> list[PulledTask]:
+        """Ask every selectable validator for a task at once; the answers that carry one. ``pending``: per
+        validator hotkey, its tasks not yet finished (those at ``policy.max_pending`` are not asked)."""
         now = time.time() if now is None else now
         chosen, self.last_skipped = select(neurons, self.book.all(), self.policy,
-                                           self.book.blacklist(self.policy), now)
+                                           self.book.blacklist(self.policy), now, pending)
         self.last_errors = {}
         answers = await asyncio.gather(*(self._pull_one(n, now) for n in chosen), return_exceptions=True)
         for neuron, answer in zip(chosen, answers):  # one validator's failure is its own: the others' tasks stay
@@ -153,8 +169,10 @@ class MinerClient:
             return None
         if task is None:
             return None
-        return PulledTask(neuron.uid, neuron.hotkey, task, synapse.validation_threshold, now,
-                          neuron.ip, neuron.port)
+        threshold, refused = validation_threshold(synapse.validation_threshold)
+        if refused:
+            log.warning("sn17: validator %s: %s; using the default %s instead", neuron.uid, refused, threshold)
+        return PulledTask(neuron.uid, neuron.hotkey, task, threshold, now, neuron.ip, neuron.port)
 
     async def submit(self, validator: Neuron | bt.AxonInfo, task: Task, spz_b64: str,
                      now_ns: int | None = None) -> SubmitOutcome:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+VALIDATION_THRESHOLD = 0.6
+"""The legacy validators' acceptance threshold (SN17.md sections 4 and 5: ``validation_threshold`` 0.6): the
+default wherever a threshold is not given, and what a validator's unusable one is replaced with."""
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -22,7 +26,7 @@ class Decision:
     reason: str
 
 
-def decide(candidates: list[Candidate], threshold: float = 0.6) -> Decision:
+def decide(candidates: list[Candidate], threshold: float = VALIDATION_THRESHOLD) -> Decision:
     """The best candidate if it reaches ``threshold``, else an empty result, with the reason."""
     scored = [c for c in candidates if c.score is not None and c.checks_passed]
     if not scored:

@@ -13,6 +13,8 @@ from typing import Literal
 import bittensor as bt
 from pydantic import BaseModel, Field
 
+from .decision import VALIDATION_THRESHOLD
+
 PULL_TASK_TIMEOUT = 12.0  # seconds, as the reference miner
 SUBMIT_RESULTS_TIMEOUT = 300.0
 
@@ -36,7 +38,7 @@ class PullTask(bt.Synapse):
     """Miner asks for a task; the validator fills the rest."""
 
     task: Task | None = None
-    validation_threshold: float = 0.6
+    validation_threshold: float = VALIDATION_THRESHOLD
     throttle_period: int = 0
     cooldown_until: int = 0  # unix seconds
     cooldown_violations: int = 0

@@ -15,13 +15,15 @@ import contextlib
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from .client import MinerClient, PulledTask
+from .queue import ACTIVE_STATES, TERMINAL_STATES, NotClaimed
 from .queue import ROOT, STATES, TaskQueue, prompt_of  # noqa: F401 - the puller's public names
 from .protocol import Task
-from .validators import Neuron
+from .validators import AT_CAP, Neuron
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +46,85 @@ def validator_of(entry: dict) -> Neuron:
                   entry["validator_port"])
 
 
-async def pull_once(client: MinerClient, neurons: list[Neuron], queue: TaskQueue,
-                    release_rejected: bool = True) -> dict:
-    """One round: pull from every selectable validator, queue what came back.
+def waiting_for_us(entry: dict, pulled: PulledTask) -> bool:
+    """Whether a task id we hold already, sent again, is its validator waiting for our result: the task is
+    still in flight here and that same validator sent it. SN17.md section 5: a re-pull before submitting
+    returns the same task, so this is the protocol: the task is not run twice, and its result goes when it
+    is ready (handing it back now would void the assignment the result is for).
 
-    A malformed task stays assigned to us (a re-pull returns it again), so with ``release_rejected``
-    it is handed back at once with an empty result: the task's cooldown, no penalty."""
-    pulled = await client.pull(neurons)
+    Anything else (a task we are done with: submitted, failed, rejected, expired; or another validator's
+    task under an id we hold) is still assigned to us at the validator that sent it, which re-sends it on
+    every pull and never gives us another: it is handed back with an empty result (no penalty, SN17.md),
+    never run again, and a second real result is never sent (the validator may have the first)."""
+    return entry.get("state") in ACTIVE_STATES and entry.get("validator_hotkey") == pulled.validator_hotkey
+
+
+async def pull_once(client: MinerClient, neurons: list[Neuron], queue: TaskQueue,
+                    release_rejected: bool = True, now: float | None = None) -> dict:
+    """One round: expire the tasks past their deadline, pull from every selectable validator below its cap
+    of tasks not finished (``ValidatorPolicy.max_pending``), queue what came back.
+
+    A task we will not run stays assigned to us (a re-pull returns it again), so with ``release_rejected``
+    it is handed back with an empty result, the task's cooldown and no penalty: a malformed one at once,
+    and one its validator sends again after we are done with it (``waiting_for_us``)."""
+    now = time.time() if now is None else now
+    summary = {"pulled": 0, "new": 0, "duplicates": 0, "replayed": 0, "rejected": 0, "expired": 0, "errors": {}}
+    pending = Counter()
+    for entry in queue.active():  # expired here too: with the sensor stopped, nothing else would drain them
+        try:
+            if queue.expire(entry, now):
+                summary["expired"] += 1
+                log.warning("sn17: task %s from validator %s expired (never run)", entry["task_id"],
+                            entry.get("validator_uid"))
+                continue
+        except NotClaimed:  # a sensor started it meanwhile
+            pass
+        except Exception:  # noqa: BLE001 - one record's trouble is its own: counted, tried again next round
+            log.exception("sn17: could not expire task %r", str(entry.get("task_id"))[:100])
+        pending[entry.get("validator_hotkey")] += 1
+    capped_before = {uid for uid, why in client.last_skipped.items() if AT_CAP in why}
+    pulled = await client.pull(neurons, now=now, pending=pending)
+    for uid, why in client.last_skipped.items():
+        if AT_CAP in why and uid not in capped_before:  # said once, as it reaches the cap
+            log.warning("sn17: validator %s: %s", uid, why)
     by_uid = {n.uid: n for n in neurons}
-    summary = {"pulled": len(pulled), "new": 0, "duplicates": 0, "rejected": 0, "errors": {},
-               "skipped": dict(client.last_skipped), "failed": dict(client.last_errors)}
+    summary |= {"pulled": len(pulled), "skipped": dict(client.last_skipped), "failed": dict(client.last_errors)}
     to_release = []
     for p in pulled:  # one task's trouble (a store hiccup) must not cost the others theirs
         try:
             new = queue.add(p)
-            summary["new" if new else "duplicates"] += 1
             entry = queue.get(p.task.id) or {}
         except Exception as exc:  # noqa: BLE001 - recorded and logged; a re-pull returns the task again
             summary["errors"][p.validator_uid] = f"{type(exc).__name__}: {exc}"
             log.exception("sn17: could not queue task %r from validator %s", str(p.task.id)[:100], p.validator_uid)
             continue
-        if entry.get("state") == "rejected":
-            summary["rejected"] += new
-            if release_rejected and not entry.get("released"):
-                to_release.append(p)
+        if new:
+            summary["new"] += 1
+            if entry.get("state") == "rejected":
+                summary["rejected"] += 1
+                to_release.append((p, entry))
+        elif waiting_for_us(entry, p):
+            summary["duplicates"] += 1
+        else:
+            summary["replayed"] += 1
+            log.warning("sn17: validator %s sent task %s again, %s here: handed back with an empty result, not run "
+                        "again", p.validator_uid, str(p.task.id)[:100], entry.get("state") or "gone")
+            to_release.append((p, entry | {"replays": entry.get("replays", 0) + 1}))
 
-    async def release(p: PulledTask) -> None:
+    async def release(p: PulledTask, entry: dict) -> None:
         outcome = await client.submit(by_uid[p.validator_uid], p.task, "")
+        state = entry.get("state")
+        if state not in TERMINAL_STATES:  # another validator's task in flight under this id: not ours to note
+            return
         try:
-            queue.set_state(p.task.id, "rejected", released=not outcome.error, release_error=outcome.error)
+            queue.transition(p.task.id, (state,), state, released=not outcome.error, release_error=outcome.error,
+                             **({"replays": entry["replays"]} if "replays" in entry else {}))
         except Exception as exc:  # noqa: BLE001 - handed back all the same; a re-pull would hand it back again
             summary["errors"][p.validator_uid] = f"{type(exc).__name__}: {exc}"
             log.exception("sn17: could not record that task %r was handed back", str(p.task.id)[:100])
 
-    await asyncio.gather(*(release(p) for p in to_release))
+    if release_rejected:
+        await asyncio.gather(*(release(p, entry) for p, entry in to_release))
     return summary
 
 

@@ -13,10 +13,11 @@ The record is written before its marker and made terminal before its marker is r
 between leaves at worst a stale marker (notes by ``active()``) or a pulled task without one (notes on
 its next re-pull, or once by ``reindex()``).
 
-States: pulled -> running -> submitting -> submitted | failed; rejected at the edge (malformed); failed
-also when a task cannot start or its submission cannot be made. Every move between states is a
-``transition``: compare-and-swap from the states it expects, so with several sensors or runs on one store
-exactly one wins each move (``NotClaimed`` for the others).
+States: pulled -> running -> submitting -> submitted | failed; rejected at the edge (malformed); expired
+when still pulled past the validator's deadline (``TASK_DEADLINE_S``); failed also when a task cannot start
+or its submission cannot be made. Every move between states is a ``transition``: compare-and-swap from the
+states it expects, so with several sensors or runs on one store exactly one wins each move (``NotClaimed``
+for the others).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from ..keys import Prompt, PromptError
+from ..keys import MAX_IMAGE_BYTES, MAX_PROMPT_CHARS, Prompt, PromptError
 from ..storage import Conflict, StorageError, Store
 from ..tasks import TaskError, is_task_id
 
@@ -41,10 +42,25 @@ if TYPE_CHECKING:
 ROOT = "sn17/tasks"
 ACTIVE = "sn17/active"
 ACTIVE_STATES = ("pulled", "running", "submitting")
-TERMINAL_STATES = ("submitted", "failed", "rejected")
+TERMINAL_STATES = ("submitted", "failed", "rejected", "expired")
 STATES = ACTIVE_STATES + TERMINAL_STATES
 # the fields the sensors compare or count with: a record where one is not a number is skipped, reported
 NUMBERS = ("pulled_at", "started_at", "failed_at", "submitted_at", "start_errors", "relaunches")
+
+TASK_DEADLINE_S = 300.0
+"""How long after its pull a task may still start; past it the task expires, never run or submitted.
+SN17.md section 5 names no deadline outright; the time it gives a task is 300 s (the validator's cooldown
+per task, the reference miner's SubmitResults timeout), and 404's validator drops an organic task after 5
+minutes. A task not started by then waited on a stopped sensor or behind a flood: its answer is stale, and
+handing it back (empty: no penalty) frees the validator for a fresh one. Only tasks not yet started expire:
+a running one has its GPU time spent, and the validator scores a late result like any other."""
+
+REJECTED_CHARS = 200
+"""What a rejected task's record keeps of its prompt (and of an over-long id): a prefix to recognise it by,
+with the full length beside it (``prompt_chars``). A rejected task is never run, and its hand-back signs the
+prompt in hand, not the record's, so a validator's 30 MB prompt costs 200 characters on disk."""
+
+MAX_IMAGE_B64_CHARS = 4 * -(-MAX_IMAGE_BYTES // 3)  # the base64 of the largest image prompt (no whitespace allowed)
 
 
 class NotClaimed(Exception):
@@ -57,6 +73,14 @@ def prompt_of(task: Any) -> Prompt:
     TaskError naming the task when it is malformed."""
     if not is_task_id(task.id):
         raise TaskError(f"task {str(task.id)[:100]!r}: not a usable task id")
+    # lengths first: a prompt far over the limit must cost nothing to refuse (cleaning or decoding 30 MB
+    # takes hundreds of MB); a validator's prompt is measured as sent, before whitespace is collapsed
+    sent = len(task.prompt) if isinstance(task.prompt, str) else 0
+    if task.type == "text" and sent > MAX_PROMPT_CHARS:
+        raise TaskError(f"task {task.id}: the prompt has {sent:,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    if task.type != "text" and sent > MAX_IMAGE_B64_CHARS:
+        raise TaskError(f"task {task.id}: the image prompt has {sent:,} base64 characters; "
+                        f"the limit is {MAX_IMAGE_B64_CHARS:,} ({MAX_IMAGE_BYTES:,} bytes)")
     try:
         if task.type == "text":
             return Prompt.from_text(task.prompt)
@@ -79,6 +103,13 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+
+
+def _bounded(name: str, value: Any) -> dict:
+    """``{name: value}``; for a string over REJECTED_CHARS, its prefix and its length (``{name}_chars``)."""
+    if isinstance(value, str) and len(value) > REJECTED_CHARS:
+        return {name: value[:REJECTED_CHARS], f"{name}_chars": len(value)}
+    return {name: value}
 
 
 def _pull_order(entry: dict) -> tuple[float, str]:
@@ -111,7 +142,8 @@ class TaskQueue:
 
     def add(self, pulled: PulledTask) -> bool:
         """Queue a pulled task; False if it is queued already (a re-pull gives the same task).
-        A malformed task (its id included) is recorded as rejected, with the reason."""
+        A malformed task (its id included) is recorded as rejected, with the reason and at most
+        REJECTED_CHARS of its prompt and id."""
         task = pulled.task
         try:
             prompt_of(task)
@@ -123,6 +155,8 @@ class TaskQueue:
                  "validator_ip": pulled.validator_ip, "validator_port": pulled.validator_port,
                  "validation_threshold": pulled.validation_threshold, "pulled_at": pulled.pulled_at,
                  "state": state, "reason": reason}
+        if state == "rejected":
+            entry |= _bounded("task_id", task.id) | _bounded("prompt", task.prompt)
         path = self.path(task.id)
         try:
             self.store.write(path, json.dumps(entry, indent=1, sort_keys=True).encode(),
@@ -218,6 +252,15 @@ class TaskQueue:
         self._transition(path, ACTIVE_STATES, "rejected", None, {"reason": reason})
         self.notes.append(reason)
         return True
+
+    def expire(self, entry: dict, now: float) -> dict | None:
+        """The task made ``expired`` (terminal, with the reason) if it is still ``pulled`` TASK_DEADLINE_S
+        after its pull; None if it is not overdue. NotClaimed if a sensor started it meanwhile."""
+        if entry["state"] != "pulled" or now <= entry.get("pulled_at", 0) + TASK_DEADLINE_S:
+            return None
+        reason = (f"expired: not started within {TASK_DEADLINE_S:.0f} s of its pull (the validator's deadline); "
+                  "never run or submitted")
+        return self.transition(entry["task_id"], ("pulled",), "expired", reason=reason, expired_at=now)
 
     def transition(self, task_id: str, expect: tuple[str, ...], state: str,
                    check: Callable[[dict], str] | None = None, **fields: Any) -> dict:

@@ -6,6 +6,7 @@ so the puller and the submission runs never lose each other's updates). No Dagst
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +41,12 @@ class ValidatorPolicy:
     window: int = 20  # the last N calls decide the automatic blacklist
     min_calls: int = 5  # ... once there are at least this many
     failure_cooldown_s: float = 300.0  # a local pause after a failed call
+    max_pending: int = 2
+    """Tasks from one validator not yet finished (pulled, running or submitting) before the pull round stops
+    asking it until they drain. SN17.md section 5: a validator hands a miner one task at a time (a re-pull
+    returns the same one until it is submitted), so one is the protocol and a second covers a validator that
+    restarted and forgot the task we are still working on; more is a validator ignoring its own rule (a
+    ``cooldown_until`` of 0 and a new task on every pull), which must not fill the queue and the GPUs."""
 
 
 @dataclass
@@ -94,10 +101,16 @@ def auto_blacklist_reason(record: ValidatorRecord, policy: ValidatorPolicy) -> s
     return ""
 
 
+AT_CAP = "tasks not finished"  # how a skip for ValidatorPolicy.max_pending reads (the puller logs it once)
+
+
 def select(neurons: list[Neuron], records: dict[str, ValidatorRecord], policy: ValidatorPolicy,
-           blacklisted: set[int], now: float) -> tuple[list[Neuron], dict[int, str]]:
+           blacklisted: set[int], now: float, pending: Mapping[str, int] | None = None,
+           ) -> tuple[list[Neuron], dict[int, str]]:
     """The validators to pull from now (most stake first), and for every other one why not.
-    ``blacklisted``: the manual blacklist in effect (``ValidatorBook.blacklist``)."""
+    ``blacklisted``: the manual blacklist in effect (``ValidatorBook.blacklist``); ``pending``: per validator
+    hotkey, its tasks not yet finished (``ValidatorPolicy.max_pending``)."""
+    pending = pending or {}
     chosen, skipped = [], {}
     for n in sorted(neurons, key=lambda n: -n.stake):
         record = records.get(n.hotkey) or ValidatorRecord(n.hotkey, n.uid)
@@ -111,6 +124,9 @@ def select(neurons: list[Neuron], records: dict[str, ValidatorRecord], policy: V
             skipped[n.uid] = f"stake {n.stake:,.0f} < {policy.min_stake:,.0f}"
         elif reason := auto_blacklist_reason(record, policy):
             skipped[n.uid] = f"blacklisted automatically: {reason}"
+        elif pending.get(n.hotkey, 0) >= policy.max_pending:
+            skipped[n.uid] = (f"{pending[n.hotkey]} of its {AT_CAP} (at most {policy.max_pending}): "
+                              "not asked until they drain")
         elif record.cooldown_until > now:
             skipped[n.uid] = f"its cooldown runs {record.cooldown_until - now:.0f} s more"
         elif record.local_cooldown_until > now:

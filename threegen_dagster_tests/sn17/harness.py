@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import bittensor as bt
@@ -61,13 +62,14 @@ def queue_of(settings: Settings) -> TaskQueue:
     return TaskQueue(StoreResource.from_settings(settings).store())
 
 
-def write_old_record(store, task_id: str, prompt: str, state: str = "pulled") -> str:
-    """A task record as the puller before the active index wrote it: under its raw id, with no marker."""
+def write_old_record(store, task_id: str, prompt: str, state: str = "pulled", pulled_at: float | None = None) -> str:
+    """A task record as the puller before the active index wrote it: under its raw id, with no marker;
+    pulled just now unless ``pulled_at`` says otherwise (past the deadline, a pulled task expires)."""
     path = f"sn17/tasks/{task_id}.json"
     store.write(path, json.dumps({
         "task_id": task_id, "type": "text", "prompt": prompt, "validator_uid": 0, "validator_hotkey": "5Old",
-        "validator_ip": HOST, "validator_port": 1, "validation_threshold": 0.6, "pulled_at": 1.0,
-        "state": state, "reason": ""}).encode())
+        "validator_ip": HOST, "validator_port": 1, "validation_threshold": 0.6,
+        "pulled_at": time.time() if pulled_at is None else pulled_at, "state": state, "reason": ""}).encode())
     return path
 
 
@@ -89,11 +91,11 @@ class _Counting:
         finally:
             self._depth -= 1
 
-    def read_tagged(self, relative):
-        return self._count("read", relative, lambda: super(_Counting, self).read_tagged(relative))
+    def read_tagged(self, relative, max_bytes=None):
+        return self._count("read", relative, lambda: super(_Counting, self).read_tagged(relative, max_bytes))
 
-    def read(self, relative):
-        return self._count("read", relative, lambda: super(_Counting, self).read(relative))
+    def read(self, relative, max_bytes=None):
+        return self._count("read", relative, lambda: super(_Counting, self).read(relative, max_bytes))
 
     def stat(self, relative):
         return self._count("stat", relative, lambda: super(_Counting, self).stat(relative))

@@ -80,6 +80,7 @@ class LocalValidator:
         rendezvous: threading.Barrier | None = None,
         submit_delay: float = 0.0,
         on_submit: Callable[["Submission"], None] | None = None,
+        reassign: bool = False,
     ) -> None:
         self.wallet = make_wallet(root, "validator")
         self.score = score
@@ -94,6 +95,7 @@ class LocalValidator:
         self.rendezvous, self.met = rendezvous, []
         self.submit_delay = submit_delay  # seconds SubmitResults waits after recording, before answering
         self.on_submit = on_submit  # called with each recorded submission (from the axon's thread)
+        self.reassign = reassign  # a new task on every pull, though one is assigned: a validator flooding the miner
         self.queue: deque[Task] = deque()
         self.miners: dict[str, MinerState] = {}
         self.received: list[Submission] = []
@@ -179,7 +181,7 @@ class LocalValidator:
         if time.time() < miner.cooldown_until:
             miner.cooldown_violations += 1
         else:
-            if miner.assigned is None and self.queue:
+            if (miner.assigned is None or self.reassign) and self.queue:
                 miner.assigned = self.queue.popleft()
             synapse.task = miner.assigned  # a re-pull before submitting gets the same task
         synapse.cooldown_until = miner.cooldown_until

@@ -7,6 +7,7 @@ import gc
 import io
 import threading
 import time
+import tracemalloc
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,8 +18,10 @@ bt = pytest.importorskip("bittensor")
 
 from bittensor.utils import networking
 
-from threegen_dagster.sn17.client import MinerClient, prompt_of
+from threegen_dagster.sn17.client import MinerClient, PulledTask, prompt_of, validation_threshold
+from threegen_dagster.sn17.decision import VALIDATION_THRESHOLD, Candidate, decide
 from threegen_dagster.sn17.protocol import Task
+from threegen_dagster.sn17.queue import REJECTED_CHARS, TASK_DEADLINE_S
 from threegen_dagster.sn17.puller import (
     TaskQueue,
     neurons_from_metagraph,
@@ -32,7 +35,8 @@ from threegen_dagster.sn17.validators import Neuron, ValidatorBook, ValidatorPol
 from threegen_dagster.storage import LocalStore
 from threegen_dagster.tasks import TaskError
 
-from .local_validator import HOST, LocalValidator, make_wallet
+from ..raw_host import RawHost
+from .local_validator import HOST, LocalValidator, MinerState, make_wallet
 
 
 RESULT = base64.b64encode(b"\x28\xb5\x2f\xfd stand-in SPZ bytes").decode()
@@ -308,8 +312,6 @@ def test_a_validator_s_impossible_cooldown_is_its_own_problem(start, client, sto
     queued. Now the cooldown is taken as at most a week ahead, and each validator's failure is its own."""
     from threegen_dagster.sn17.client import MAX_COOLDOWN_S, cooldown
 
-    from .local_validator import MinerState
-
     (hostile, h), (honest, n) = start(), start()
     honest.add_task("a red teapot")
     c, queue = client(), TaskQueue(store)
@@ -319,3 +321,154 @@ def test_a_validator_s_impossible_cooldown_is_its_own_problem(start, client, sto
     assert [p.task.prompt for p in pulled] == ["a red teapot"] and queue.add(pulled[0])
     assert before < c.book.record(hostile.hotkey).cooldown_until <= time.time() + MAX_COOLDOWN_S
     assert cooldown(float("nan"), 5.0) == 0.0 and cooldown(-1, 5.0) == 0.0 and cooldown("soon", 5.0) == 0.0
+
+
+def raw_validator(answer: str) -> RawHost:
+    """A validator that is no bittensor Axon: it answers every call with the JSON ``answer`` (the Axon will not
+    write NaN or Infinity; a hostile validator need not use it). Stopped by ``close()``."""
+    body = answer.encode()
+    return RawHost(lambda conn: conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nbt_header_axon_status_code: 200\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body))
+
+
+def test_an_unusable_validation_threshold_gives_way_to_the_default(start, client, store, caplog):
+    """A validator answering ``validation_threshold`` NaN made every result of its tasks empty: no score is
+    >= NaN (and ``max(NaN, ours)`` is NaN). Infinity or 5 did the same; -1 meant nothing. Each is refused at
+    the pull with one logged line, and the project's default is queued instead; a fair one is kept."""
+    fair, low, high = start(threshold=0.75), start(threshold=-1.0), start(threshold=5.0)
+    hosts = {raw: raw_validator('{"task": {"type": "text", "id": "raw-%s", "prompt": "a red teapot"}, '
+                                '"validation_threshold": %s, "cooldown_until": 0}' % (raw.lower(), raw))
+             for raw in ("NaN", "Infinity")}
+    raw_neurons = [Neuron(10 + i, f"5Raw{raw}", 1000.0, HOST, int(h.url.rsplit(":", 1)[1]))
+                   for i, (raw, h) in enumerate(hosts.items())]
+    for v, _ in (fair, low, high):
+        v.add_task("a wooden chair")
+    c, queue = client(), TaskQueue(store)
+    try:
+        summary = run(c, lambda c: pull_once(c, [fair[1], low[1], high[1], *raw_neurons], queue))
+    finally:
+        for h in hosts.values():
+            h.close()
+    assert (summary["new"], summary["failed"]) == (5, {})
+    thresholds = {e["validator_uid"]: e["validation_threshold"] for e in queue.all()}
+    assert thresholds == {0: 0.75, 1: VALIDATION_THRESHOLD, 2: VALIDATION_THRESHOLD,
+                          10: VALIDATION_THRESHOLD, 11: VALIDATION_THRESHOLD}
+    assert all(decide([Candidate("k", 0.9)], t).submit for t in thresholds.values())  # a good result goes
+    refused = sorted(r.getMessage() for r in caplog.records if "validation_threshold" in r.getMessage())
+    assert refused == sorted(f"sn17: validator {uid}: validation_threshold {shown} is not a number in [0, 1]; "
+                             f"using the default {VALIDATION_THRESHOLD} instead"
+                             for uid, shown in ((1, "-1.0"), (2, "5.0"), (10, "nan"), (11, "inf")))
+    for value in ("0.7", True, None, 10**400, float("-inf")):  # what no Axon sends, refused all the same
+        assert validation_threshold(value)[0] == VALIDATION_THRESHOLD and validation_threshold(value)[1]
+    assert validation_threshold(0) == (0.0, "") and validation_threshold(1) == (1.0, "")
+
+
+def test_an_over_long_prompt_or_id_is_rejected_with_a_bounded_record(start, client, store):
+    """A rejected task's record kept its whole prompt and id (a reviewer stored 30 MB, read back on every
+    re-pull and by the catalog). Now it keeps a prefix and the full length; the hand-back still signs the
+    whole prompt it was sent, so the validator takes it without a penalty."""
+    (v1, n1), (v2, n2) = start(), start()
+    long_prompt, long_id = "a very long chair " * 200_000, "x" * 1_000_000  # 3.6 MB, 1 MB
+    t1, t2 = v1.add_task(long_prompt), v2.add_task("a chair with a long name", id=long_id)
+    c, queue = client(), TaskQueue(store)
+    summary = run(c, lambda c: pull_once(c, [n1, n2], queue))
+    assert (summary["new"], summary["rejected"]) == (2, 2)
+    first, second = queue.get(t1.id), queue.get(long_id)
+    assert first["state"] == second["state"] == "rejected" and first["released"] and second["released"]
+    assert (first["prompt"], first["prompt_chars"]) == (long_prompt[:REJECTED_CHARS], len(long_prompt))
+    assert f"the prompt has {len(long_prompt):,} characters; the limit is 10,000" in first["reason"]
+    assert (second["task_id"], second["task_id_chars"]) == (long_id[:REJECTED_CHARS], len(long_id))
+    for task_id in (t1.id, long_id):
+        assert store.path(TaskQueue.path(task_id)).stat().st_size < 2000
+    for v, task in ((v1, t1), (v2, t2)):
+        assert [(s.task_id, s.outcome, s.signature_ok) for s in v.received] == [(task.id, "empty", True)]
+
+
+def test_refusing_an_over_long_prompt_costs_next_to_no_memory(store):
+    """Queueing a task whose prompt is far over the limit cleaned (split into words) or decoded it first:
+    hundreds of MB for a 30 MB prompt. Its length alone refuses it now."""
+    for task in (Task(type="text", prompt="ab " * 1_000_000), Task(type="image", prompt="A" * 30_000_000)):
+        pulled = PulledTask(0, "5Validator", task, 0.6, time.time(), HOST, 1)
+        tracemalloc.start()
+        try:
+            assert TaskQueue(store).add(pulled)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 256 * 1024, (task.type, peak)
+        assert TaskQueue(store).get(task.id)["state"] == "rejected"
+
+
+def test_a_flooding_validator_is_capped_until_its_tasks_drain(start, client, store, caplog):
+    """A validator answering ``cooldown_until=0`` with a new task on every pull filled the queue without end
+    (and the GPUs after it). Now it is not asked while ``max_pending`` of its tasks are unfinished, said once
+    in the log; its tasks not started by their deadline expire (never run), and then it is asked again."""
+    v, n = start(reassign=True)
+    tasks = [v.add_task(f"flood number {i}") for i in range(5)]
+    c, queue, t0 = client(), TaskQueue(store), time.time()
+    assert POLICY.max_pending == 2
+
+    async def scenario(c):
+        rounds = [await pull_once(c, [n], queue, now=t0 + i) for i in range(4)]
+        return rounds + [await pull_once(c, [n], queue, now=t0 + TASK_DEADLINE_S + 10)]
+
+    rounds = run(c, scenario)
+    assert [r["new"] for r in rounds] == [1, 1, 0, 0, 1]
+    assert rounds[2]["skipped"][n.uid] == "2 of its tasks not finished (at most 2): not asked until they drain"
+    assert [name for name, _ in v.requests] == ["PullTask"] * 3  # not asked while at its cap
+    capped = [r.getMessage() for r in caplog.records if "not asked until they drain" in r.getMessage()]
+    assert capped == [f"sn17: validator {n.uid}: {rounds[2]['skipped'][n.uid]}"]  # once, not every round
+    assert rounds[4]["expired"] == 2
+    states = {e["task_id"]: e for e in queue.all()}
+    for task in tasks[:2]:
+        assert states[task.id]["state"] == "expired" and "never run or submitted" in states[task.id]["reason"]
+    assert states[tasks[2].id]["state"] == "pulled" and [e["task_id"] for e in queue.active()] == [tasks[2].id]
+
+
+def test_a_task_sent_again_is_never_run_twice_nor_lost(start, client, store):
+    """SN17.md: a re-pull before submitting returns the same task, so a task in flight sent again is the
+    validator waiting for our result: not run twice, nothing sent. A task we are done with (submitted,
+    expired) sent again is still assigned to us there, and the validator would send it forever: it was
+    counted as a duplicate and never answered, and no other task came from that validator. Now it is handed
+    back with an empty result (no penalty), never run again, and its record says so."""
+    v, n = start(task_cooldown=0)
+    first = v.add_task("a wooden chair")
+    c, queue = client(), TaskQueue(store)
+
+    async def scenario(c):
+        rounds = [await pull_once(c, [n], queue), await pull_once(c, [n], queue)]
+        entry = queue.set_state(first.id, "running")  # ... generated, then submitted as the submit job does
+        assert (await c.submit(n, task_of(entry), RESULT)).accepted
+        queue.set_state(first.id, "submitted")
+        v.miners[c.hotkey] = MinerState(assigned=first)  # the validator restarted from an older state
+        rounds.append(await pull_once(c, [n], queue))
+        second = v.add_task("a red mug")
+        rounds.append(await pull_once(c, [n], queue))
+        # not started by its deadline: expired at the next round, which the validator answers with it again
+        rounds.append(await pull_once(c, [n], queue, now=time.time() + TASK_DEADLINE_S + 1))
+        return second, rounds
+
+    second, rounds = run(c, scenario)
+    assert [(r["new"], r["duplicates"], r["replayed"]) for r in rounds] == [
+        (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (0, 0, 1)]
+    assert [(s.task_id, s.outcome) for s in v.received] == [
+        (first.id, "accepted"), (first.id, "empty"), (second.id, "empty")]
+    for task, state in ((first, "submitted"), (second, "expired")):
+        entry = queue.get(task.id)
+        assert (entry["state"], entry["replays"], entry["released"]) == (state, 1, True)
+    assert queue.active() == []  # neither runs again
+
+
+def test_another_validators_task_under_an_id_we_hold_is_handed_back(start, client, store):
+    """Two validators sending one task id: the first queued runs; the other, which cannot be queued under
+    the same id, is handed back to its own validator (empty) instead of staying assigned to us for ever."""
+    (v1, n1), (v2, n2) = start(), start()
+    v1.add_task("a wooden chair", id="same-id")
+    v2.add_task("a red mug", id="same-id")
+    c, queue = client(), TaskQueue(store)
+    summary = run(c, lambda c: pull_once(c, [n1, n2], queue))
+    assert (summary["new"], summary["replayed"]) == (1, 1)
+    entry = queue.get("same-id")  # v2 first: more stake
+    assert (entry["validator_uid"], entry["prompt"], entry["state"]) == (n2.uid, "a red mug", "pulled")
+    assert [(s.task_id, s.outcome) for s in v1.received] == [("same-id", "empty")] and v2.received == []

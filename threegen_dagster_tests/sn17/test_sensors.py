@@ -15,7 +15,7 @@ from threegen_dagster.definitions import build_definitions
 from threegen_dagster.keys import Prompt, generation_key
 from threegen_dagster.sn17.client import PulledTask
 from threegen_dagster.sn17.protocol import Task
-from threegen_dagster.sn17.queue import ACTIVE, TaskQueue
+from threegen_dagster.sn17.queue import ACTIVE, TASK_DEADLINE_S, TaskQueue
 from threegen_dagster.defs.sn17 import (
     RELAUNCH_AFTER_S,
     TAG_TASK,
@@ -154,6 +154,32 @@ def test_a_task_that_cannot_start_costs_the_others_nothing_and_fails_after_its_t
     assert {queue.get(t.id)["state"] for t in (tasks[0], tasks[2])} == {"running"}
 
 
+def test_a_task_past_its_deadline_expires_and_is_never_run(tmp_path, miner, validators, instance):
+    """A pulled task waited for a start however long the sensor was away (stopped, or behind a flood), then
+    ran for a validator that stopped waiting. Now one not started TASK_DEADLINE_S after its pull expires,
+    with the reason: no generations, no holds, no runs, no submission; the fresh one beside it starts."""
+    settings = miner_settings(tmp_path)
+    vs = validators(2)
+    stale, fresh = vs[0].add_task("a wooden chair"), vs[1].add_task("a red mug")
+    pull(settings, miner, vs)
+    res, queue = resources(settings), queue_of(settings)
+    queue.transition(stale.id, ("pulled",), "pulled", pulled_at=time.time() - TASK_DEADLINE_S - 1)
+
+    requests = tick(sn17_task_sensor, instance, res)
+    assert {r.tags[TAG_TASK] for r in requests} == {fresh.id}
+    entry = queue.get(stale.id)
+    assert entry["state"] == "expired" and "keys" not in entry
+    assert entry["reason"] == ("expired: not started within 300 s of its pull (the validator's deadline); "
+                               "never run or submitted")
+    assert [e["task_id"] for e in queue.active()] == [fresh.id]
+    assert all(hold_name(stale.id) not in names for names in res["store"].ledger().holds().values())
+    assert tick(sn17_task_sensor, instance, res) == [] and tick(sn17_submission_sensor, instance, res) == []
+    submit = build_definitions(settings).resolve_job_def("submit").execute_in_process(
+        instance=instance, run_config={"ops": {"submit_task": {"config": {"task_id": stale.id}}}})
+    assert submit.output_for_node("submit_task")["reason"] == "the task is expired already"
+    assert vs[0].received == []
+
+
 def _age(queue: TaskQueue, task_id: str) -> None:
     """As if RELAUNCH_AFTER_S had passed since the task was claimed."""
     queue.transition(task_id, ("running",), "running", started_at=time.time() - RELAUNCH_AFTER_S - 1)
@@ -203,7 +229,7 @@ def _queue_tasks(queue: TaskQueue, states: list[str], name: str = "task") -> lis
     ids = []
     for n, state in enumerate(states):
         task = Task(prompt=f"{name} number {n}", id=f"{name}-{n:04d}")
-        assert queue.add(PulledTask(0, "5Validator", task, 0.6, 1000.0 + n, HOST, 1))
+        assert queue.add(PulledTask(0, "5Validator", task, 0.6, time.time() + n / 1000, HOST, 1))
         if state != "pulled":
             queue.set_state(task.id, state, keys=[], attempt={"id": "a", "run_id": "", "at": time.time()})
         ids.append(task.id)
