@@ -18,7 +18,7 @@ from .rounds.state import COMPETITION, ROUND_MARGIN_S, SECONDS_PER_BLOCK
 from .sn17.decision import VALIDATION_THRESHOLD
 from .sn17.validators import ValidatorPolicy
 from .splats.mesh import DEFAULT_GAUSSIAN_COUNT
-from .storage import StorageError, parse_s3_uri
+from .storage import StorageError, parse_s3_uri, redact_url
 
 
 class SettingsError(ValueError):
@@ -32,7 +32,9 @@ class Settings:
     inbox: Path
     """THREEGEN_INBOX: folder the task sensor watches for JSON task files."""
     s3_endpoint: str | None = None
-    """THREEGEN_S3_ENDPOINT: an S3-compatible server's URL (boto3's AWS_ENDPOINT_URL works too)."""
+    """THREEGEN_S3_ENDPOINT: an S3-compatible server's URL (boto3's AWS_ENDPOINT_URL works too). A
+    ``user:password@`` in it is dropped: botocore never uses it (requests are signed with the AWS keys),
+    and kept it would show in the Dagster UI's resource config."""
     s3_region: str | None = None
     """AWS_REGION / AWS_DEFAULT_REGION, read here so the config shows it."""
     presign_seconds: int = 86_400
@@ -150,7 +152,7 @@ class Settings:
         return cls(
             store=store,
             inbox=(base / env.get("THREEGEN_INBOX", "inbox")).resolve(),
-            s3_endpoint=env.get("THREEGEN_S3_ENDPOINT") or None,
+            s3_endpoint=redact_url(env.get("THREEGEN_S3_ENDPOINT", ""), mark="") or None,
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             presign_seconds=int(number("THREEGEN_PRESIGN_SECONDS", cls.presign_seconds, int)),
             retention=retention,

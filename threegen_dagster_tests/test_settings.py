@@ -57,3 +57,15 @@ def test_values_the_environment_sets_arrive(tmp_path) -> None:
     assert ValidatorPolicyResource.from_policy(settings.validators).policy() == settings.validators
     assert settings.retention.slim_after_hours == 0 and settings.validators.manual_blacklist == frozenset()
     assert settings.store == "s3://bucket/miner-1/" and settings.frame == "y_down"
+
+
+def test_an_s3_endpoint_keeps_no_password(tmp_path) -> None:
+    """botocore never uses an endpoint's user:password (requests are signed with the AWS keys); kept, it would
+    show in the Dagster UI's resource config, so the settings drop it."""
+    from threegen_dagster.definitions import build_definitions
+
+    env = {"THREEGEN_S3_ENDPOINT": "http://miner:s3cr3t@127.0.0.1:9000/", "THREEGEN_STORE": "s3://bucket/p"}
+    settings = Settings.from_env(env, cwd=tmp_path)
+    assert settings.s3_endpoint == "http://127.0.0.1:9000/"
+    assert build_definitions(settings).resources["store"].s3.endpoint_url == "http://127.0.0.1:9000/"
+    assert Settings.from_env({}, cwd=tmp_path).s3_endpoint is None
