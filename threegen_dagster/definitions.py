@@ -30,7 +30,7 @@ from .settings import Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     store = StoreResource.from_settings(settings)
     return dg.Definitions(
-        assets=[*generation.PIPELINE, catalog.generation_catalog, sn17.validator_records, sn17.sn17_submissions,
+        assets=[*generation.PIPELINE, catalog.generation_catalog, catalog.validator_records, catalog.sn17_submissions,
                 *rounds.ASSETS, *rounds_publish.ASSETS, *rounds_render.ASSETS, *audit.ASSETS, workers.gpu_workers],
         jobs=[generation.generate_job, catalog.catalog_job, retention.cleanup, sn17.submit, *rounds.JOBS,
               *rounds_publish.JOBS, *audit.JOBS, requests.request_generations, removal.remove_generations_job, search.search_job],

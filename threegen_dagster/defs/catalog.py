@@ -1,5 +1,5 @@
 """Room ``catalog``: the unpartitioned tables of what the store holds (generations; SN17's validators
-and submissions, whose assets live in the ``sn17`` room), the job that refreshes them, and the sensors
+and submissions), the job that refreshes them, and the sensors
 that refresh the generation catalog after every run that wrote a generation's assets, whoever
 launched it (the ``generate`` job, the UI's asset runs, ``dg launch``, a sensor's run).
 
@@ -13,14 +13,17 @@ evaluated against every partition of its dynamic upstream on every tick, and cou
 generations changed.)"""
 
 
+import time
+
 import dagster as dg
 from pydantic import Field
 
 from ..catalog import markdown_table
 from ..catalog_index import CatalogIndex
 from .generation import validation_score
-from .resources import StoreResource
-from .sn17 import sn17_submissions, validator_records
+from ..sn17.queue import STATES, TaskQueue
+from ..sn17.validators import ValidatorBook, records_table
+from .resources import StoreResource, ValidatorPolicyResource
 
 CATALOG = dg.AssetKey("generation_catalog")
 INLINE_TAG = "threegen/catalog"  # "inline": the launcher refreshed the catalog itself (threegen generate)
@@ -66,6 +69,43 @@ def generation_catalog(context: dg.AssetExecutionContext, config: CatalogRefresh
         "complete": statuses.count("complete"), "store": index.store.location,
         "unreadable_records": "\n".join(done.unreadable[:50]) or "none",  # skipped, named
         "rows": dg.MetadataValue.md(markdown_table(done.rows[:25])),
+    })
+
+
+@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
+def sn17_submissions(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Output:
+    """Every SN17 task this miner pulled: its validator, state, the decision, score and feedback (a record
+    that cannot be read is left out, with a warning)."""
+    columns = ["task_id", "type", "validator_uid", "state", "decision", "score", "accepted", "reason"]
+    queue = TaskQueue(store.store())
+    rows = [{c: e.get(c) for c in columns} | {"fidelity": (e.get("feedback") or {}).get("task_fidelity_score")}
+            for e in queue.all()]
+    for note in queue.notes:
+        context.log.warning(note)
+    import pandas as pd  # here, not at import: a generation's run never needs it
+
+    frame = pd.DataFrame(rows, columns=[*columns, "fidelity"])
+    states = frame["state"].value_counts().to_dict() if len(frame) else {}
+    return dg.Output(frame, metadata={
+        "tasks": len(frame), **{state: int(states.get(state, 0)) for state in STATES},
+        "accepted": int(frame["accepted"].fillna(False).astype(bool).sum()) if len(frame) else 0,
+        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
+            "task_id", "validator_uid", "state", "score", "accepted", "fidelity", "decision", "reason")))})
+
+
+@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
+def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output:
+    """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
+    times, cooldowns and blacklist state (manual or automatic, with the reason)."""
+    rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
+    return dg.Output(frame, metadata={
+        "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
+        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
+            "uid", "pulls", "tasks", "submissions", "accepted", "empty", "success_rate", "mean_response_s",
+            "mean_score", "cooldown_s", "blacklisted")) if rows else "(no validator records yet)"),
     })
 
 

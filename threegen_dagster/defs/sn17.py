@@ -1,7 +1,7 @@
 """Room ``sn17``: queued validator tasks become generations and runs (sensor), and when every
 variant of a task has finished, a run decides and submits (sensor + job); the tables of submissions
-and of validators as this miner has seen them (``catalog`` group). The network calls for pulling
-live in the puller (``threegen puller``); the submission is one signed call from its run."""
+and of validators live in the ``catalog`` room. The network calls for pulling live in the puller
+(``threegen puller``); the submission is one signed call from its run."""
 
 import asyncio
 import base64
@@ -11,14 +11,12 @@ import uuid
 import dagster as dg
 from pydantic import Field
 
-from ..catalog import markdown_table
 from ..sn17.decision import Candidate, decide
-from ..sn17.queue import STATES, TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
-from ..sn17.validators import ValidatorBook, records_table
+from ..sn17.queue import TERMINAL_STATES, NotClaimed, TaskQueue, entry_prompt
 from ..storage import StorageError
 from ..tasks import TaskError
 from .generation import generate_job, generations
-from .resources import ScoreResource, SN17Resource, StoreResource, ValidatorPolicyResource, gpu_tagged
+from .resources import ScoreResource, SN17Resource, StoreResource, gpu_tagged
 
 TAG_TASK = "threegen/task_id"
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -362,40 +360,3 @@ def sn17_submission_sensor(context: dg.SensorEvaluationContext, store: StoreReso
         except Exception as exc:  # noqa: BLE001 - a store hiccup: tried again next tick
             context.log.error(f"sn17: task {entry['task_id']!r}: {type(exc).__name__}: {exc}")
     return requests
-
-
-@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def sn17_submissions(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Output:
-    """Every SN17 task this miner pulled: its validator, state, the decision, score and feedback (a record
-    that cannot be read is left out, with a warning)."""
-    columns = ["task_id", "type", "validator_uid", "state", "decision", "score", "accepted", "reason"]
-    queue = TaskQueue(store.store())
-    rows = [{c: e.get(c) for c in columns} | {"fidelity": (e.get("feedback") or {}).get("task_fidelity_score")}
-            for e in queue.all()]
-    for note in queue.notes:
-        context.log.warning(note)
-    import pandas as pd  # here, not at import: a generation's run never needs it
-
-    frame = pd.DataFrame(rows, columns=[*columns, "fidelity"])
-    states = frame["state"].value_counts().to_dict() if len(frame) else {}
-    return dg.Output(frame, metadata={
-        "tasks": len(frame), **{state: int(states.get(state, 0)) for state in STATES},
-        "accepted": int(frame["accepted"].fillna(False).astype(bool).sum()) if len(frame) else 0,
-        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
-            "task_id", "validator_uid", "state", "score", "accepted", "fidelity", "decision", "reason")))})
-
-
-@dg.asset(group_name="catalog", io_manager_key="artifacts", kinds={"pandas"})
-def validator_records(store: StoreResource, validators: ValidatorPolicyResource) -> dg.Output:
-    """SN17 validators as this miner has seen them: pulls, submissions, acceptance, scores, response
-    times, cooldowns and blacklist state (manual or automatic, with the reason)."""
-    rows = records_table(ValidatorBook(store.store()), validators.policy(), time.time())
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["uid", "hotkey"])
-    return dg.Output(frame, metadata={
-        "validators": len(frame), "blacklisted": int((frame.get("blacklisted", pd.Series(dtype=str)) != "").sum()),
-        "table": dg.MetadataValue.md(markdown_table(frame, columns=(
-            "uid", "pulls", "tasks", "submissions", "accepted", "empty", "success_rate", "mean_response_s",
-            "mean_score", "cooldown_s", "blacklisted")) if rows else "(no validator records yet)"),
-    })
