@@ -205,12 +205,14 @@ def _unpack(spz: bytes, include_normals: bool, allocate: Callable[[unpack.Layout
                 data = _read(reader, width * (stop - start), got, need, n)
                 got += len(data)
                 rows = allocate(lay) if rows is None else rows
-                arrived[start].append((width, data))
-                for lo, hi in _blocks(start, stop):
-                    if not compiled:
+                if not compiled:  # this field's columns now; the bytes go with their tasks
+                    for lo, hi in _blocks(start, stop):
                         block = unpack.Block(data[width * (lo - start): width * (hi - start)], rows, lo, hi)
                         tasks.submit(partial(write, block, lay))
-                    elif len(arrived[start]) == len(fields):  # every field of these rows is here
+                    continue
+                arrived[start].append((width, data))
+                if len(arrived[start]) == len(fields):  # every field of these rows is here
+                    for lo, hi in _blocks(start, stop):
                         tasks.submit(partial(unpack.kernel_rows, arrived[start], rows, start, lo, hi, lay,
                                              fractional_bits))
         tasks.finish()
